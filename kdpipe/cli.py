@@ -1,0 +1,46 @@
+"""The ``kdpipe`` command: a thin typer app; every command lives in ``kdpipe/commands/``.
+
+Command modules import torch and friends inside their functions, so ``kdpipe --help`` is quick.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from kdpipe.errors import KdpipeError
+
+app = typer.Typer(
+    name="kdpipe",
+    help="Distil a large CLIP into a small one with prompt learning on unlabeled images, then classify offline.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+# Each module defines ``register(app)``; a command is listed only once its module is here.
+COMMAND_MODULES = [
+    "kdpipe.commands.info",
+]
+
+for _name in COMMAND_MODULES:
+    importlib.import_module(_name).register(app)
+
+
+def main() -> None:
+    """Console entry point: bad input becomes one ``error:`` line and a non-zero exit."""
+    try:
+        app()
+    except KdpipeError as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("interrupted: finished stages are kept; run the same command again to resume", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,273 @@
+"""Resolve a model spec into an open_clip CLIP, its transforms, tokenizer and dimensions.
+
+Specs, in the order they are tried:
+  - a friendly name (``vit-b-16``, ``vit-l-14`` ...) -> open_clip name + ``openai`` weights;
+  - ``hf-hub:org/repo`` or ``local-dir:PATH`` -> handed to open_clip unchanged;
+  - ``NAME:TAG`` -> open_clip architecture NAME with pretrained tag TAG;
+  - ``NAME:PATH`` -> open_clip architecture NAME with weights from a local .pt/.safetensors file;
+  - ``PATH`` to a .safetensors file written by :func:`save_backbone` (it records its architecture);
+  - ``NAME`` alone -> random init, as open_clip does (the tiny test/demo configs are used this way).
+
+Weights are never fetched when ``HF_HUB_OFFLINE=1``: a missing checkpoint fails in well under a
+second with one line saying what was looked for and how to provide it, instead of open_clip's
+~45 s of retries.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from kdpipe.errors import KdpipeError
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+# friendly name -> (open_clip architecture, pretrained tag)
+FRIENDLY_NAMES: dict[str, tuple[str, str]] = {
+    "vit-b-16": ("ViT-B-16", "openai"),
+    "vit-b-32": ("ViT-B-32", "openai"),
+    "vit-l-14": ("ViT-L-14", "openai"),
+    "vit-l-14-336": ("ViT-L-14-336", "openai"),
+}
+
+_ARCH_METADATA_KEY = "kdpipe_arch"
+_registered_dirs: set[Path] = set()
+
+
+def register_config_dir(path: str | Path) -> None:
+    """Make every open_clip model config (JSON) in ``path`` available by its file stem."""
+    import open_clip
+
+    path = Path(path).resolve()
+    if path not in _registered_dirs:
+        open_clip.add_model_config(path)
+        _registered_dirs.add(path)
+
+
+def known_architectures() -> list[str]:
+    import open_clip
+
+    register_config_dir(CONFIG_DIR)
+    return open_clip.list_models()
+
+
+@dataclass(frozen=True)
+class BackboneDims:
+    """What a method needs to size its prompts and projector."""
+
+    embed_dim: int  # joint image/text feature size (512 for ViT-B/16, 768 for ViT-L/14)
+    vision_width: int  # token width inside the vision transformer
+    vision_layers: int
+    text_width: int  # token width inside the text transformer
+    text_layers: int
+    image_size: int
+    context_length: int  # text tokens per prompt
+    logit_scale: float  # logit_scale.exp() of the loaded weights
+
+
+@dataclass
+class Backbone:
+    """A loaded CLIP with everything needed to feed it."""
+
+    spec: str  # the spec the user gave, normalised (recorded in manifests and bundles)
+    arch: str  # open_clip architecture name (or hf-hub:/local-dir: identifier)
+    model: nn.Module  # open_clip CLIP, fp32, eval mode
+    preprocess_train: Callable
+    preprocess_test: Callable
+    tokenizer: Callable[[list[str]], torch.Tensor]
+    dims: BackboneDims
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def describe(self) -> dict[str, Any]:
+        return {"spec": self.spec, "arch": self.arch, **asdict(self.dims)}
+
+
+def read_dims(model: nn.Module) -> BackboneDims:
+    if not hasattr(model, "visual") or not hasattr(model.visual, "transformer"):
+        raise KdpipeError("kdpipe needs a ViT CLIP with a transformer vision tower (ResNet CLIPs are not supported)")
+    if not hasattr(model, "transformer") or not hasattr(model, "token_embedding"):
+        raise KdpipeError("kdpipe needs a CLIP with the built-in text transformer (custom HF text towers are not supported)")
+    visual = model.visual
+    image_size = visual.image_size
+    image_size = image_size[0] if isinstance(image_size, (tuple, list)) else image_size
+    return BackboneDims(
+        embed_dim=int(model.text_projection.shape[1]) if model.text_projection is not None else model.transformer.width,
+        vision_width=int(visual.transformer.width),
+        vision_layers=len(visual.transformer.resblocks),
+        text_width=int(model.transformer.width),
+        text_layers=len(model.transformer.resblocks),
+        image_size=int(image_size),
+        context_length=int(model.context_length),
+        logit_scale=float(model.logit_scale.detach().exp()),
+    )
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _missing_weights(what: str, looked: str) -> KdpipeError:
+    return KdpipeError(
+        f"weights for {what} not found ({looked}) and HF_HUB_OFFLINE=1 forbids downloading; "
+        "download them once on a machine online (they land in the Hugging Face cache, HF_HOME), "
+        "copy that cache here, or pass a local checkpoint as ARCH:/path/to/weights.(pt|safetensors)"
+    )
+
+
+def _check_tag_available(arch: str, tag: str, cache_dir: str | None) -> None:
+    """Fail fast (offline) or with a clear line (unknown tag) before open_clip tries the network."""
+    import open_clip
+
+    cfg = open_clip.get_pretrained_cfg(arch, tag)
+    if not cfg:
+        tags = open_clip.list_pretrained_tags_by_model(arch)
+        raise KdpipeError(
+            f"unknown pretrained tag {tag!r} for {arch}; known tags: {', '.join(tags) or 'none'} "
+            f"(or give a file: {arch}:/path/to/weights.pt)"
+        )
+    if not _offline():
+        return
+    hub = cfg.get("hf_hub", "")
+    if hub:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo, filename = os.path.split(hub)
+        filenames = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+        for name in filenames:
+            hit = try_to_load_from_cache(repo, name, cache_dir=cache_dir)
+            if isinstance(hit, str):
+                return
+        raise _missing_weights(f"{arch}:{tag}", f"hf-hub {repo}, files {', '.join(filenames)}")
+    url = cfg.get("url", "")
+    if url:
+        target = Path(cache_dir or Path.home() / ".cache" / "clip") / os.path.basename(url)
+        if not target.is_file():
+            raise _missing_weights(f"{arch}:{tag}", str(target))
+
+
+def _check_schema_available(spec: str) -> None:
+    schema, _, ident = spec.partition(":")
+    if schema == "local-dir":
+        if not Path(ident).is_dir():
+            raise KdpipeError(f"local-dir {ident} does not exist (expected a folder with open_clip_config.json and weights)")
+    elif schema == "hf-hub" and _offline():
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(ident, "open_clip_config.json"), str):
+            raise _missing_weights(spec, f"hf-hub {ident}, open_clip_config.json")
+
+
+def _arch_from_safetensors(path: Path) -> str:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    arch = meta.get(_ARCH_METADATA_KEY)
+    if not arch:
+        raise KdpipeError(f"{path} does not record its architecture; give it as ARCH:{path} (e.g. ViT-B-16:{path})")
+    return arch
+
+
+def parse_spec(spec: str) -> tuple[str, str | None]:
+    """Split a spec into (open_clip model name, pretrained tag or file or None)."""
+    spec = spec.strip()
+    if not spec:
+        raise KdpipeError("empty model spec")
+    if spec in FRIENDLY_NAMES:  # case-sensitive: "ViT-B-16" is open_clip's random-init name
+        return FRIENDLY_NAMES[spec]
+    if spec.startswith(("hf-hub:", "local-dir:")):
+        return spec, None
+    path = Path(spec).expanduser()
+    if path.suffix in {".safetensors", ".pt", ".pth", ".bin"} and ":" not in spec.split("/")[0]:
+        if not path.is_file():
+            raise KdpipeError(f"checkpoint file {path} does not exist")
+        if path.suffix != ".safetensors":
+            raise KdpipeError(f"{path}: a .pt checkpoint does not record its architecture; give it as ARCH:{path}")
+        return _arch_from_safetensors(path), str(path)
+    arch, sep, pretrained = spec.partition(":")
+    known = known_architectures()
+    if arch not in known:
+        raise KdpipeError(
+            f"unknown model {arch!r}; friendly names: {', '.join(FRIENDLY_NAMES)}; "
+            f"open_clip architectures include: {', '.join(_closest(arch, known))} "
+            "(or hf-hub:org/repo, local-dir:PATH, ARCH:TAG, ARCH:/path/to/weights)"
+        )
+    return arch, (pretrained or None) if sep else None
+
+
+def _closest(name: str, options: list[str], n: int = 8) -> list[str]:
+    import difflib
+
+    near = difflib.get_close_matches(name, options, n=n, cutoff=0.3)
+    return near or options[:n]
+
+
+def load_backbone(spec: str, device: str | torch.device = "cpu", cache_dir: str | None = None) -> Backbone:
+    """Load a CLIP for prompt learning: fp32 weights, eval mode, gradients off."""
+    import open_clip
+
+    register_config_dir(CONFIG_DIR)
+    arch, pretrained = parse_spec(spec)
+    if arch.startswith(("hf-hub:", "local-dir:")):
+        _check_schema_available(arch)
+    elif pretrained is not None:
+        if Path(pretrained).expanduser().is_file():
+            pretrained = str(Path(pretrained).expanduser())
+        elif "/" in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")):
+            raise KdpipeError(f"checkpoint file {pretrained} does not exist")
+        else:
+            _check_tag_available(arch, pretrained, cache_dir)
+    try:
+        model, preprocess_train, preprocess_test = open_clip.create_model_and_transforms(
+            arch, pretrained=pretrained, device=device, cache_dir=cache_dir
+        )
+    except KdpipeError:
+        raise
+    except (RuntimeError, FileNotFoundError, KeyError, ValueError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise KdpipeError(f"could not load {spec}: {first}") from e
+    model.eval().requires_grad_(False)
+    tokenizer = open_clip.get_tokenizer(arch, cache_dir=cache_dir)
+    pp = getattr(model.visual, "preprocess_cfg", {}) or {}
+    mean = tuple(pp.get("mean", open_clip.OPENAI_DATASET_MEAN))
+    std = tuple(pp.get("std", open_clip.OPENAI_DATASET_STD))
+    return Backbone(
+        spec=spec,
+        arch=arch,
+        model=model,
+        preprocess_train=preprocess_train,
+        preprocess_test=preprocess_test,
+        tokenizer=tokenizer,
+        dims=read_dims(model),
+        mean=mean,
+        std=std,
+    )
+
+
+def save_backbone(model: nn.Module, arch: str, path: str | Path) -> Path:
+    """Write CLIP weights as safetensors that record their architecture, so ``PATH`` alone is a spec."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, str(tmp), metadata={_ARCH_METADATA_KEY: arch})
+    os.replace(tmp, path)
+    return path
+
+
+def model_config(arch: str) -> dict[str, Any] | None:
+    """The open_clip JSON config of an architecture, if it is a registered name."""
+    import open_clip
+
+    register_config_dir(CONFIG_DIR)
+    cfg = open_clip.get_model_config(arch)
+    return json.loads(json.dumps(cfg)) if cfg else None

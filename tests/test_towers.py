@@ -1,0 +1,82 @@
+import pytest
+import torch
+
+from kdpipe.clip import FrozenCLIP, load_backbone
+
+
+def _check_zero_prompt_equivalence(backbone, batch=2):
+    clip = FrozenCLIP(backbone.model)
+    size = backbone.dims.image_size
+    images = torch.randn(batch, 3, size, size)
+    tokens = backbone.tokenizer(["a photo of a dog.", "a red circle", "x"])
+    with torch.no_grad():
+        assert torch.equal(clip.vision(images), backbone.model.encode_image(images))
+        assert torch.equal(clip.text.encode(tokens), backbone.model.encode_text(tokens))
+
+
+def test_zero_prompts_reproduce_open_clip_tiny(tiny_student, tiny_teacher):
+    _check_zero_prompt_equivalence(tiny_student)
+    _check_zero_prompt_equivalence(tiny_teacher)
+
+
+def test_zero_prompts_reproduce_open_clip_vit_b_16_random_init():
+    _check_zero_prompt_equivalence(load_backbone("ViT-B-16"), batch=1)
+
+
+def test_prompts_get_gradients_clip_gets_none(tiny_student):
+    clip = FrozenCLIP(tiny_student.model)
+    w_v, w_t = tiny_student.dims.vision_width, tiny_student.dims.text_width
+    vp = torch.nn.Parameter(torch.randn(4, w_v) * 0.02)
+    deep_v = [torch.nn.Parameter(torch.randn(4, w_v) * 0.02) for _ in range(2)]
+    tokens = tiny_student.tokenizer(["X X X X red circle."])
+    emb = clip.text.embed(tokens)
+    ctx = torch.nn.Parameter(torch.randn(4, w_t) * 0.02)
+    emb = torch.cat([emb[:, :1], ctx.unsqueeze(0), emb[:, 5:]], dim=1)
+    deep_t = [torch.nn.Parameter(torch.randn(4, w_t) * 0.02)]
+    img = clip.vision(torch.randn(2, 3, 32, 32), vp, deep_v)
+    txt = clip.text(emb, tokens, deep_t)
+    (img @ txt.T).sum().backward()
+    for p in [vp, *deep_v, ctx, *deep_t]:
+        assert p.grad is not None and p.grad.abs().sum() > 0
+    assert all(p.grad is None for p in clip.parameters())
+
+
+def test_prompts_change_the_output(tiny_student):
+    clip = FrozenCLIP(tiny_student.model)
+    images = torch.randn(2, 3, 32, 32)
+    base = clip.vision(images)
+    p = torch.randn(3, tiny_student.dims.vision_width)
+    shallow = clip.vision(images, p)
+    deep = clip.vision(images, p, [torch.randn(3, tiny_student.dims.vision_width)])
+    assert not torch.allclose(base, shallow) and not torch.allclose(shallow, deep)
+    # per-sample prompts [B, n, W] equal shared prompts when identical
+    assert torch.allclose(clip.vision(images, p.expand(2, -1, -1)), shallow, atol=1e-6)
+
+
+def test_deep_text_prompts_replace_context_positions(tiny_student):
+    clip = FrozenCLIP(tiny_student.model)
+    tokens = tiny_student.tokenizer(["X X X X red circle."])
+    emb = clip.text.embed(tokens)
+    ctx_tokens = emb[0, 1:5].clone()
+    # deep prompts equal to what block 0 would have produced is not checkable; instead check that
+    # replacing with the same tensor at every depth differs from no replacement, and that None is a no-op
+    same = clip.text(emb, tokens, [None, None])
+    assert torch.equal(same, clip.text(emb, tokens))
+    changed = clip.text(emb, tokens, [ctx_tokens])
+    assert not torch.allclose(changed, same)
+
+
+def test_frozen_parts_stay_in_eval(tiny_student):
+    module = torch.nn.Module()
+    module.clip = FrozenCLIP(tiny_student.model)
+    module.train()
+    assert not tiny_student.model.training
+    assert all(not m.training for m in tiny_student.model.modules())
+
+
+def test_bool_mask_refused(tiny_student):
+    from kdpipe.clip.towers import _run_blocks
+
+    x = torch.randn(1, 4, tiny_student.dims.text_width)
+    with pytest.raises(TypeError):
+        _run_blocks(tiny_student.model.transformer, x, torch.ones(4, 4, dtype=torch.bool), None, None)
