@@ -1,0 +1,330 @@
+"""Inner-product index over L2-normalised class features: ``ClassIndex``.
+
+Kinds:
+  - ``flat``: exact. FAISS ``IndexFlatIP`` (on the GPU when faiss-gpu and a GPU are present) or a
+    torch matmul + top-k; the first search at a given size times both and keeps the faster for the
+    rest of the process, because the faiss-cpu wheel's bundled OpenBLAS picks a slow kernel on some
+    CPUs while torch's BLAS does not (and the reverse happens too).
+  - ``ivf`` / ``hnsw``: approximate FAISS indexes for label sets of tens of thousands of classes.
+  - ``auto``: ``flat`` below ``AUTO_APPROX_FROM`` classes, ``hnsw`` from there (when FAISS is present).
+
+Whatever the backend, results are made identical and deterministic the same way: each backend
+returns ``k + TIE_MARGIN`` candidates, their scores are recomputed exactly (float64 dot products)
+and the candidates are ordered by (score desc, class id asc). Two float32 backends may disagree in
+the last bit, which would otherwise reorder near-ties; the margin absorbs that.
+
+Saved as ``faiss.write_index`` + a JSON sidecar (``PATH.json``); without FAISS installed a flat
+index is saved as safetensors instead. Nothing is ever pickled.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from kdpipe.errors import KdpipeError
+
+KINDS = ("flat", "ivf", "hnsw", "auto")
+# Flat search costs B*C*D per batch, far less than encoding B images, until C gets very large.
+AUTO_APPROX_FROM = 100_000
+TIE_MARGIN = 8
+SIDECAR_FORMAT = "kdpipe-class-index"
+SIDECAR_VERSION = 1
+
+# (backend-choice key) -> "faiss" | "torch"; measured once per process
+_FLAT_CHOICE: dict[tuple, str] = {}
+_FLAT_TIMINGS: dict[tuple, dict[str, float]] = {}
+
+
+def faiss_module():
+    """The ``faiss`` module, or None when neither faiss-cpu nor faiss-gpu is installed."""
+    try:
+        import faiss
+    except ImportError:
+        return None
+    return faiss
+
+
+def faiss_has_gpu() -> bool:
+    faiss = faiss_module()
+    return faiss is not None and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+@dataclass
+class IndexParams:
+    """Knobs of the approximate kinds (recorded in the sidecar so a loaded index searches the same)."""
+
+    nlist: int = 0  # ivf: number of k-means cells; 0 = 4*sqrt(C), capped so each cell trains on >= 39 rows
+    nprobe: int = 0  # ivf: cells visited per query; 0 = max(16, nlist // 8)
+    hnsw_m: int = 32  # hnsw: graph degree
+    ef_construction: int = 80  # hnsw: candidate list while building
+    ef_search: int = 128  # hnsw: candidate list while searching (raised to k + margin when smaller)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _as_float32_rows(x, what: str) -> torch.Tensor:
+    t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
+    if t.dim() != 2 or t.shape[0] == 0 or t.shape[1] == 0:
+        raise KdpipeError(f"{what} must be a non-empty [N, D] matrix, got shape {tuple(t.shape)}")
+    return t.detach().to(torch.float32).contiguous()
+
+
+class ClassIndex:
+    """Top-k inner-product search over ``C`` class feature rows of dimension ``D``."""
+
+    def __init__(self, features: torch.Tensor, kind: str, params: IndexParams, faiss_index=None, device: str = "cpu"):
+        self.features = features.cpu().contiguous()  # [C, D] float32, the exact rows (rescoring, torch path)
+        self.kind = kind
+        self.params = params
+        self.device = torch.device(device)
+        self._faiss_cpu = faiss_index  # kept for saving (a GPU copy cannot be written)
+        self._faiss = self._maybe_to_gpu(faiss_index)
+        self._torch_features = self.features.to(self.device) if self.device.type != "cpu" else self.features
+        self.backend_used: str | None = None  # last backend that answered (for logs and bench)
+
+    # ----------------------------------------------------------------- build
+    @classmethod
+    def build(cls, features, kind: str = "flat", device: str = "cpu", params: IndexParams | None = None) -> "ClassIndex":
+        """Index the rows of ``features`` ([C, D], L2-normalised); ids are the row numbers."""
+        feats = _as_float32_rows(features, "class features")
+        params = params or IndexParams()
+        kind = resolve_kind(kind, feats.shape[0])
+        faiss = faiss_module()
+        if kind != "flat" and faiss is None:
+            raise KdpipeError(f"--index {kind} needs FAISS: pip install 'kdpipe[cpu]' (or 'kdpipe[gpu]'), or use --index flat")
+        index = None
+        if faiss is not None:
+            index = _build_faiss(faiss, feats.numpy(), kind, params)
+        return cls(feats, kind, params, index, device)
+
+    def _maybe_to_gpu(self, index):
+        # HNSW has no GPU implementation in FAISS; flat and IVF do.
+        if index is None or self.device.type != "cuda" or self.kind == "hnsw" or not faiss_has_gpu():
+            return index
+        faiss = faiss_module()
+        self._gpu_res = faiss.StandardGpuResources()
+        return faiss.index_cpu_to_gpu(self._gpu_res, self.device.index or 0, index)
+
+    @property
+    def dim(self) -> int:
+        return int(self.features.shape[1])
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.features.shape[0])
+
+    def __len__(self) -> int:
+        return self.ntotal
+
+    # ----------------------------------------------------------------- search
+    def search(self, queries, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-``k`` (scores [B, k] float32, ids [B, k] int64) per query row, best first.
+
+        Ties are broken by the smaller class id. An approximate index that finds fewer than ``k``
+        classes for a query pads with id -1 and score -inf.
+        """
+        q = _as_float32_rows(queries, "queries") if not isinstance(queries, torch.Tensor) else queries.detach().float()
+        if q.dim() != 2 or q.shape[1] != self.dim:
+            raise KdpipeError(
+                f"query features have dimension {q.shape[-1]} but the class index has {self.dim}; "
+                "the encoder and the class features come from different models"
+            )
+        if k < 1:
+            raise KdpipeError(f"top-k must be at least 1, got {k}")
+        n = min(k + TIE_MARGIN, self.ntotal)
+        if self.kind == "flat":
+            backend = self._flat_backend(q, n)
+        else:
+            backend = "faiss"
+        cand = self._candidates(backend, q, n)
+        self.backend_used = backend
+        return self._rescore(q, cand, k)
+
+    def _candidates(self, backend: str, q: torch.Tensor, n: int) -> torch.Tensor:
+        if backend == "torch":
+            f = self._torch_features
+            scores = q.to(f.device) @ f.T
+            return scores.topk(n, dim=1).indices
+        self._set_search_params(n)
+        qn = np.ascontiguousarray(q.cpu().numpy(), dtype=np.float32)
+        _, ids = self._faiss.search(qn, n)
+        return torch.from_numpy(ids)
+
+    def _set_search_params(self, n: int) -> None:
+        faiss = faiss_module()
+        if self.kind == "ivf":
+            faiss.extract_index_ivf(self._faiss).nprobe = self.params.nprobe
+        elif self.kind == "hnsw":
+            self._faiss.hnsw.efSearch = max(self.params.ef_search, n)
+
+    def _rescore(self, q: torch.Tensor, cand: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self._torch_features
+        cand = cand.to(f.device)
+        missing = cand < 0
+        safe = cand.clamp_min(0)
+        rows = f[safe].double()  # [B, n, D]
+        exact = torch.einsum("bnd,bd->bn", rows, q.to(f.device).double())
+        exact = exact.masked_fill(missing, float("-inf"))
+        ids = cand.masked_fill(missing, self.ntotal)  # padding sorts last among equal scores
+        by_id = ids.argsort(dim=1)
+        ids, exact = ids.gather(1, by_id), exact.gather(1, by_id)
+        by_score = torch.sort(exact, dim=1, descending=True, stable=True).indices
+        ids, exact = ids.gather(1, by_score)[:, :k], exact.gather(1, by_score)[:, :k]
+        ids = ids.masked_fill(ids >= self.ntotal, -1)
+        k_found = ids.shape[1]
+        if k_found < k:  # fewer classes than k
+            pad = k - k_found
+            ids = torch.cat([ids, ids.new_full((ids.shape[0], pad), -1)], 1)
+            exact = torch.cat([exact, exact.new_full((exact.shape[0], pad), float("-inf"))], 1)
+        return exact.float().cpu(), ids.cpu()
+
+    # ----------------------------------------------------------- flat backend choice
+    def flat_backends(self) -> list[str]:
+        return ["faiss", "torch"] if self._faiss is not None else ["torch"]
+
+    def _choice_key(self, batch: int) -> tuple:
+        bucket = 1 << max(0, math.ceil(math.log2(max(batch, 1))))
+        return (self.ntotal, self.dim, bucket, self.device.type, self._faiss is not None)
+
+    def _flat_backend(self, q: torch.Tensor, n: int) -> str:
+        backends = self.flat_backends()
+        if len(backends) == 1:
+            return backends[0]
+        key = self._choice_key(q.shape[0])
+        if key not in _FLAT_CHOICE:
+            timings = {b: _best_time(lambda b=b: self._candidates(b, q, n), self.device) for b in backends}
+            _FLAT_TIMINGS[key] = timings
+            _FLAT_CHOICE[key] = min(timings, key=timings.get)
+        return _FLAT_CHOICE[key]
+
+    def force_flat_backend(self, backend: str, batch: int) -> None:
+        """Pin the flat backend for this size (benchmarks and tests compare both on purpose)."""
+        if backend not in self.flat_backends():
+            raise KdpipeError(f"flat backend {backend!r} is not available here; available: {', '.join(self.flat_backends())}")
+        _FLAT_CHOICE[self._choice_key(batch)] = backend
+
+    def flat_timings(self, batch: int) -> dict[str, float] | None:
+        """Seconds per search measured for this size when the backend was picked (None if not yet)."""
+        return _FLAT_TIMINGS.get(self._choice_key(batch))
+
+    # ----------------------------------------------------------------- persist
+    def describe(self) -> dict[str, Any]:
+        p = self.params
+        return {
+            "format": SIDECAR_FORMAT,
+            "version": SIDECAR_VERSION,
+            "kind": self.kind,
+            "dim": self.dim,
+            "ntotal": self.ntotal,
+            "metric": "inner_product",
+            "storage": "faiss" if self._faiss_cpu is not None else "safetensors",
+            "params": {"nlist": p.nlist, "nprobe": p.nprobe, "hnsw_m": p.hnsw_m,
+                       "ef_construction": p.ef_construction, "ef_search": p.ef_search},
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write the index to ``path`` and its description to ``path.json``, both atomically."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        if self._faiss_cpu is not None:
+            faiss_module().write_index(self._faiss_cpu, str(tmp))
+        else:
+            from safetensors.torch import save_file
+
+            save_file({"features": self.features}, str(tmp))
+        os.replace(tmp, path)
+        _write_json_atomic(sidecar_path(path), self.describe())
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu") -> "ClassIndex":
+        path = Path(path)
+        side = sidecar_path(path)
+        if not path.is_file() or not side.is_file():
+            raise KdpipeError(f"class index {path} (and its sidecar {side.name}) not found; build one with ClassIndex.build(...).save(path)")
+        try:
+            meta = json.loads(side.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise KdpipeError(f"{side} is not a readable class-index sidecar ({e})") from e
+        if meta.get("format") != SIDECAR_FORMAT or int(meta.get("version", 0)) > SIDECAR_VERSION:
+            raise KdpipeError(f"{side} is not a kdpipe class index of a version this kdpipe reads (found {meta.get('format')} v{meta.get('version')})")
+        params = IndexParams(**{k: v for k, v in meta.get("params", {}).items() if k in IndexParams.__dataclass_fields__})
+        if meta["storage"] == "safetensors":
+            from safetensors.torch import load_file
+
+            feats = load_file(str(path))["features"]
+            return cls(feats, meta["kind"], params, None, device)
+        faiss = faiss_module()
+        if faiss is None:
+            raise KdpipeError(f"{path} is a FAISS index but FAISS is not installed: pip install 'kdpipe[cpu]' (or 'kdpipe[gpu]')")
+        index = faiss.read_index(str(path))
+        if index.ntotal != meta["ntotal"] or index.d != meta["dim"]:
+            raise KdpipeError(f"{path} holds {index.ntotal} x {index.d} but its sidecar says {meta['ntotal']} x {meta['dim']}; the index is damaged, re-export it")
+        if meta["kind"] == "ivf":
+            faiss.extract_index_ivf(index).make_direct_map()
+        feats = torch.from_numpy(index.reconstruct_n(0, index.ntotal).copy())
+        return cls(feats, meta["kind"], params, index, device)
+
+
+def resolve_kind(kind: str, n_classes: int) -> str:
+    if kind not in KINDS:
+        raise KdpipeError(f"unknown index kind {kind!r}; expected one of {', '.join(KINDS)}")
+    if kind == "auto":
+        return "hnsw" if n_classes >= AUTO_APPROX_FROM and faiss_module() is not None else "flat"
+    return kind
+
+
+def sidecar_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+def _build_faiss(faiss, feats: np.ndarray, kind: str, params: IndexParams):
+    n, d = feats.shape
+    if kind == "flat":
+        index = faiss.IndexFlatIP(d)
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(d, params.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = params.ef_construction
+    else:  # ivf: k-means cells trained on the class features themselves
+        nlist = params.nlist or max(1, min(int(4 * math.sqrt(n)), n // 39))
+        nlist = max(1, min(nlist, n))
+        params.nlist = nlist
+        params.nprobe = min(nlist, params.nprobe or max(16, nlist // 8))
+        quantizer = faiss.IndexFlatIP(d)
+        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.seed = 1234  # deterministic k-means
+        index.train(feats)
+        index.make_direct_map()
+    index.add(feats)
+    return index
+
+
+def _best_time(fn, device: torch.device, repeats: int = 2) -> float:
+    """Best of ``repeats`` timed calls after one warm-up call (first calls pay for thread pools)."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
