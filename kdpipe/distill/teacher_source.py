@@ -1,0 +1,39 @@
+"""Where the teacher's image features come from during distillation.
+
+The distillation step only ever asks a :class:`TeacherFeatures` for the L2-normalised image
+features of the batch it is training on; it never sees the teacher model. Today the answer is a
+forward pass of the frozen prompted teacher (:class:`ForwardTeacher`); a cache of features computed
+once per stored view can implement the same call later without touching the step or the loop.
+The teacher's text side is not needed here at all: its class features were computed once by the
+``text-features`` stage and are passed to the step as a tensor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Protocol, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class TeacherFeatures(Protocol):
+    """``(images [B,3,H,W], keys) -> [B, D]`` L2-normalised teacher image features, no gradient."""
+
+    def __call__(self, images: torch.Tensor, keys: Sequence[str]) -> torch.Tensor: ...
+
+
+class ForwardTeacher:
+    """Runs the frozen prompted teacher's image tower on every batch (the reference behaviour)."""
+
+    def __init__(self, teacher: nn.Module, amp: Callable[[], contextlib.AbstractContextManager] | None = None):
+        # eval() for good: the teacher's prompts and any BatchNorm/dropout must not move
+        self.teacher = teacher.eval().requires_grad_(False)
+        self._amp = amp or contextlib.nullcontext
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, keys: Sequence[str]) -> torch.Tensor:
+        with self._amp():
+            features = self.teacher.encode_images(images)
+        return F.normalize(features.float(), dim=-1)
