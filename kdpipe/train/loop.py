@@ -1,0 +1,238 @@
+"""``fit``: the one training loop. Methods and distillation bring a step function, never a loop.
+
+It is generic over what a step does and where batches come from:
+  - ``batches(epoch, skip)`` yields the batches of ``epoch``, leaving out the first ``skip`` ones
+    (already trained before a resume). Make it deterministic per (seed, epoch) and it does not use
+    the global RNG, and a resumed run sees exactly the batches an uninterrupted one would;
+  - ``step(batch) -> (loss, logs)`` computes the loss of one batch (already on ``device``).
+The module is passed in (no global state), so a DDP wrapper can be handed in later unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from kdpipe.errors import KdpipeError
+from kdpipe.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
+from kdpipe.train.device import autocast, needs_grad_scaler, pick_device
+from kdpipe.train.schedule import OptimConfig, build_optimizer, lr_at
+
+Batches = Callable[[int, int], Iterable[Any]]
+Step = Callable[[Any], tuple[torch.Tensor, dict[str, float]]]
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass
+class _Position:
+    epoch: int = 0  # epoch being trained (== epochs when done)
+    batch: int = 0  # batches of this epoch already trained
+    step: int = 0  # optimizer steps over the whole run
+    history: list[dict[str, float]] = field(default_factory=list)
+    sums: dict[str, float] = field(default_factory=dict)  # running sums of this epoch's logs
+
+
+def fit(
+    module: nn.Module,
+    learned_params: Sequence[tuple[str, nn.Parameter]] | Sequence[nn.Parameter],
+    epochs: int,
+    batches: Batches,
+    step: Step,
+    optim: OptimConfig,
+    *,
+    ckpt_dir: str | Path | None = None,
+    checkpoint_every: int = 0,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    amp: bool = True,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+    steps_per_epoch: int | None = None,
+    show_progress: bool = False,
+) -> list[dict[str, float]]:
+    """Train ``learned_params`` of ``module``; returns one dict of mean logs per epoch.
+
+    Checkpoints (atomic) after every epoch and every ``checkpoint_every`` steps; when ``ckpt_dir``
+    already holds one, training resumes from it, mid-epoch included. Modules with
+    ``train_state_dict``/``load_train_state_dict`` (every PromptMethod) checkpoint through them, so
+    buffers and training-only state (BatchNorm statistics, GPA sums) survive a resume; their
+    ``on_epoch_end(epoch, epochs)`` and ``finalize()`` hooks are called when present.
+    """
+    device = pick_device(device)
+    named = _named(module, learned_params)
+    learned_ids = {id(p) for _, p in named}
+    for p in module.parameters():
+        p.requires_grad_(id(p) in learned_ids)
+    module.to(device)
+    opt = build_optimizer([p for _, p in named], optim)
+    scaler = torch.amp.GradScaler("cuda") if needs_grad_scaler(device, amp) else None
+    identity = {"format": CHECKPOINT_FORMAT, "epochs": epochs, "seed": seed, "params": [n for n, _ in named]}
+
+    pos = _Position()
+    seed_everything(seed)
+    resumed = load_checkpoint(ckpt_dir) if ckpt_dir is not None else None
+    if resumed is not None:
+        pos = _restore(module, named, opt, scaler, identity, ckpt_dir, *resumed)
+
+    def checkpoint() -> None:
+        if ckpt_dir is not None:
+            _save(ckpt_dir, module, named, opt, scaler, identity, pos)
+
+    bar = _Bar(epochs, steps_per_epoch, pos) if show_progress else None
+    try:
+        for epoch in range(pos.epoch, epochs):
+            lr = lr_at(epoch, epochs, optim)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            module.train()
+            for batch in batches(epoch, pos.batch):
+                batch = _to_device(batch, device)
+                with autocast(device, amp):
+                    loss, logs = step(batch)
+                if not torch.isfinite(loss.detach()).all() and scaler is None:
+                    raise KdpipeError(
+                        f"loss became {float(loss)} at epoch {epoch + 1}, step {pos.step + 1}; lower the learning rate (now {lr:g})"
+                    )
+                opt.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    opt.step()
+                pos.batch += 1
+                pos.step += 1
+                _accumulate(pos.sums, {"loss": float(loss.detach()), **logs})
+                info = {"epoch": epoch, "epochs": epochs, "batch": pos.batch, "step": pos.step, "lr": lr, "loss": float(loss.detach()), **logs}
+                if progress is not None:
+                    progress(info)
+                if bar is not None:
+                    bar.advance(info)
+                if checkpoint_every and pos.step % checkpoint_every == 0:
+                    checkpoint()
+            if pos.batch == 0 and not pos.sums:
+                raise KdpipeError(f"epoch {epoch + 1} produced no batches; is the training set empty or smaller than the batch?")
+            n = pos.sums.pop("_count", 1)
+            pos.history.append({"epoch": epoch + 1, "lr": lr, "steps": int(n), **{k: v / n for k, v in pos.sums.items()}})
+            if hasattr(module, "on_epoch_end"):
+                module.on_epoch_end(epoch, epochs)
+            pos.epoch, pos.batch, pos.sums = epoch + 1, 0, {}
+            checkpoint()
+    finally:
+        if bar is not None:
+            bar.close()
+    if hasattr(module, "finalize"):
+        module.finalize()
+    module.eval()
+    return pos.history
+
+
+def _named(module: nn.Module, params) -> list[tuple[str, nn.Parameter]]:
+    params = list(params)
+    if params and isinstance(params[0], tuple):
+        named = [(n, p) for n, p in params]
+    else:
+        names = {id(p): n for n, p in module.named_parameters()}
+        named = [(names.get(id(p), f"param{i}"), p) for i, p in enumerate(params)]
+    if not named:
+        raise KdpipeError("nothing to train: no learned parameters were given")
+    return named
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+def _accumulate(sums: dict[str, float], logs: dict[str, float]) -> None:
+    sums["_count"] = sums.get("_count", 0) + 1
+    for k, v in logs.items():
+        sums[k] = sums.get(k, 0.0) + float(v)
+
+
+def _module_state(module: nn.Module, named) -> dict[str, torch.Tensor]:
+    if hasattr(module, "train_state_dict"):
+        return module.train_state_dict()
+    return {n: p.detach() for n, p in named}
+
+
+def _save(ckpt_dir, module, named, opt, scaler, identity, pos: _Position) -> None:
+    tensors = {f"state.{k}": v for k, v in _module_state(module, named).items()}
+    for i, p in enumerate(p for _, p in named):
+        for key, value in opt.state.get(p, {}).items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim.{i}.{key}"] = value
+    rng_tensors, rng_meta = rng_state()
+    tensors.update(rng_tensors)
+    meta = {
+        **identity,
+        "epoch": pos.epoch,
+        "batch": pos.batch,
+        "step": pos.step,
+        "history": pos.history,
+        "sums": pos.sums,
+        "rng": rng_meta,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "saved_at": time.time(),
+    }
+    save_checkpoint(ckpt_dir, pos.step, tensors, meta)
+
+
+def _restore(module, named, opt, scaler, identity, ckpt_dir, tensors, meta) -> _Position:
+    theirs = {k: meta.get(k) for k in identity}
+    if theirs != identity:
+        diff = [k for k in identity if theirs[k] != identity[k]]
+        raise KdpipeError(
+            f"checkpoint in {ckpt_dir} belongs to a different run ({', '.join(diff)} differ); "
+            "delete that folder to start over or point to the run's own checkpoint folder"
+        )
+    state = {k[len("state.") :]: v for k, v in tensors.items() if k.startswith("state.")}
+    if hasattr(module, "load_train_state_dict"):
+        module.load_train_state_dict(state)
+    else:
+        with torch.no_grad():
+            for n, p in named:
+                p.copy_(state[n])
+    device = named[0][1].device
+    for i, p in enumerate(p for _, p in named):
+        buffers = {k.split(".", 2)[2]: v for k, v in tensors.items() if k.startswith(f"optim.{i}.")}
+        if buffers:
+            opt.state[p] = {k: v.to(device) for k, v in buffers.items()}
+    if scaler is not None and meta.get("scaler"):
+        scaler.load_state_dict(meta["scaler"])
+    set_rng_state(tensors, meta["rng"])
+    return _Position(meta["epoch"], meta["batch"], meta["step"], meta["history"], meta["sums"])
+
+
+class _Bar:
+    """A rich progress bar over all steps of the run (resumed runs start part-way)."""
+
+    def __init__(self, epochs: int, steps_per_epoch: int | None, pos: _Position):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]train[/] {task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()
+        )
+        total = epochs * steps_per_epoch if steps_per_epoch else None
+        done = pos.epoch * steps_per_epoch + pos.batch if steps_per_epoch else 0
+        self.task = self.progress.add_task("", total=total, completed=done)
+        self.progress.start()
+
+    def advance(self, info: dict[str, Any]) -> None:
+        loss = info["loss"]
+        text = f"epoch {info['epoch'] + 1}/{info['epochs']} loss {loss:.4f}" if math.isfinite(loss) else ""
+        self.progress.update(self.task, advance=1, description=text)
+
+    def close(self) -> None:
+        self.progress.stop()
