@@ -1,0 +1,394 @@
+"""Resumable result files for ``classify``: one row per image, every image exactly once.
+
+Files beside ``OUT``:
+  - ``OUT.meta.json``: written before the first row; the model identity, top-k and key column. A
+    re-run with another model (or another top-k) is refused unless ``overwrite``.
+  - ``OUT.skipped.jsonl``: the unreadable images, ``{key, reason}``; they count as done.
+
+Line formats (JSONL, CSV) append each batch with one ``write`` + ``fsync``. After a kill at any
+point the file holds whole rows followed at most by one torn row; on resume the torn tail is cut
+off and the keys of the whole rows are the done set, so each image ends up written exactly once.
+Parquet cannot be appended to, so rows go to atomically written part files, merged into ``OUT``
+(atomically) when the run finishes; parts already merged before a kill are recognised by their keys.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from kdpipe.errors import KdpipeError
+
+META_FORMAT = "kdpipe-classify-output"
+META_VERSION = 1
+
+
+@dataclass
+class Row:
+    key: str
+    labels: list[str]
+    scores: list[float]
+    ids: list[int]
+
+
+def meta_path(out: Path) -> Path:
+    return out.with_name(out.name + ".meta.json")
+
+
+def skipped_path(out: Path) -> Path:
+    return out.with_name(out.name + ".skipped.jsonl")
+
+
+# --------------------------------------------------------------------------- formats
+_FORMATS: dict[str, Callable[..., "RowFile"]] = {}
+
+
+def register_format(*suffixes: str):
+    def add(cls):
+        for s in suffixes:
+            _FORMATS[s] = cls
+        return cls
+
+    return add
+
+
+def output_format(out: Path) -> str:
+    suffix = out.suffix.lower()
+    if suffix not in _FORMATS:
+        raise KdpipeError(f"--out {out}: unknown output format {suffix or '(no suffix)'}; use one of {', '.join(sorted(_FORMATS))}")
+    if suffix == ".parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise KdpipeError(f"--out {out}: Parquet output needs pyarrow (pip install pyarrow); or write .jsonl or .csv") from None
+    return suffix
+
+
+class RowFile(ABC):
+    """One output file: reads back the keys it holds, appends rows durably, finishes."""
+
+    def __init__(self, path: Path, key_column: str, top_k: int):
+        self.path = path
+        self.key_column = key_column
+        self.top_k = top_k
+
+    @abstractmethod
+    def recover(self) -> set[str]:
+        """Repair a torn tail left by a kill; return the keys of the complete rows."""
+
+    @abstractmethod
+    def append(self, rows: list[Row]) -> None:
+        """Add rows durably (they survive a kill once this returns)."""
+
+    def unwritable(self, key: str) -> str | None:
+        """Why this key cannot be stored in this format (None: it can)."""
+        return None
+
+    def finish(self) -> None:
+        """Called once the whole input is done."""
+
+
+class LineFile(RowFile):
+    """A text file of one record per line, appended with one write + fsync per batch."""
+
+    header: str = ""
+
+    @abstractmethod
+    def encode(self, row: Row) -> str:
+        """One row as a line, newline included."""
+
+    @abstractmethod
+    def decode_key(self, line: str) -> str:
+        """The key of a line this format wrote; raises ValueError/KeyError on anything else."""
+
+    def recover(self) -> set[str]:
+        if not self.path.exists():
+            return set()
+        data = self.path.read_bytes()
+        keys: set[str] = set()
+        pos, good_end, lines = 0, 0, data.split(b"\n")
+        whole = lines[:-1]  # the last piece has no newline: empty, or a torn row
+        for n, raw in enumerate(whole):
+            end = pos + len(raw) + 1
+            try:
+                line = raw.decode("utf-8")
+                if not (n == 0 and self.header and line == self.header.rstrip("\n")):
+                    keys.add(self.decode_key(line))
+            except (UnicodeDecodeError, ValueError, KeyError, IndexError, TypeError):
+                if n < len(whole) - 1:
+                    raise KdpipeError(
+                        f"{self.path} line {n + 1} is not a row kdpipe wrote; fix or remove the file, or pass --overwrite"
+                    ) from None
+                break  # a damaged last row: treat like a torn one
+            pos = good_end = end
+        if good_end < len(data):
+            with open(self.path, "r+b") as f:
+                f.truncate(good_end)
+                f.flush()
+                os.fsync(f.fileno())
+        return keys
+
+    def append(self, rows: list[Row]) -> None:
+        if not rows:
+            return
+        text = "".join(self.encode(r) for r in rows)
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        _append_durably(self.path, ((self.header if new else "") + text).encode("utf-8"))
+
+
+@register_format(".jsonl", ".ndjson")
+class JsonlFile(LineFile):
+    def encode(self, row: Row) -> str:
+        return json.dumps({self.key_column: row.key, "labels": row.labels, "scores": row.scores, "ids": row.ids},
+                          ensure_ascii=False) + "\n"
+
+    def decode_key(self, line: str) -> str:
+        return str(json.loads(line)[self.key_column])
+
+
+@register_format(".csv")
+class CsvFile(LineFile):
+    def __init__(self, path: Path, key_column: str, top_k: int):
+        super().__init__(path, key_column, top_k)
+        cols = [key_column]
+        for i in range(1, top_k + 1):
+            cols += [f"label_{i}", f"score_{i}", f"id_{i}"]
+        self.header = _csv_line(cols)
+
+    def unwritable(self, key: str) -> str | None:
+        # recovery reads the file line by line, so a record must not span lines
+        return "path contains a line break, which CSV rows here cannot hold; write .jsonl instead" if "\n" in key or "\r" in key else None
+
+    def encode(self, row: Row) -> str:
+        cells: list[Any] = [row.key]
+        for i in range(self.top_k):
+            if i < len(row.labels):
+                cells += [row.labels[i], f"{row.scores[i]:.6f}", row.ids[i]]
+            else:
+                cells += ["", "", ""]
+        return _csv_line(cells)
+
+    def decode_key(self, line: str) -> str:
+        (cells,) = list(csv.reader([line]))
+        if len(cells) != 1 + 3 * self.top_k:
+            raise ValueError("wrong number of columns")
+        return cells[0]
+
+
+@register_format(".parquet")
+class ParquetFile(RowFile):
+    """Rows buffered into atomically written part files; merged into the final file at the end."""
+
+    part_rows = 8192
+
+    def __init__(self, path: Path, key_column: str, top_k: int):
+        super().__init__(path, key_column, top_k)
+        self.parts = path.with_name(path.name + ".parts")
+        self.buffer: list[Row] = []
+
+    def _keys(self, file: Path) -> list[str]:
+        import pyarrow.parquet as pq
+
+        return [str(k) for k in pq.read_table(file, columns=[self.key_column]).column(0).to_pylist()]
+
+    def recover(self) -> set[str]:
+        keys = set(self._keys(self.path)) if self.path.exists() else set()
+        for part in sorted(self.parts.glob("part-*.parquet")) if self.parts.exists() else []:
+            pk = self._keys(part)
+            if pk and all(k in keys for k in pk):
+                part.unlink()  # merged into the final file before a kill removed it
+            else:
+                keys.update(pk)
+        return keys
+
+    def append(self, rows: list[Row]) -> None:
+        self.buffer.extend(rows)
+        if len(self.buffer) >= self.part_rows:
+            self._flush()
+
+    def _table(self, rows: list[Row]):
+        import pyarrow as pa
+
+        return pa.table({
+            self.key_column: pa.array([r.key for r in rows], pa.string()),
+            "labels": pa.array([r.labels for r in rows], pa.list_(pa.string())),
+            "scores": pa.array([r.scores for r in rows], pa.list_(pa.float32())),
+            "ids": pa.array([r.ids for r in rows], pa.list_(pa.int64())),
+        })
+
+    def _flush(self) -> None:
+        import pyarrow.parquet as pq
+
+        if not self.buffer:
+            return
+        self.parts.mkdir(parents=True, exist_ok=True)
+        n = len(list(self.parts.glob("part-*.parquet")))
+        final = self.parts / f"part-{n:06d}.parquet"
+        tmp = final.with_name(final.name + ".tmp")
+        pq.write_table(self._table(self.buffer), tmp)
+        _fsync_file(tmp)
+        os.replace(tmp, final)
+        self.buffer = []
+
+    def finish(self) -> None:
+        import pyarrow.parquet as pq
+
+        self._flush()
+        parts = sorted(self.parts.glob("part-*.parquet")) if self.parts.exists() else []
+        if not parts:
+            return
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        sources = ([self.path] if self.path.exists() else []) + parts
+        with pq.ParquetWriter(tmp, self._table([]).schema) as w:
+            for src in sources:
+                w.write_table(pq.read_table(src))
+        _fsync_file(tmp)
+        os.replace(tmp, self.path)
+        shutil.rmtree(self.parts)
+
+
+# --------------------------------------------------------------------------- the writer
+class ResultWriter:
+    """Rows and skipped images of one output, resumable. ``done`` holds every key already there."""
+
+    def __init__(self, out: str | Path, *, key_column: str, top_k: int, model: dict[str, Any], overwrite: bool = False,
+                 extra_meta: dict[str, Any] | None = None):
+        self.out = Path(out)
+        suffix = output_format(self.out)
+        if not model.get("id"):
+            raise ValueError("model identity needs an 'id'")
+        self.meta = {"format": META_FORMAT, "version": META_VERSION, "model": model, "top_k": top_k,
+                     "key_column": key_column, "output_format": suffix.lstrip("."), **(extra_meta or {})}
+        self.file = _FORMATS[suffix](self.out, key_column, top_k)
+        self.skipped = _SkippedFile(skipped_path(self.out), key_column)
+        if overwrite:
+            self._remove_previous()
+        else:
+            self._check_previous()
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.rows_done = self.file.recover()
+        self.skipped_done = self.skipped.recover()
+        self.done = self.rows_done | self.skipped_done
+        self.resumed = len(self.done)
+        _write_json_atomic(meta_path(self.out), self.meta)
+        self.written = 0
+        self.newly_skipped: list[tuple[str, str]] = []
+
+    def _previous_files(self) -> list[Path]:
+        parts = self.out.with_name(self.out.name + ".parts")
+        return [p for p in (self.out, meta_path(self.out), skipped_path(self.out), parts) if p.exists()]
+
+    def _remove_previous(self) -> None:
+        for p in self._previous_files():
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+    def _check_previous(self) -> None:
+        mp = meta_path(self.out)
+        if not mp.exists():
+            if self.out.exists():
+                raise KdpipeError(f"{self.out} exists but was not written by kdpipe classify (no {mp.name}); pass --overwrite to replace it")
+            return
+        try:
+            prev = json.loads(mp.read_text())
+        except (OSError, json.JSONDecodeError):
+            raise KdpipeError(f"{mp} is unreadable, so {self.out} cannot be resumed safely; pass --overwrite to start over") from None
+        prev_model = (prev.get("model") or {}).get("id")
+        if prev_model != self.meta["model"]["id"]:
+            raise KdpipeError(
+                f"{self.out} was written by another model ({_model_label(prev.get('model'))}, not "
+                f"{_model_label(self.meta['model'])}); pass --overwrite to replace it, or choose another --out"
+            )
+        for k in ("top_k", "key_column"):
+            if prev.get(k) != self.meta[k]:
+                raise KdpipeError(
+                    f"{self.out} was written with {k.replace('_', '-')} {prev.get(k)}, this run uses {self.meta[k]}; "
+                    "use the same setting to resume, or pass --overwrite"
+                )
+
+    def append(self, rows: list[Row], skipped: list[tuple[str, str]] = ()) -> None:
+        """Write one batch; rows or skipped keys already done are dropped (never written twice)."""
+        keep, skip = [], []
+        for r in rows:
+            if r.key in self.done:
+                continue
+            why = self.file.unwritable(r.key)
+            if why:
+                skip.append((r.key, why))
+            else:
+                keep.append(r)
+        skip += [(k, why) for k, why in skipped if k not in self.done]
+        self.file.append(keep)
+        self.skipped.append(skip)
+        for r in keep:
+            self.done.add(r.key)
+        for k, _ in skip:
+            self.done.add(k)
+        self.written += len(keep)
+        self.newly_skipped += skip
+
+    def close(self) -> None:
+        self.file.finish()
+
+
+class _SkippedFile(JsonlFile):
+    def __init__(self, path: Path, key_column: str):
+        super().__init__(path, key_column, 0)
+
+    def append(self, skipped) -> None:
+        if skipped:
+            text = "".join(json.dumps({self.key_column: k, "reason": why}, ensure_ascii=False) + "\n" for k, why in skipped)
+            _append_durably(self.path, text.encode("utf-8"))
+
+
+def read_rows(out: str | Path) -> list[dict[str, Any]]:
+    """All rows of a classify output as dicts (JSONL and CSV; Parquet with pyarrow)."""
+    out = Path(out)
+    suffix = out.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        return [json.loads(ln) for ln in out.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    if suffix == ".csv":
+        return list(csv.DictReader(io.StringIO(out.read_text(encoding="utf-8"))))
+    import pyarrow.parquet as pq
+
+    return pq.read_table(out).to_pylist()
+
+
+def _model_label(model: dict[str, Any] | None) -> str:
+    if not model:
+        return "unknown"
+    return f"{model.get('name', 'model')} {str(model.get('id'))[:12]}"
+
+
+def _csv_line(cells: list[Any]) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow(cells)
+    return buf.getvalue()
+
+
+def _append_durably(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
