@@ -89,6 +89,7 @@ class ClassIndex:
         self._faiss = self._maybe_to_gpu(faiss_index)
         self._torch_features = self.features.to(self.device) if self.device.type != "cpu" else self.features
         self.backend_used: str | None = None  # last backend that answered (for logs and bench)
+        self._forced_backend: str | None = None
 
     # ----------------------------------------------------------------- build
     @classmethod
@@ -196,6 +197,8 @@ class ClassIndex:
 
     def _flat_backend(self, q: torch.Tensor, n: int) -> str:
         backends = self.flat_backends()
+        if self._forced_backend is not None:
+            return self._forced_backend
         if len(backends) == 1:
             return backends[0]
         key = self._choice_key(q.shape[0])
@@ -205,11 +208,11 @@ class ClassIndex:
             _FLAT_CHOICE[key] = min(timings, key=timings.get)
         return _FLAT_CHOICE[key]
 
-    def force_flat_backend(self, backend: str, batch: int) -> None:
-        """Pin the flat backend for this size (benchmarks and tests compare both on purpose)."""
-        if backend not in self.flat_backends():
+    def force_flat_backend(self, backend: str | None) -> None:
+        """Pin this index's flat backend (benchmarks and tests compare both); None measures again."""
+        if backend is not None and backend not in self.flat_backends():
             raise KdpipeError(f"flat backend {backend!r} is not available here; available: {', '.join(self.flat_backends())}")
-        _FLAT_CHOICE[self._choice_key(batch)] = backend
+        self._forced_backend = backend
 
     def flat_timings(self, batch: int) -> dict[str, float] | None:
         """Seconds per search measured for this size when the backend was picked (None if not yet)."""
