@@ -10,7 +10,7 @@ from kdpipe.methods.io import load_learned, read_learned, save_learned
 from kdpipe.methods.registry import build_method, get_method, list_methods, register_method
 
 # registration order = listing order
-from kdpipe.methods import zeroshot, coop  # noqa: E402,F401  isort: skip
+from kdpipe.methods import zeroshot, coop, cocoop, vpt, ivlp, maple, mudpt, promptsrc, promptkd  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "MethodConfig",

@@ -157,13 +157,27 @@ class PromptStack(nn.Module):
         return self.prompts[0], list(self.prompts[1:])
 
 
-def hand_prompt_features(backbone: Backbone, clip: FrozenCLIP, classnames: list[str], templates: list[str] | tuple[str, ...]) -> torch.Tensor:
-    """Frozen CLIP text features ``[C, D]`` of hand templates: one template, or the normalised mean of several."""
+def hand_prompt_features(
+    backbone: Backbone,
+    clip: FrozenCLIP,
+    classnames: list[str],
+    templates: list[str] | tuple[str, ...],
+    normalize_each: bool = True,
+) -> torch.Tensor:
+    """Frozen CLIP text features ``[C, D]`` of hand templates: one template, or the mean over several.
+
+    CLIP's zero-shot ensembles average normalised features (``normalize_each``); PromptSRC's text
+    target averages the raw features and is normalised once by the caller.
+    """
     device = clip.model.logit_scale.device
     feats = []
     for template in templates:
         tokens = backbone.tokenizer([fill(template, c) for c in classnames]).to(device)
-        feats.append(clip.text.encode(tokens))
-    if len(feats) == 1:
-        return feats[0]
-    return torch.stack([nn.functional.normalize(f, dim=-1) for f in feats]).mean(0)
+        f = clip.text.encode(tokens)
+        feats.append(nn.functional.normalize(f, dim=-1) if normalize_each and len(templates) > 1 else f)
+    return feats[0] if len(feats) == 1 else torch.stack(feats).mean(0)
+
+
+def deep_prompt_rows(rows: int, n_tokens: int, width: int) -> nn.Parameter | None:
+    """Deep prompts for blocks 1..rows (their input counterpart lives elsewhere), or None for none."""
+    return nn.Parameter(normal_init(rows, n_tokens, width)) if rows > 0 and n_tokens > 0 else None
