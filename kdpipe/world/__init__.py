@@ -1,0 +1,47 @@
+"""The demo world: procedurally rendered coloured shapes, a shifted downstream dataset, tiny CLIPs.
+
+Importing this package registers the ``world-b`` (student) and ``world-l`` (teacher) open_clip
+configs, so ``load_backbone("world-b")`` and checkpoints saved for them resolve.
+"""
+
+from pathlib import Path
+
+from kdpipe.world.captions import TEMPLATES, caption, caption_table
+from kdpipe.world.classes import CLASSNAMES, COLOURS, NUM_BASE, NUM_CLASSES, SHAPES, WORLD_CLASSES
+from kdpipe.world.dataset import SPLIT_FILE, write_world_dataset
+from kdpipe.world.render import IMAGE_SIZE, RENDER_VERSION, render_batch, render_images
+from kdpipe.world.shift import DEFAULT_SHIFT, Shift, shift_images
+
+WORLD_CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+def register_world_configs() -> None:
+    from kdpipe.clip import register_config_dir
+
+    register_config_dir(WORLD_CONFIG_DIR)
+
+
+register_world_configs()
+
+__all__ = [
+    "CLASSNAMES",
+    "COLOURS",
+    "DEFAULT_SHIFT",
+    "IMAGE_SIZE",
+    "NUM_BASE",
+    "NUM_CLASSES",
+    "RENDER_VERSION",
+    "SHAPES",
+    "SPLIT_FILE",
+    "TEMPLATES",
+    "WORLD_CLASSES",
+    "WORLD_CONFIG_DIR",
+    "Shift",
+    "caption",
+    "caption_table",
+    "register_world_configs",
+    "render_batch",
+    "render_images",
+    "shift_images",
+    "write_world_dataset",
+]
