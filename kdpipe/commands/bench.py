@@ -1,0 +1,69 @@
+"""``kdpipe bench ...``: speed benchmarks that print ratios against a baseline measured in the same run.
+
+``bench_app`` is a typer sub-app: another command module adds ``kdpipe bench THING`` with
+``from kdpipe.commands.bench import bench_app`` and ``@bench_app.command("thing")`` in its ``register``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+bench_app = typer.Typer(help="Benchmarks: each prints ratios against a plain baseline measured in the same run.",
+                        no_args_is_help=True)
+
+
+@bench_app.command("index")
+def index(
+    classes: str = typer.Option("1000,20000", help="class counts for flat search, comma-separated"),
+    approx_classes: int = typer.Option(20000, "--approx-classes", help="class count for the ivf/hnsw comparison"),
+    dim: int = typer.Option(768, help="feature dimension (768 = ViT-L/14 teacher text features)"),
+    batch: int = typer.Option(256, help="queries per search (the classify batch size)"),
+    top_k: int = typer.Option(5, "--top-k"),
+    repeats: int = typer.Option(5, help="timed searches per measurement (after one warm-up)"),
+    device: str = typer.Option("cpu", help="cpu, cuda or auto"),
+    kinds: str = typer.Option("ivf,hnsw", help="approximate kinds to compare with flat ('' for none)"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the numbers here"),
+) -> None:
+    """Flat search: FAISS IndexFlatIP vs torch matmul+topk; IVF/HNSW: recall and speed vs flat."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from kdpipe.errors import KdpipeError
+    from kdpipe.infer.bench import bench_index
+    from kdpipe.train.device import pick_device
+
+    try:
+        sizes = tuple(int(c) for c in classes.split(",") if c.strip())
+    except ValueError:
+        raise KdpipeError(f"--classes {classes!r}: expected comma-separated integers like 1000,20000") from None
+    dev = str(pick_device(device))
+    res = bench_index(sizes, approx_classes, dim, batch, top_k, repeats, dev, tuple(k for k in kinds.split(",") if k.strip()))
+    console = Console()
+    t = Table(title=f"flat search, {batch} queries x dim {dim}, top-{top_k}, {dev}, faiss {res['faiss'] or 'not installed'}, torch threads {res['torch_threads']}")
+    for col in ("classes", "faiss ms", "torch ms", "faiss / torch", "ClassIndex picks", "identical results"):
+        t.add_column(col)
+    for r in res["flat"]:
+        ratio = r["faiss_over_torch"]
+        t.add_row(str(r["classes"]), f"{r['faiss_ms']:.2f}" if r["faiss_ms"] is not None else "-", f"{r['torch_ms']:.2f}",
+                  f"{ratio:.2f}x" if ratio is not None else "-", r["picked"], "yes" if r["identical"] else "NO")
+    console.print(t)
+    if res["approx"]:
+        t = Table(title=f"approximate kinds at {approx_classes} classes (search = whole ClassIndex.search incl. exact rescoring)")
+        for col in ("kind", "build s", "search ms", "flat ms", "speed-up vs flat", "recall@1", f"recall@{top_k}"):
+            t.add_column(col)
+        for r in res["approx"]:
+            t.add_row(r["kind"], f"{r['build_s']:.2f}", f"{r['search_ms']:.2f}", f"{r['flat_ms']:.2f}",
+                      f"{r['speedup_vs_flat']:.2f}x", f"{r['recall1']:.3f}", f"{r['recall_k']:.3f}")
+        console.print(t)
+    if json_out:
+        from kdpipe.infer.writers import _write_json_atomic
+
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        _write_json_atomic(json_out, res)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(bench_app, name="bench")
