@@ -24,6 +24,8 @@ app = typer.Typer(
 # Each module defines ``register(app)``; a command is listed only once its module is here.
 COMMAND_MODULES = [
     "kdpipe.commands.info",
+    "kdpipe.commands.bench",
+    "kdpipe.commands.methods",
 ]
 
 for _name in COMMAND_MODULES:
