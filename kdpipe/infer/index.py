@@ -203,7 +203,7 @@ class ClassIndex:
             return backends[0]
         key = self._choice_key(q.shape[0])
         if key not in _FLAT_CHOICE:
-            timings = {b: _best_time(lambda b=b: self._candidates(b, q, n), self.device) for b in backends}
+            timings = _best_times({b: (lambda b=b: self._candidates(b, q, n)) for b in backends}, self.device)
             _FLAT_TIMINGS[key] = timings
             _FLAT_CHOICE[key] = min(timings, key=timings.get)
         return _FLAT_CHOICE[key]
@@ -312,18 +312,21 @@ def _build_faiss(faiss, feats: np.ndarray, kind: str, params: IndexParams):
     return index
 
 
-def _best_time(fn, device: torch.device, repeats: int = 2) -> float:
-    """Best of ``repeats`` timed calls after one warm-up call (first calls pay for thread pools)."""
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t = time.perf_counter()
+def _best_times(fns: dict[str, "callable"], device: torch.device, repeats: int = 3) -> dict[str, float]:
+    """Best-of-``repeats`` seconds per call, after one warm-up call each (first calls pay for thread
+    pools); the candidates take turns so a change in machine load hits them alike."""
+    for fn in fns.values():
         fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        best = min(best, time.perf_counter() - t)
+    best = {name: float("inf") for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            best[name] = min(best[name], time.perf_counter() - t)
     return best
 
 

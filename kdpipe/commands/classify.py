@@ -1,0 +1,76 @@
+"""``kdpipe classify`` (offline batch classification) and ``kdpipe export`` (a self-contained bundle)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def classify(
+    model: Path = typer.Option(..., "--model", "-m", help="a bundle folder (kdpipe export) or a run directory"),
+    input_: str = typer.Option(..., "--input", "-i", help="a folder of images, a list (.txt/.csv/.jsonl with a path column) or shards (.tar, brace pattern, pipe:)"),
+    out: Path = typer.Option(..., "--out", "-o", help="results: .jsonl, .csv or .parquet (one row per image); re-running resumes"),
+    top_k: int = typer.Option(5, "--top-k", help="labels and scores per image"),
+    batch_size: int = typer.Option(256, "--batch-size"),
+    workers: int = typer.Option(4, "--workers", help="DataLoader processes decoding images while the model runs"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N"),
+    index: Optional[str] = typer.Option(None, "--index", help="flat (exact, default), ivf or hnsw (tens of thousands of classes), auto"),
+    classes: Optional[Path] = typer.Option(None, "--classes", help="a file of class names (one per line) replacing the model's classes"),
+    stage: str = typer.Option("student", "--stage", help="run directories: student, teacher or baseline:METHOD"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="run directories with several seeds: which one"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an output written by another model or with other settings"),
+    no_amp: bool = typer.Option(False, "--no-amp", help="run the model in fp32 on CUDA (default: bf16/fp16 autocast)"),
+) -> None:
+    """Top-k labels for every image of a folder, list or shard set, with a student bundle or a run."""
+    from kdpipe.infer.classify import classify as run_classify
+    from kdpipe.infer.runs import load_model
+    from kdpipe.infer.sources import open_source
+    from kdpipe.train.device import pick_device
+
+    source = open_source(input_)  # first: a typo in --input fails before any model loads
+    dev = pick_device(device)
+    cm = load_model(model, stage, seed, dev)
+    if classes is not None:
+        cm = cm.with_classes(read_class_file(classes))
+    enc = cm.to(dev).encoder()
+    summary = run_classify(enc, cm.index(index, dev), cm.classnames, source, out, top_k=top_k, batch_size=batch_size,
+                           workers=workers, device=dev, progress=True, overwrite=overwrite, amp=not no_amp)
+    for line in summary.lines():
+        typer.echo(line)
+
+
+def export(
+    run_dir: Path = typer.Option(..., "--run-dir", help="the run directory holding the finished distill stage"),
+    out: Path = typer.Option(..., "--out", "-o", help="the bundle folder to write"),
+    stage: str = typer.Option("student", "--stage", help="student (default), teacher or baseline:METHOD"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="which seed, when the run has several"),
+    index: str = typer.Option("flat", "--index", help="class index stored in the bundle: flat, ivf, hnsw or auto"),
+    with_teacher_text: bool = typer.Option(False, "--with-teacher-text", help="include the teacher's text side so --classes can add new class names (large: the teacher's weights)"),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+) -> None:
+    """Write a self-contained bundle: weights, learned prompts + projector, class features, index, preprocessing."""
+    from kdpipe.infer.bundle import export_bundle
+    from kdpipe.infer.runs import load_run
+
+    cm = load_run(run_dir, stage, seed, "cpu")
+    path = export_bundle(cm, out, index_kind=index, with_teacher_text=with_teacher_text, overwrite=overwrite)
+    size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    typer.echo(f"wrote {path} ({size / 2**20:.1f} MiB): {cm.method.name} on {cm.provenance.get('backbone')}, "
+               f"{len(cm.classnames)} classes x {cm.dim}{', with the teacher text side' if with_teacher_text else ''}")
+
+
+def read_class_file(path: Path) -> list[str]:
+    from kdpipe.errors import KdpipeError
+
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise KdpipeError(f"cannot read --classes {path}: {e}") from None
+    return [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def register(app: typer.Typer) -> None:
+    app.command("classify")(classify)
+    app.command("export")(export)

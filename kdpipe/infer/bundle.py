@@ -1,0 +1,294 @@
+"""Self-contained model bundles: everything ``classify`` needs, in one folder of JSON + safetensors.
+
+A bundle folder holds:
+  - ``bundle.json``: format version, kdpipe version, method, backbone (original spec, architecture,
+    dims), preprocessing (image size, mean, std), class names, model identity, provenance;
+  - ``backbone.safetensors``: the frozen CLIP weights the method runs on (so neither a download nor
+    the run directory is needed; it records its architecture);
+  - ``method.safetensors``: the learned state (prompts, projector ...) with the method's meta;
+  - ``class_features.safetensors``: ``[C, D]`` unit rows the images are scored against;
+  - ``classes.index`` + ``classes.index.json``: the class index over those rows;
+  - optionally ``teacher/backbone.safetensors`` + ``teacher/method.safetensors``: the teacher's
+    text side, so ``--classes FILE`` can compute features for class names never seen.
+
+:class:`ClassModel` is the in-memory form, made by :func:`load_bundle` or by ``runs.load_run`` from a
+run directory; :func:`export_bundle` writes one. Nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from kdpipe.errors import KdpipeError
+
+BUNDLE_FILE = "bundle.json"
+BUNDLE_FORMAT = "kdpipe-bundle"
+BUNDLE_VERSION = 1
+BACKBONE_FILE = "backbone.safetensors"
+METHOD_FILE = "method.safetensors"
+FEATURES_FILE = "class_features.safetensors"
+INDEX_FILE = "classes.index"
+TEACHER_DIR = "teacher"
+
+
+@dataclass
+class ClassModel:
+    """A method, its class features and what goes with them: what ``classify`` runs."""
+
+    method: Any  # PromptMethod, eval mode
+    classnames: list[str]
+    class_features: torch.Tensor  # [C, D] float32 unit rows
+    logit_scale: float
+    num_base: int | None = None
+    source: str = ""  # where it came from (bundle folder or run dir + stage), for messages
+    provenance: dict[str, Any] = field(default_factory=dict)
+    teacher_loader: Callable[[], Any] | None = None  # the teacher method (its text side), loaded on demand
+    index_path: Path | None = None  # a stored index over exactly these class features
+    _teacher: Any = None
+
+    def __post_init__(self):
+        self.class_features = self.class_features.detach().float().cpu().contiguous()
+        if self.class_features.dim() != 2 or self.class_features.shape[0] != len(self.classnames):
+            raise KdpipeError(
+                f"{self.source}: {tuple(self.class_features.shape)} class features for {len(self.classnames)} class names"
+            )
+        dim = feature_dim(self.method)
+        if dim != self.class_features.shape[1]:
+            raise KdpipeError(
+                f"{self.source}: class features have dimension {self.class_features.shape[1]} but the "
+                f"{self.method.name} image encoder (projector) outputs {dim}; they belong to different models, re-export the bundle"
+            )
+
+    # ---- identity and the pieces classify uses --------------------------------------------------
+    @property
+    def dim(self) -> int:
+        return int(self.class_features.shape[1])
+
+    def identity(self) -> dict[str, Any]:
+        """A stable hash of what decides the predictions: method, backbone, learned state, classes."""
+        h = hashlib.sha256()
+        h.update(f"{self.method.name}\n{self.method.backbone.arch}\n".encode())
+        for k, v in sorted(self.method.learned_state_dict().items()):
+            h.update(k.encode())
+            h.update(_tensor_bytes(v))
+        h.update(_tensor_bytes(self.class_features))
+        h.update("\n".join(self.classnames).encode())
+        return {"id": h.hexdigest(), "name": self.method.name, "backbone": self.provenance.get("backbone", self.method.backbone.spec),
+                "classes": len(self.classnames), "source": self.source}
+
+    def preprocess(self) -> dict[str, Any]:
+        bb = self.method.backbone
+        return {"image_size": bb.dims.image_size, "mean": list(bb.mean), "std": list(bb.std),
+                "resize": "shorter side to image_size, bicubic, then center crop"}
+
+    def transform(self):
+        from kdpipe.data.transforms import build_transform
+
+        p = self.preprocess()
+        return build_transform(False, p["image_size"], p["mean"], p["std"])
+
+    def to(self, device) -> "ClassModel":
+        self.method.to(device).eval()
+        return self
+
+    def encoder(self):
+        from kdpipe.infer.classify import Encoder
+
+        method = self.method.eval()
+        return Encoder(fn=method.encode_images, transform=self.transform(), model=self.identity())
+
+    def index(self, kind: str | None = None, device: str | torch.device = "cpu"):
+        """The class index: the stored one when it fits the request, else built from the features."""
+        from kdpipe.infer.index import ClassIndex
+
+        if self.index_path is not None and self.index_path.is_file():
+            stored = ClassIndex.load(self.index_path, device=str(device))
+            if (kind is None or stored.kind == kind) and torch.equal(stored.features, self.class_features):
+                return stored
+        return ClassIndex.build(self.class_features, kind or "flat", device=str(device))
+
+    # ---- open vocabulary --------------------------------------------------------------------------
+    def with_classes(self, names: list[str]) -> "ClassModel":
+        """The same model scoring ``names`` instead: stored rows where the names are known, else text features.
+
+        New names need a text side: the method's own (text methods) or the teacher's (the student);
+        without one this is a one-line error.
+        """
+        names = [n.strip() for n in names if n.strip()]
+        if not names:
+            raise KdpipeError("the --classes file lists no class names (one per line expected)")
+        known = {}
+        for i, n in enumerate(self.classnames):
+            known.setdefault(n, i)
+        if all(n in known for n in names):
+            feats = self.class_features[[known[n] for n in names]]
+        else:
+            feats = self._text_features(names, [n for n in names if n not in known])
+        return ClassModel(self.method, names, feats, self.logit_scale, None, self.source,
+                          {**self.provenance, "classes_from": "--classes"}, self.teacher_loader)
+
+    def _text_features(self, names: list[str], new: list[str]) -> torch.Tensor:
+        if not getattr(self.method, "needs_class_features", False):
+            text = self.method
+        elif self.teacher_loader is not None:
+            if self._teacher is None:
+                self._teacher = self.teacher_loader()
+            text = self._teacher
+        else:
+            raise KdpipeError(
+                f"{self.source} carries no teacher text encoder, so it cannot score new class names "
+                f"({', '.join(new[:3])}{' ...' if len(new) > 3 else ''}); use class names it knows, "
+                "re-export with --with-teacher-text, or classify from the run directory"
+            )
+        with torch.no_grad(), torch.autocast(text.device.type, enabled=False):
+            feats = F.normalize(text.class_features(names).float(), dim=-1).cpu()
+        if feats.shape[1] != self.dim:
+            raise KdpipeError(f"the text side gives {feats.shape[1]}-d features, this model's images are {self.dim}-d")
+        return feats
+
+
+def feature_dim(method) -> int:
+    """The dimension of ``method.encode_images``: one tiny forward pass (works for every method)."""
+    size = method.backbone.dims.image_size
+    was_training = method.training
+    method.eval()
+    with torch.no_grad():
+        out = method.encode_images(torch.zeros(1, 3, size, size, device=method.device))
+    method.train(was_training)
+    return int(out.shape[-1])
+
+
+def _tensor_bytes(t: torch.Tensor) -> bytes:
+    return t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+
+
+# ---------------------------------------------------------------------------------- write
+def export_bundle(model: ClassModel, out: str | Path, *, index_kind: str = "flat", with_teacher_text: bool = False,
+                  overwrite: bool = False) -> Path:
+    """Write ``model`` as a bundle folder at ``out`` (built beside it, then renamed into place)."""
+    import kdpipe
+    from kdpipe.clip import save_backbone
+    from kdpipe.infer.index import ClassIndex
+    from kdpipe.methods import save_learned
+    from kdpipe.stages.outputs import write_tensors
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise KdpipeError(f"{out} already exists; pass --overwrite to replace it, or choose another --out")
+    teacher = None
+    if with_teacher_text:
+        if model.teacher_loader is None:
+            raise KdpipeError(f"{model.source} has no teacher to include (--with-teacher-text needs a run dir with a teacher stage)")
+        teacher = model._teacher or model.teacher_loader()
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        method = model.method
+        save_backbone(method.backbone.model, method.backbone.arch, tmp / BACKBONE_FILE)
+        save_learned(method, tmp / METHOD_FILE)
+        write_tensors(tmp / FEATURES_FILE, {"features": model.class_features},
+                      {"classnames": model.classnames, "logit_scale": model.logit_scale, "num_base": model.num_base})
+        ClassIndex.build(model.class_features, index_kind).save(tmp / INDEX_FILE)
+        if teacher is not None:
+            (tmp / TEACHER_DIR).mkdir()
+            save_backbone(teacher.backbone.model, teacher.backbone.arch, tmp / TEACHER_DIR / BACKBONE_FILE)
+            save_learned(teacher, tmp / TEACHER_DIR / METHOD_FILE)
+        bb = method.backbone
+        info = {
+            "format": BUNDLE_FORMAT,
+            "version": BUNDLE_VERSION,
+            "kdpipe_version": kdpipe.__version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "model": model.identity(),
+            "method": method.name,
+            "backbone": {"spec": model.provenance.get("backbone", bb.spec), "arch": bb.arch, "dims": bb.describe()},
+            "preprocess": model.preprocess(),
+            "classes": {"count": len(model.classnames), "dim": model.dim, "logit_scale": model.logit_scale,
+                        "num_base": model.num_base, "names": model.classnames},
+            "index": {"kind": index_kind, "file": INDEX_FILE},
+            "teacher_text": None if teacher is None else {"method": teacher.name, "backbone": teacher.backbone.arch},
+            "provenance": {**model.provenance, "source": model.source},
+        }
+        (tmp / BUNDLE_FILE).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
+        _replace_dir(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return out
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    old = target.with_name(f".{target.name}.old{os.getpid()}")
+    if target.exists():
+        os.replace(target, old)
+    os.replace(new, target)
+    if old.exists():
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
+
+
+# ---------------------------------------------------------------------------------- read
+def is_bundle(path: str | Path) -> bool:
+    return (Path(path) / BUNDLE_FILE).is_file()
+
+
+def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> ClassModel:
+    """Rebuild the model of a bundle folder on ``device``; needs nothing outside the folder."""
+    from kdpipe.stages.outputs import read_tensors
+
+    path = Path(path)
+    info_file = path / BUNDLE_FILE
+    if not info_file.is_file():
+        raise KdpipeError(f"{path} is not a kdpipe bundle (no {BUNDLE_FILE}); make one with kdpipe export --run-dir RUN --out {path}")
+    try:
+        info = json.loads(info_file.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise KdpipeError(f"{info_file} is unreadable ({e}); re-export the bundle") from None
+    if info.get("format") != BUNDLE_FORMAT:
+        raise KdpipeError(f"{info_file} is not a kdpipe bundle description (format {info.get('format')!r})")
+    if int(info.get("version", 0)) > BUNDLE_VERSION:
+        raise KdpipeError(f"{path} was written by a newer kdpipe (bundle version {info.get('version')}); upgrade kdpipe to load it")
+    for name in (BACKBONE_FILE, METHOD_FILE, FEATURES_FILE):
+        if not (path / name).is_file():
+            raise KdpipeError(f"bundle {path} is incomplete: {name} is missing; re-export it")
+    method = _rebuild(path / BACKBONE_FILE, path / METHOD_FILE, device)
+    tensors, raw = read_tensors(path / FEATURES_FILE)
+    meta = {k: json.loads(v) for k, v in raw.items()}
+    teacher_loader = None
+    if (path / TEACHER_DIR / METHOD_FILE).is_file():
+        def teacher_loader(d=path / TEACHER_DIR):
+            return _rebuild(d / BACKBONE_FILE, d / METHOD_FILE, device)
+    return ClassModel(
+        method, meta["classnames"], tensors["features"], float(meta["logit_scale"]), meta.get("num_base"),
+        source=f"bundle {path}", provenance={**info.get("provenance", {}), "backbone": info["backbone"]["spec"]},
+        teacher_loader=teacher_loader, index_path=path / INDEX_FILE,
+    )
+
+
+def _rebuild(backbone_file: Path, method_file: Path, device):
+    """A method from its saved state on a backbone loaded from a weights file (no download)."""
+    from kdpipe.clip import load_backbone
+
+    backbone = load_backbone(str(backbone_file), device=device)
+    return rebuild_method(method_file, backbone, device)
+
+
+def rebuild_method(method_file: Path, backbone, device):
+    from kdpipe.methods import build_method, read_learned
+
+    state, meta = read_learned(method_file)
+    method = build_method(meta["method"], backbone, meta["classnames"], overrides=meta["config"], dataset=meta.get("dataset"))
+    method.to(device)
+    method.load_learned_state_dict({k: v.to(device) for k, v in state.items()}, meta)
+    return method.eval()

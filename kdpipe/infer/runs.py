@@ -1,0 +1,116 @@
+"""A classify model straight from a run directory: the student (default), the teacher or a baseline.
+
+Stage folders as the runner names them (``distill`` or ``distill-seed1`` ...), each done only with a
+valid ``manifest.json``. The student scores against the ``text-features`` stage's stored rows;
+the teacher against the same rows (its own text side computed them); a text baseline computes its
+class features once over the same class list. The teacher of the same seed is the student's text
+side for ``--classes`` with new names.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from kdpipe.errors import KdpipeError
+from kdpipe.infer.bundle import ClassModel, is_bundle, load_bundle, rebuild_method
+
+# role -> (folder-name pattern before the optional -seedN, the method-state file in it)
+ROLES = {
+    "student": (r"distill", "student.safetensors"),
+    "teacher": (r"teacher-[A-Za-z0-9_]+", "teacher.safetensors"),
+}
+TEXT_FEATURES = (r"text-features", "text_features.safetensors", "classes.index")
+
+
+def _role_pattern(role: str) -> tuple[str, str]:
+    if role in ROLES:
+        return ROLES[role]
+    if role.startswith("baseline:") and re.fullmatch(r"[A-Za-z0-9_]+", role.split(":", 1)[1] or "-"):
+        return re.escape(f"baseline-{role.split(':', 1)[1]}"), "method.safetensors"
+    raise KdpipeError(f"unknown --stage {role!r}; expected student, teacher or baseline:METHOD (e.g. baseline:coop)")
+
+
+def stage_folders(run_dir: Path, pattern: str) -> dict[int | None, Path]:
+    """Done folders matching ``pattern`` (plus an optional ``-seedN``), by seed."""
+    from kdpipe.dag import read_manifest
+
+    found: dict[int | None, Path] = {}
+    for d in sorted(p for p in run_dir.iterdir() if p.is_dir()):
+        m = re.fullmatch(rf"({pattern})(?:-seed(\d+))?", d.name)
+        if m and read_manifest(d) is not None:
+            found[int(m.group(2)) if m.group(2) else None] = d
+    return found
+
+
+def _pick(run_dir: Path, role: str, pattern: str, seed: int | None) -> tuple[Path, int | None]:
+    found = stage_folders(run_dir, pattern)
+    if not found:
+        raise KdpipeError(f"{run_dir} has no finished {role} stage (no {pattern.replace(chr(92), '')}[-seedN]/ folder with a manifest); run it first (kdpipe run all)")
+    if seed is not None:
+        if seed not in found:
+            raise KdpipeError(f"{run_dir}: no finished {role} for seed {seed}; seeds there: {', '.join(str(s) for s in found)}")
+        return found[seed], seed
+    if len(found) > 1:
+        raise KdpipeError(f"{run_dir} has the {role} for seeds {', '.join(str(s) for s in found)}; pick one with --seed N")
+    (s, folder), = found.items()
+    return folder, s
+
+
+def load_run(run_dir: str | Path, role: str = "student", seed: int | None = None, device="cpu") -> ClassModel:
+    """The model of one finished stage of a run directory, ready for :func:`classify`."""
+    from kdpipe.clip import load_backbone
+    from kdpipe.methods import read_learned
+    from kdpipe.stages.text_features import load_text_features
+
+    run_dir = Path(run_dir)
+    pattern, state_file = _role_pattern(role)
+    folder, seed = _pick(run_dir, role, pattern, seed)
+    tf_folder, _ = _pick(run_dir, "text-features", TEXT_FEATURES[0], seed)
+    tf = load_text_features(tf_folder / TEXT_FEATURES[1])
+    _, meta = read_learned(folder / state_file)
+    method = rebuild_method(folder / state_file, load_backbone(meta["backbone"], device=device), device)
+    source = f"{role} of run {run_dir}" + (f" (seed {seed})" if seed is not None else "")
+    if role in ("student", "teacher"):
+        feats = tf.features
+        index_path = tf_folder / TEXT_FEATURES[2]
+    else:
+        feats = image_independent_class_features(method, tf.classnames)
+        index_path = None
+    teacher_loader = None
+    if role == "student":
+        teacher_folder, _ = _pick(run_dir, "teacher", ROLES["teacher"][0], seed)
+
+        def teacher_loader():
+            _, tmeta = read_learned(teacher_folder / ROLES["teacher"][1])
+            return rebuild_method(teacher_folder / ROLES["teacher"][1], load_backbone(tmeta["backbone"], device=device), device)
+
+    return ClassModel(method, tf.classnames, feats, float(method.clip.logit_scale), tf.num_base, source=source,
+                      provenance={"run_dir": str(run_dir.resolve()), "stage": folder.name, "seed": seed, "backbone": meta["backbone"]},
+                      teacher_loader=teacher_loader, index_path=index_path)
+
+
+def image_independent_class_features(method, classnames: list[str]):
+    """Class features for a fixed index; refused for methods whose class features depend on the image."""
+    import torch
+
+    from kdpipe.methods import PromptMethod
+
+    if type(method).logits is not PromptMethod.logits:
+        raise KdpipeError(f"{method.name} conditions its class features on each image, so it cannot classify through a fixed class index")
+    with torch.no_grad(), torch.autocast(method.device.type, enabled=False):
+        return method.class_features(classnames).float().cpu()
+
+
+def load_model(path: str | Path, role: str = "student", seed: int | None = None, device="cpu") -> ClassModel:
+    """``--model``: a bundle folder or a run directory."""
+    path = Path(path)
+    if is_bundle(path):
+        if role != "student" or seed is not None:
+            raise KdpipeError(f"{path} is a bundle (one model); --stage and --seed apply to run directories only")
+        return load_bundle(path, device=device)
+    if not path.is_dir():
+        raise KdpipeError(f"--model {path} does not exist; give a bundle folder (kdpipe export) or a run directory")
+    if not any(p.is_dir() and (p / "manifest.json").is_file() for p in path.iterdir()):
+        raise KdpipeError(f"--model {path} is neither a bundle (no bundle.json) nor a run directory (no stage folders with manifest.json)")
+    return load_run(path, role, seed, device)
