@@ -25,6 +25,7 @@ app = typer.Typer(
 COMMAND_MODULES = [
     "kdpipe.commands.info",
     "kdpipe.commands.bench",
+    "kdpipe.commands.classify",
     "kdpipe.commands.methods",
 ]
 
