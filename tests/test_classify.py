@@ -239,3 +239,29 @@ def test_encoder_wrapper_carries_transform_and_identity(tmp_path, tiny_student, 
     enc = Encoder(fn=raw.__call__, transform=raw.transform, model={"id": "abc", "name": "wrapped"})
     classify(enc, class_index, CLASSES, open_source(tmp_path / "imgs"), tmp_path / "o.jsonl", workers=0, device="cpu", progress=True)
     assert json.loads(meta_path(tmp_path / "o.jsonl").read_text())["model"] == {"id": "abc", "name": "wrapped"}
+
+
+def test_shard_input_with_a_corrupt_member_and_resume(tmp_path, tiny_student, class_index):
+    import io
+    import tarfile
+
+    paths = write_images(tmp_path / "imgs", 6, sub=False)
+    (tmp_path / "shards").mkdir()
+    for s in range(2):
+        with tarfile.open(tmp_path / "shards" / f"part-{s}.tar", "w") as tar:
+            members = [(f"s{s}-{i}", p.suffix, p.read_bytes()) for i, p in enumerate(paths[3 * s: 3 * s + 3])]
+            if s == 1:
+                members.append(("s1-bad", ".jpg", b"garbage, not a jpeg"))
+            for key, ext, data in members:
+                info = tarfile.TarInfo(key + ext)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    out = tmp_path / "out.jsonl"
+    for spec in (str(tmp_path / "shards" / "part-{0..1}.tar"), str(tmp_path / "shards")):
+        s = classify(TinyEncoder(tiny_student), class_index, CLASSES, open_source(spec), out, batch_size=2, workers=0, device="cpu", progress=False)
+        assert sorted(keys_of(out)) == [f"s{s}-{i}" for s in range(2) for i in range(3)]
+        skipped = [json.loads(ln) for ln in skipped_path(out).read_text().splitlines()]
+        assert [r["key"] for r in skipped] == ["s1-bad"]
+    assert s.rows_new == 0 and s.resumed == 7  # the second spec names the same shards: nothing redone
+    with pytest.raises(KdpipeError, match="not found"):
+        open_source(str(tmp_path / "shards" / "part-{0..5}.tar"))

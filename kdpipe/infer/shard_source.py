@@ -1,13 +1,13 @@
 """Webdataset shards as a classify source, read with the data package's ``ShardStream``.
 
-Shards are streamed (memory does not grow with the shard set); keys already written are dropped
-after decoding, since a tar can only be read front to back. Corrupt members are counted by the
-stream and reported as skipped once the pass ends.
+Shards are streamed in the pattern's order (no shuffling), so memory does not grow with the shard
+set. A tar can only be read front to back, so on a resumed run the samples already written are
+still decoded, then dropped before the model. Corrupt members are reported by the stream when the
+pass ends and become skipped entries then. Keys are the webdataset ``__key__`` values, which
+``kdpipe shards write`` keeps unique across a shard set.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 from kdpipe.infer.sources import Batch, ImageSource
 
@@ -16,17 +16,11 @@ class ShardSource(ImageSource):
     key_column = "key"
 
     def __init__(self, spec: str, tars: list[str] | None):
-        super().__init__(spec)
-        # a folder of tars becomes one brace pattern so the stream sees a single shard set
-        if tars:
-            parent = Path(tars[0]).parent
-            names = [Path(t).name for t in tars]
-            self.pattern = tars[0] if len(tars) == 1 else f"{parent}/{{{','.join(names)}}}"
-        else:
-            self.pattern = spec
         from kdpipe.data.shards import expand_pattern
 
-        self.shards = expand_pattern(self.pattern)  # raises KdpipeError on an empty pattern
+        super().__init__(spec)
+        self.pattern = tars if tars else spec
+        self.shards = expand_pattern(self.pattern)  # one-line KdpipeError when it names no shard
 
     def describe(self) -> str:
         return f"shards {self.spec} ({len(self.shards)} shards)"
@@ -34,14 +28,15 @@ class ShardSource(ImageSource):
     def batches(self, transform, batch_size, workers, done, pin_memory=False):
         from kdpipe.data.shards import ShardStream
 
-        stream = ShardStream(self.pattern, transform, seed=0, epoch=0, batch_size=batch_size,
-                             workers=max(0, min(workers, len(self.shards))))
+        # the end-of-pass corrupt report goes to the skipped file and the summary instead of a log
+        stream = ShardStream(self.pattern, transform, batch_size=batch_size, workers=workers, shuffle=False,
+                             log=lambda line: None)
         for images, keys in stream:
             keep = [i for i, k in enumerate(keys) if k not in done]
             if len(keep) == len(keys):
                 yield Batch(images, list(keys))
             elif keep:
                 yield Batch(images[keep], [keys[i] for i in keep])
-        corrupt = [(k, f"corrupt member of {shard}") for shard, ks in sorted(stream.corrupt.items()) for k in ks]
+        corrupt = [(key, f"{reason} (in {shard})") for (shard, key), reason in sorted(stream.corrupt_reasons.items())]
         if corrupt:
             yield Batch(None, [], corrupt)
