@@ -27,13 +27,22 @@ class TeacherFeatures(Protocol):
 class ForwardTeacher:
     """Runs the frozen prompted teacher's image tower on every batch (the reference behaviour)."""
 
-    def __init__(self, teacher: nn.Module, amp: Callable[[], contextlib.AbstractContextManager] | None = None):
+    def __init__(
+        self,
+        teacher: nn.Module,
+        amp: Callable[[], contextlib.AbstractContextManager] | None = None,
+        adapt: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ):
         # eval() for good: the teacher's prompts and any BatchNorm/dropout must not move
         self.teacher = teacher.eval().requires_grad_(False)
         self._amp = amp or contextlib.nullcontext
+        # resizes/renormalises the student's batch when the teacher expects other inputs
+        self._adapt = adapt
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, keys: Sequence[str]) -> torch.Tensor:
+        if self._adapt is not None:
+            images = self._adapt(images)
         with self._amp():
             features = self.teacher.encode_images(images)
         return F.normalize(features.float(), dim=-1)

@@ -28,14 +28,15 @@ def harmonic_mean(base: float | None, novel: float | None) -> float | None:
     return 0.0 if base + novel == 0 else 2 * base * novel / (base + novel)
 
 
-def split_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float | None]:
+def split_accuracy(logits: torch.Tensor, labels: torch.Tensor, num_base: int | None = None) -> dict[str, float | None]:
     """Base, novel, HM and all-class accuracy (percent) from logits over ALL classes, base first.
 
     Each split is scored within its own classes: the base columns for base images, the novel
-    columns (re-indexed from 0) for novel images, as in the base-to-novel protocol.
+    columns (re-indexed from 0) for novel images, as in the base-to-novel protocol. ``num_base``
+    defaults to ``ceil(C/2)``; with ``num_base == C`` (cross-dataset) novel and HM are None.
     """
     num_classes = logits.shape[1]
-    nb = base_count(num_classes)
+    nb = base_count(num_classes) if num_base is None else num_base
     labels = labels.to(logits.device)
     is_base = labels < nb
 

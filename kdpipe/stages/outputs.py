@@ -38,24 +38,31 @@ def read_json(path: str | Path) -> Any:
 
 
 def write_tensors(path: str | Path, tensors: dict, metadata: dict[str, Any] | None = None) -> Path:
-    """safetensors with JSON-encoded metadata values (safetensors metadata must be str -> str)."""
+    """safetensors with every metadata value JSON-encoded (safetensors metadata must be str -> str)."""
     from safetensors.torch import save_file
 
     state = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    meta = {k: v if isinstance(v, str) else json.dumps(v, default=_jsonable) for k, v in (metadata or {}).items()}
+    meta = {k: json.dumps(v, default=_jsonable) for k, v in (metadata or {}).items()}
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=meta)
     return Path(path)
 
 
-def read_tensors(path: str | Path) -> tuple[dict, dict[str, str]]:
+def read_tensors(path: str | Path) -> tuple[dict, dict[str, Any]]:
+    """Tensors and decoded metadata of a file written by :func:`write_tensors`."""
     from safetensors import safe_open
 
     tensors = {}
     with safe_open(str(path), framework="pt") as f:
-        meta = dict(f.metadata() or {})
+        raw = dict(f.metadata() or {})
         for k in f.keys():
             tensors[k] = f.get_tensor(k)
+    meta = {}
+    for k, v in raw.items():
+        try:
+            meta[k] = json.loads(v)
+        except ValueError:
+            meta[k] = v  # written by another tool
     return tensors, meta
 
 

@@ -1,0 +1,52 @@
+"""Stage family ``baseline:<method>``: comparison rows, each a registered method trained few-shot on
+the training classes on the STUDENT backbone, one instance per seed (``zeroshot`` trains nothing).
+
+Members come from ``baselines.methods``; ``baselines.<method>.*`` tables override that method's
+reference settings (and are part of that member's fingerprint only).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kdpipe.dag import register_stage
+from kdpipe.stages import common
+from kdpipe.stages.fewshot import train_fewshot
+
+STEM = "method"
+
+
+def baseline_stem(stage_dir: str | Path) -> Path:
+    return Path(stage_dir) / STEM
+
+
+def _members(cfg) -> list[str]:
+    from kdpipe.stages.sections import check_methods
+
+    methods = list(cfg["baselines"].methods)
+    check_methods(methods, "baselines.methods")
+    return methods
+
+
+@register_stage(
+    "baseline",
+    reads=["data.dataset", "data.shots", "data.mode", "student.backbone", "baselines.{member}"],
+    outputs=["method.safetensors", "method.json"],
+    expand=_members,
+    seeded=True,
+    identity=common.data_identity,
+    headline="train_loss",
+    description="train a baseline prompt method few-shot on the student backbone",
+)
+def run(ctx) -> dict:
+    facts = train_fewshot(
+        ctx,
+        method_name=ctx.member,
+        backbone_spec=ctx.cfg["student"].backbone,
+        overrides=ctx.cfg.member("baselines", ctx.member),
+        seed=ctx.seed,
+        out_stem=baseline_stem(ctx.dir),
+        role="baseline",
+        checkpoint_every=ctx.cfg["baselines"].checkpoint_every,
+    )
+    return {"train_loss": facts["train_loss"], "learned_parameters": facts["learned"], "epochs": facts["epochs"]}

@@ -1,0 +1,125 @@
+"""What several PromptKD stages share: seeds, devices, dataset splits, and trained-method files.
+
+A trained method is stored as ``NAME.safetensors`` (its learned state only, never the frozen CLIP,
+with the method's ``checkpoint_meta`` — method, backbone, class names, config — in its metadata)
+plus ``NAME.json`` (the same meta and run facts such as the seed, for people and tools).
+:func:`load_method` rebuilds the method from the safetensors file alone.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Any
+
+from kdpipe.errors import KdpipeError
+from kdpipe.stages.outputs import write_json
+
+BACKBONE_INIT_SEED = 0
+
+TRANSDUCTIVE_NOTE = (
+    "the student was distilled on unlabeled train images of ALL classes, base and novel "
+    "(PromptKD's transductive setting); teacher and baselines saw labelled base classes only"
+)
+
+
+def upstream(ctx, stage: str) -> Path:
+    """The folder of the one instance of ``stage`` (a seeded stage: the one with this seed) feeding ``ctx``."""
+    found = {Path(p) for p in ctx.inputs_of(stage).values()}
+    if len(found) != 1:
+        raise KdpipeError(f"stage {ctx.name} expected one {stage} input, found {len(found)}: {', '.join(sorted(map(str, found)))}")
+    return found.pop()
+
+
+def data_identity(cfg) -> dict[str, Any]:
+    """What a dataset-reading stage's result depends on besides config: the exact items and labels."""
+    return _data_identity(cfg["data"].dataset, str(data_root(cfg).resolve()))
+
+
+@functools.lru_cache(maxsize=8)
+def _data_identity(dataset: str, root: str) -> dict[str, Any]:
+    import hashlib
+
+    from kdpipe.data import load_dataset
+
+    splits = load_dataset(dataset, root)
+    h = hashlib.sha256()
+    for name in ("train", "val", "test"):
+        for item in getattr(splits, name):
+            h.update(f"{name}\t{os.path.relpath(item.path, root)}\t{item.label}\n".encode())
+    h.update("\n".join(splits.classnames).encode())
+    return {"dataset": dataset, "root": root, "items": h.hexdigest()}
+
+
+def fewshot_cache(ctx) -> Path:
+    return Path(ctx.run_dir) / "cache" / "few-shot"
+
+
+def device_of(cfg) -> "Any":
+    from kdpipe.train.device import pick_device
+
+    return pick_device(cfg["run"].device)
+
+
+def data_root(cfg) -> Path:
+    return Path(os.path.expanduser(cfg["data"].root))
+
+
+def load_splits(cfg):
+    """The dataset's splits with every class (labels sorted, base classes first)."""
+    from kdpipe.data import load_dataset
+
+    return load_dataset(cfg["data"].dataset, data_root(cfg))
+
+
+def rank_world() -> tuple[int, int]:
+    """(rank, world size) as torchrun sets them; (0, 1) in a plain process."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def worker_init(_worker_id: int) -> None:
+    # two busy processes on few cores spin-wait in OpenMP and crawl; one thread per worker is faster
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def load_backbone(spec: str, device="cpu"):
+    """``kdpipe.clip.load_backbone`` with random initialisation made reproducible.
+
+    Specs without weights (the tiny test configs) are initialised from the global RNG, so two
+    stages loading the same spec would otherwise get two different CLIPs: the teacher's prompts
+    would be trained on one and used on another. A fixed seed, on a forked RNG that leaves the
+    caller's state alone, makes every stage (and every process) build the same model.
+    """
+    import torch
+
+    from kdpipe.clip import load_backbone as _load
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(BACKBONE_INIT_SEED)
+        return _load(spec, device=device)
+
+
+def save_method(method, path_stem: str | Path, **facts: Any) -> dict[str, Path]:
+    """``<stem>.safetensors`` (learned state, meta inside) + ``<stem>.json`` (meta + facts, for people)."""
+    from kdpipe.methods import save_learned
+
+    stem = Path(path_stem)
+    weights = save_learned(method, stem.with_suffix(".safetensors"))
+    info = write_json(stem.with_suffix(".json"), {**method.checkpoint_meta(), **facts})
+    return {"weights": weights, "meta": info}
+
+
+def load_method(path_stem: str | Path, device="cpu", backbone=None):
+    """Rebuild a method saved by :func:`save_method` on ``device`` (loading its backbone unless given)."""
+    from kdpipe.methods import build_method, read_learned
+
+    state, meta = read_learned(Path(path_stem).with_suffix(".safetensors"))
+    if backbone is None:
+        backbone = load_backbone(meta["backbone"], device=device)
+    method = build_method(meta["method"], backbone, meta["classnames"], overrides=meta["config"], dataset=meta.get("dataset"))
+    method.to(device)
+    method.load_learned_state_dict({k: v.to(device) for k, v in state.items()}, meta)
+    return method.eval(), meta

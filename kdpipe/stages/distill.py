@@ -1,0 +1,221 @@
+"""Stage ``distill``: the PromptKD student learns from the teacher on unlabeled images (one per seed).
+
+Per step, the same augmented batch from the shard stream goes to the frozen teacher's image tower
+(through a :class:`~kdpipe.distill.TeacherFeatures` source) and to the student; the loss is the KL
+of §6 against the class features the ``text-features`` stage stored. The teacher's text encoder is
+never called here. Training runs in :func:`kdpipe.train.fit`: checkpoints in ``ctx.ckpt_dir``
+every ``distill.checkpoint_every`` steps and each epoch, resumable mid-epoch, with the same result
+as an uninterrupted run. Each process reads only its own shards (``RANK``/``WORLD_SIZE`` from
+torchrun), so the loop is unchanged under DDP.
+
+Writes ``student.safetensors`` / ``student.json`` (prompts + projector) and ``curves.json``: per
+epoch the mean training loss and, on the held-out slice of the unlabeled stream, the student-teacher
+top-1 agreement and KD loss (epoch 0 = the untrained student).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+from kdpipe.dag import register_stage
+from kdpipe.errors import KdpipeError
+from kdpipe.stages import common
+from kdpipe.stages.outputs import read_json, write_json
+
+STEM = "student"
+CURVES = "curves.json"
+MIN_BATCH = 2  # the projector's BatchNorm cannot train on a single image
+
+
+def student_stem(stage_dir: str | Path) -> Path:
+    return Path(stage_dir) / STEM
+
+
+class AgreementLog:
+    """Per-epoch held-out probes, kept in the checkpoint folder so a resumed run keeps earlier ones."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.points: dict[int, dict[str, float]] = {}
+        if path.is_file():
+            self.points = {int(k): v for k, v in read_json(path).items()}
+
+    def __contains__(self, epoch: int) -> bool:
+        return epoch in self.points
+
+    def record(self, epoch: int, values: dict[str, float]) -> None:
+        self.points[epoch] = values
+        write_json(self.path, {str(k): v for k, v in sorted(self.points.items())})
+
+
+def filtered_batches(stream: Iterable, exclude: frozenset[str]) -> Iterator:
+    """Drop held-out keys (user shards hold them) and batches too small for BatchNorm."""
+    for batch in stream:
+        images, keys = batch[0], list(batch[1])
+        if exclude:
+            keep = [i for i, k in enumerate(keys) if k not in exclude]
+            if len(keep) != len(keys):
+                images, keys = images[keep], [keys[i] for i in keep]
+        if len(keys) >= MIN_BATCH:
+            yield images, keys
+
+
+def build_student(cfg, backbone, classnames: list[str], class_features, dataset: str | None):
+    from kdpipe.methods import build_method
+
+    s, d = cfg["student"], cfg["distill"]
+    overrides = {
+        "n_ctx": s.n_ctx,
+        "depth": s.depth,
+        "teacher_dim": int(class_features.shape[1]),
+        # recorded in the student's meta so it tells how it was trained
+        "epochs": d.epochs,
+        "batch_size": d.batch_size,
+        "lr": d.lr,
+        "momentum": d.momentum,
+        "weight_decay": d.weight_decay,
+        "warmup_epochs": d.warmup_epochs,
+        "warmup_lr": d.warmup_lr,
+    }
+    student = build_method(s.method, backbone, classnames, overrides=overrides, dataset=dataset)
+    if not getattr(student, "needs_class_features", False):
+        raise KdpipeError(f"student.method {s.method!r} is not a distillation student (use promptkd)")
+    return student
+
+
+def teacher_input(teacher_backbone, student_backbone) -> Callable | None:
+    """Adapt the student's batch to the teacher when their resolution or normalisation differ."""
+    tb, sb = teacher_backbone, student_backbone
+    same_size = tb.dims.image_size == sb.dims.image_size
+    same_norm = tuple(tb.mean) == tuple(sb.mean) and tuple(tb.std) == tuple(sb.std)
+    if same_size and same_norm:
+        return None
+
+    def adapt(images):
+        import torch
+        import torch.nn.functional as F
+
+        if not same_norm:
+            s_mean = torch.tensor(sb.mean, device=images.device).view(1, 3, 1, 1)
+            s_std = torch.tensor(sb.std, device=images.device).view(1, 3, 1, 1)
+            t_mean = torch.tensor(tb.mean, device=images.device).view(1, 3, 1, 1)
+            t_std = torch.tensor(tb.std, device=images.device).view(1, 3, 1, 1)
+            images = ((images * s_std + s_mean) - t_mean) / t_std
+        if not same_size:
+            images = F.interpolate(images, size=(tb.dims.image_size, tb.dims.image_size), mode="bicubic", align_corners=False)
+        return images
+
+    return adapt
+
+
+@register_stage(
+    "distill",
+    reads=["student", "distill", "data.dataset"],
+    deps=["teacher", "text-features", "shards"],
+    outputs=[f"{STEM}.safetensors", f"{STEM}.json", CURVES],
+    seeded=True,
+    headline="agreement",
+    description="distil the teacher into the prompted student on the unlabeled shards",
+)
+def run(ctx) -> dict:
+    import torch
+
+    from kdpipe.data.shards import ShardStream
+    from kdpipe.data.transforms import build_transform
+    from kdpipe.distill import DistillStep, ForwardTeacher, measure_agreement
+    from kdpipe.stages.shards import read_shards_info
+    from kdpipe.stages.teacher import teacher_stem
+    from kdpipe.stages.text_features import features_path, load_text_features
+    from kdpipe.train import OptimConfig, autocast, fit
+
+    cfg, d, seed = ctx.cfg, ctx.cfg["distill"], ctx.seed
+    device = common.device_of(cfg)
+    amp = cfg["run"].amp
+    rank, world = common.rank_world()
+
+    tf = load_text_features(features_path(common.upstream(ctx, "text-features")))
+    teacher, tmeta = common.load_method(teacher_stem(common.upstream(ctx, "teacher")), device=device)
+    sb = common.load_backbone(cfg["student"].backbone, device=device)
+    torch.manual_seed(seed)  # the student's initial prompts and projector are part of the seeded result
+    student = build_student(cfg, sb, tf.classnames, tf.features, cfg["data"].dataset).to(device)
+    student.set_class_features(tf.features.to(device))
+
+    shards = read_shards_info(common.upstream(ctx, "shards"))
+    exclude = frozenset(shards["holdout_keys"]) if shards.get("filter_holdout") else frozenset()
+    adapt = teacher_input(teacher.backbone, sb)
+    amp_ctx = (lambda: autocast(device, amp)) if amp else None
+    source = ForwardTeacher(teacher, amp=amp_ctx, adapt=adapt)
+    step = DistillStep(student, source, tf.features, tf.logit_scale, d.temperature, d.kd_weight, device, amp=amp_ctx)
+
+    train_tf = build_transform(True, sb.dims.image_size, sb.mean, sb.std)
+    test_tf = build_transform(False, sb.dims.image_size, sb.mean, sb.std)
+    stream = ShardStream(shards["train"], train_tf, seed=seed, epoch=0, batch_size=d.batch_size, workers=d.workers, rank=rank, world_size=world)
+
+    def holdout() -> Iterable:
+        if not shards["holdout"]:
+            return []  # nothing held out: agreement is not measured
+        return ShardStream(shards["holdout"], test_tf, seed=0, epoch=0, batch_size=max(d.batch_size, 64), workers=min(d.workers, 2))
+
+    probes = AgreementLog(Path(ctx.ckpt_dir) / "agreement.json")
+    if 0 not in probes:
+        probes.record(0, measure_agreement(step, holdout()))
+        ctx.log.info(f"before distillation: agreement {100 * probes.points[0]['agreement']:.1f}% on {probes.points[0]['images']} held-out images")
+
+    def batches(epoch: int, skip: int) -> Iterator:
+        stream.set_epoch(epoch)
+        for i, batch in enumerate(filtered_batches(stream, exclude)):
+            if i >= skip:
+                yield batch
+        # the epoch's last step is done once the loop asks past the last batch
+        last = epoch + 1 == d.epochs
+        if last or (d.agreement_every and (epoch + 1) % d.agreement_every == 0):
+            probes.record(epoch + 1, measure_agreement(step, holdout()))
+
+    def on_step(info: dict[str, Any]) -> None:
+        if info["batch"] == 1 or info["step"] % 50 == 0:
+            ctx.log.debug(f"epoch {info['epoch'] + 1} step {info['step']} loss {info['loss']:.4f} lr {info['lr']:.3g}")
+
+    ctx.log.info(
+        f"student {cfg['student'].method} on {sb.spec}: {student.num_learned():,} learned parameters; teacher "
+        f"{tmeta['method']} on {tmeta['backbone']}; {len(tf.classnames)} classes; w={d.kd_weight:g} tau={d.temperature:g}"
+    )
+    history = fit(
+        student,
+        student.learned_parameters(),
+        d.epochs,
+        batches,
+        step,
+        OptimConfig(d.lr, d.momentum, d.weight_decay, d.warmup_epochs, d.warmup_lr),
+        ckpt_dir=ctx.ckpt_dir,
+        checkpoint_every=d.checkpoint_every,
+        seed=seed,
+        device=device,
+        amp=amp,
+        progress=on_step,
+        show_progress=True,
+    )
+    if corrupt := getattr(stream, "corrupt", None):
+        ctx.log.warning(f"skipped {sum(len(v) for v in corrupt.values())} corrupt shard members in {len(corrupt)} shards")
+
+    curve = []
+    for epoch, point in sorted(probes.points.items()):
+        row = {"epoch": epoch, "agreement": point["agreement"], "kd_loss": point["kd_loss"]}
+        train = next((h for h in history if h["epoch"] == epoch), None)
+        if train is not None:
+            row.update(train_loss=train.get("kd_loss"), train_agreement=train.get("agreement"), lr=train.get("lr"))
+        curve.append(row)
+    if rank == 0:
+        common.save_method(student, student_stem(ctx.dir), role="student", seed=seed, teacher=tmeta["method"],
+                           teacher_backbone=tmeta["backbone"], transductive=shards.get("transductive", False))
+        write_json(ctx.dir / CURVES, {"seed": seed, "curve": curve, "history": history})
+    start, end = curve[0], curve[-1]
+    ctx.log.info(f"agreement {100 * start['agreement']:.1f}% -> {100 * end['agreement']:.1f}% on the held-out slice")
+    return {
+        "agreement": end["agreement"],
+        "agreement_start": start["agreement"],
+        "heldout_kd_loss": end["kd_loss"],
+        "train_loss": history[-1].get("kd_loss") if history else math.nan,
+    }

@@ -1,0 +1,169 @@
+"""Stage ``evaluate``: base / novel / HM on the test split for the teacher, the student and every
+baseline (one instance per seed); in cross-dataset mode, accuracy over all classes.
+
+Every method scores the test images against ALL classes (base rows first); base accuracy is read
+on base-class images over the base columns ``[:ceil(C/2)]``, novel on novel-class images over the
+rest. The student scores against the class features the ``text-features`` stage stored (it has no
+text side). Writes ``metrics.json``: ``rows`` of ``{method, role, backbone, dataset, seed, base,
+novel, hm, accuracy}`` in percent, and notes (the student saw unlabeled images of all classes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from kdpipe.dag import register_stage
+from kdpipe.errors import KdpipeError
+from kdpipe.stages import common
+from kdpipe.stages.outputs import read_json, write_json
+
+METRICS = "metrics.json"
+
+
+@dataclass
+class Scorer:
+    """One method to evaluate: ``logits(images) -> [B, C]`` over all classes, base first."""
+
+    method: str
+    role: str  # teacher | student | baseline
+    backbone: Any  # kdpipe.clip.Backbone (its transform decides which images it sees)
+    logits: Callable
+
+
+def method_scorer(method, role: str, classnames: list[str]) -> Scorer:
+    """Class features computed once for text methods; image-conditioned ones (CoCoOp) per batch."""
+    import torch
+
+    from kdpipe.methods import PromptMethod
+
+    if type(method).logits is PromptMethod.logits:
+        with torch.no_grad(), torch.autocast(method.device.type, enabled=False):
+            feats = method.class_features(classnames).float()
+        fn = lambda images: method.logits(images, class_features=feats)  # noqa: E731
+    else:
+        fn = lambda images: method.logits(images, classnames=classnames)  # noqa: E731
+    return Scorer(method.name, role, method.backbone, fn)
+
+
+def student_scorer(student, class_features) -> Scorer:
+    feats = class_features.to(student.device)
+    return Scorer(student.name, "student", student.backbone, lambda images: student.logits(images, class_features=feats))
+
+
+def collect_logits(scorers: list[Scorer], items, batch_size: int, workers: int, device, amp: bool, progress=None):
+    """Run every scorer over ``items``; methods sharing a preprocessing share one decoding pass."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from kdpipe.data import ImageDataset
+    from kdpipe.data.transforms import build_transform
+    from kdpipe.train import autocast
+
+    groups: dict[tuple, list[int]] = {}
+    for i, s in enumerate(scorers):
+        b = s.backbone
+        groups.setdefault((b.dims.image_size, tuple(b.mean), tuple(b.std)), []).append(i)
+    logits: list[list] = [[] for _ in scorers]
+    labels_out = None
+    for (size, mean, std), members in groups.items():
+        dataset = ImageDataset(items, build_transform(False, size, mean, std))
+        loader = DataLoader(
+            dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+            worker_init_fn=common.worker_init if workers else None,
+        )
+        labels = []
+        with torch.no_grad():
+            for images, y in loader:
+                images = images.to(device, non_blocking=True)
+                with autocast(device, amp):
+                    for i in members:
+                        logits[i].append(scorers[i].logits(images).float().cpu())
+                labels.append(y)
+                if progress is not None:
+                    progress(len(y))
+        if dataset.skipped:
+            raise KdpipeError(f"{len(dataset.skipped)} test images could not be read (first: {dataset.skipped[0][0]}); fix the dataset so every method is scored on the same images")
+        labels_out = torch.cat(labels)
+    return [torch.cat(chunks) for chunks in logits], labels_out
+
+
+@register_stage(
+    "evaluate",
+    reads=["data.mode", "evaluate.split", "baselines.methods"],
+    deps=["teacher", "text-features", "distill", "baseline"],
+    outputs=[METRICS],
+    seeded=True,
+    identity=common.data_identity,
+    headline="student_hm",
+    description="base / novel / HM of teacher, student and baselines on the test split",
+)
+def run(ctx) -> dict:
+    from kdpipe.eval.metrics import MetricRow, split_accuracy
+    from kdpipe.stages.baseline import baseline_stem
+    from kdpipe.stages.distill import student_stem
+    from kdpipe.stages.teacher import teacher_stem
+    from kdpipe.stages.text_features import features_path, load_text_features
+
+    cfg, seed = ctx.cfg, ctx.seed
+    device = common.device_of(cfg)
+    splits = common.load_splits(cfg)
+    items = splits.split(cfg["evaluate"].split)
+    if not items:
+        raise KdpipeError(f"the {cfg['evaluate'].split} split of {splits.name} is empty; nothing to evaluate")
+    tf = load_text_features(features_path(common.upstream(ctx, "text-features")))
+    if list(tf.classnames) != list(splits.classnames):
+        raise KdpipeError("the stored class features name other classes than the dataset; re-run text-features")
+    cross = cfg["data"].mode == "cross"
+
+    teacher, tmeta = common.load_method(teacher_stem(common.upstream(ctx, "teacher")), device=device)
+    smeta = read_json(student_stem(common.upstream(ctx, "distill")).with_suffix(".json"))
+    student_bb = common.load_backbone(smeta["backbone"], device=device)
+    student, _ = common.load_method(student_stem(common.upstream(ctx, "distill")), device=device, backbone=student_bb)
+    scorers = [method_scorer(teacher, "teacher", tf.classnames), student_scorer(student, tf.features)]
+    order = list(cfg["baselines"].methods)
+    baselines = [(read_json(baseline_stem(f).with_suffix(".json")), f) for f in set(ctx.inputs_of("baseline").values())]
+    for meta, folder in sorted(baselines, key=lambda mf: order.index(mf[0]["method"]) if mf[0]["method"] in order else len(order)):
+        bb = student_bb if meta["backbone"] == student_bb.spec else None
+        method, _ = common.load_method(baseline_stem(folder), device=device, backbone=bb)
+        scorers.append(method_scorer(method, "baseline", tf.classnames))
+
+    e = cfg["evaluate"]
+    groups = len({(s.backbone.dims.image_size, tuple(s.backbone.mean), tuple(s.backbone.std)) for s in scorers})
+    with ctx.progress(len(items) * groups, desc=f"evaluate {len(scorers)} methods", unit="image") as bar:
+        all_logits, labels = collect_logits(
+            scorers, items, e.batch_size, cfg["data"].workers, device, cfg["run"].amp, progress=lambda n: bar.update(n, images=n)
+        )
+
+    rows = []
+    for s, logits in zip(scorers, all_logits):
+        m = split_accuracy(logits, labels, num_base=len(tf.classnames) if cross else tf.num_base)
+        if cross:
+            m.update(base=None, novel=None, hm=None)
+        rows.append(MetricRow(s.method, s.role, s.backbone.spec, splits.name, seed, m["base"], m["novel"], m["hm"], m["accuracy"]))
+        ctx.log.info(
+            f"{s.role:8s} {s.method:10s} base {_pct(m['base'])} novel {_pct(m['novel'])} HM {_pct(m['hm'])} all {_pct(m['accuracy'])}"
+        )
+    notes = []
+    if smeta.get("transductive"):
+        notes.append(common.TRANSDUCTIVE_NOTE)
+    write_json(ctx.dir / METRICS, {
+        "split": e.split, "mode": cfg["data"].mode, "images": len(items), "classes": len(tf.classnames),
+        "base_classes": tf.num_base, "rows": [r.to_dict() for r in rows], "notes": notes,
+    })
+    key = "accuracy" if cross else "hm"
+    by_role = {r.role: getattr(r, key) for r in rows if r.role != "baseline"}
+    return {f"student_{key}": by_role["student"], f"teacher_{key}": by_role["teacher"],
+            **{f"{r.method}_{key}": getattr(r, key) for r in rows if r.role == "baseline"}}
+
+
+def _pct(v) -> str:
+    return "  -  " if v is None else f"{v:5.1f}"
+
+
+def read_rows(stage_dir: str | Path) -> tuple[list, list[str]]:
+    from kdpipe.eval.metrics import MetricRow
+
+    data = read_json(Path(stage_dir) / METRICS)
+    return [MetricRow(**r) for r in data["rows"]], list(data.get("notes", []))

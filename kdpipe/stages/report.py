@@ -1,0 +1,61 @@
+"""Stage ``report``: every seed's rows plus their mean as Markdown and CSV tables, ``metrics.json``,
+a bar chart of base / novel / HM per method and the distillation loss and agreement curves.
+
+Mean rows average base and novel over seeds and take the HM of those averages, as the papers do.
+"""
+
+from __future__ import annotations
+
+from kdpipe.dag import register_stage
+from kdpipe.stages.outputs import read_json, write_json
+
+BARS = "base_novel_hm.png"
+CURVES = "distill_curves.png"
+
+
+@register_stage(
+    "report",
+    reads=["report.title"],
+    deps=["evaluate", "distill"],
+    outputs=["results.md", "results.csv", "metrics.json", BARS, CURVES],
+    headline="student_hm",
+    description="tables and plots of every method and seed",
+)
+def run(ctx) -> dict:
+    from kdpipe.eval.metrics import mean_rows
+    from kdpipe.report import plot_base_novel, plot_curves, write_tables
+    from kdpipe.stages.distill import CURVES as CURVES_JSON
+    from kdpipe.stages.evaluate import read_rows
+
+    cfg = ctx.cfg
+    rows, notes = [], []
+    for folder in sorted(set(ctx.inputs_of("evaluate").values())):
+        seed_rows, seed_notes = read_rows(folder)
+        rows += seed_rows
+        notes += [n for n in seed_notes if n not in notes]
+    rows.sort(key=lambda r: r.seed)
+    means = mean_rows(rows)
+    everything = rows + means
+
+    curves = {}
+    for folder in sorted(set(ctx.inputs_of("distill").values())):
+        data = read_json(folder / CURVES_JSON)
+        curves[f"seed {data['seed']}"] = data["curve"]
+
+    student = next((r for r in everything if r.role == "student" and r.seed == "mean"), None)
+    teacher = next((r for r in everything if r.role == "teacher"), None)
+    title = cfg["report"].title or (
+        f"{student.dataset}: {teacher.method} on {teacher.backbone} -> promptkd on {student.backbone}" if student and teacher else "kdpipe results"
+    )
+    write_tables(everything, ctx.dir, title=title, notes=notes)
+    write_json(ctx.dir / "metrics.json", {"title": title, "rows": [r.to_dict() for r in everything], "notes": notes})
+    plot_base_novel(everything, ctx.dir / BARS, title=title)
+    plot_curves(curves, ctx.dir / CURVES, title="distillation")
+    ctx.log.info(f"wrote {ctx.dir / 'results.md'}")
+    out = {"seeds": len({r.seed for r in rows})}
+    if student is not None:
+        out.update(student_hm=student.hm, student_base=student.base, student_novel=student.novel, student_accuracy=student.accuracy)
+    if teacher is not None:
+        t = next(r for r in means if r.role == "teacher")
+        out.update(teacher_hm=t.hm)
+    return out

@@ -1,0 +1,138 @@
+"""The config sections the PromptKD stages read (``--set section.key=value``, recipes, shortcuts).
+
+Shortcuts: ``--teacher`` -> ``teacher.backbone``, ``--student`` -> ``student.backbone``,
+``--dataset`` -> ``data.dataset``, ``--data-root`` -> ``data.root``, ``--seed``/``--seeds`` ->
+``run.seed``/``run.seeds``. Per-dataset values (the distillation weight 200 on fgvc_aircraft,
+oxford_flowers and dtd) live in the ``base2novel`` recipe's ``[dataset_overrides]``, not here.
+
+``teacher`` and ``baselines`` accept member tables checked against a method's own config:
+``--set teacher.promptsrc.epochs=2`` or, in a recipe, ``[baselines.coop] epochs = 50``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from kdpipe.config import config_section
+from kdpipe.errors import KdpipeError
+
+
+def method_config(name: str) -> type:
+    """Member schema: ``section.<method>.key`` is checked against that method's config dataclass."""
+    from kdpipe.methods import get_method
+
+    try:
+        return get_method(name).config_cls
+    except KdpipeError:
+        return None
+
+
+@config_section("run")
+@dataclass
+class RunConfig:
+    name: str = "default"  # run folder name under the runs directory
+    seed: int = 1  # used when `seeds` is empty
+    seeds: list[int] = field(default_factory=list)  # e.g. [1, 2, 3]: one row per seed plus their mean
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # mixed precision (bf16/fp16) on GPU; CPU always runs fp32
+
+    def seed_list(self) -> list[int]:
+        return list(self.seeds) or [self.seed]
+
+
+@config_section("data")
+@dataclass
+class DataConfig:
+    dataset: str = "oxford_pets"  # a kdpipe dataset name (kdpipe datasets lists them)
+    root: str = "~/data"  # folder holding the dataset (CoOp layout) or the custom source itself
+    shots: int = 16  # labelled images per base class for the teacher and the few-shot baselines
+    # base2novel: train on the first ceil(C/2) classes, test base and novel;
+    # cross: train and test on every class (accuracy on all classes)
+    mode: Literal["base2novel", "cross"] = "base2novel"
+    workers: int = 4  # DataLoader worker processes for image decoding
+
+    @property
+    def train_subset(self) -> str:
+        return "base" if self.mode == "base2novel" else "all"
+
+
+@config_section("teacher", members=method_config)
+@dataclass
+class TeacherConfig:
+    method: str = "promptsrc"  # any registered prompt method
+    backbone: str = "vit-l-14"  # friendly name, open_clip NAME:TAG, hf-hub:..., or a checkpoint path
+    # The PromptKD reference teacher (PromptSRC on ViT-L/14) trains with batch 8 and lr 0.005 instead
+    # of PromptSRC's ViT-B/16 defaults; None keeps the method's own reference value.
+    batch_size: int | None = 8
+    lr: float | None = 0.005
+    epochs: int | None = None
+    checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0: once per epoch)
+
+
+@config_section("student")
+@dataclass
+class StudentConfig:
+    backbone: str = "vit-b-16"
+    method: str = "promptkd"
+    n_ctx: int = 4  # vision prompt tokens
+    depth: int = 9  # prompted layers (9 base-to-novel, 3 cross-dataset in the reference)
+
+
+@config_section("distill")
+@dataclass
+class DistillConfig:
+    kd_weight: float = 1000.0  # loss weight w (200 on fgvc_aircraft, oxford_flowers, dtd via recipe)
+    temperature: float = 1.0  # tau
+    lr: float = 0.005
+    batch_size: int = 8
+    epochs: int = 20
+    warmup_epochs: int = 1  # at constant warmup_lr, then cosine
+    warmup_lr: float = 1e-5
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    checkpoint_every: int = 200  # steps between atomic checkpoints (resume point after a crash)
+    workers: int = 4  # shard decoding workers per process
+    agreement_every: int = 1  # epochs between held-out agreement probes (0: only at start and end)
+
+
+@config_section("shards")
+@dataclass
+class ShardsConfig:
+    # A user's webdataset pattern (local path, brace pattern or pipe: URL). Empty: build shards from
+    # the train split of ALL classes with labels dropped (PromptKD's transductive setting).
+    unlabeled: str = ""
+    per_shard: int = 1000  # samples per tar shard
+    max_side: int = 256  # shorter side resized to at most this many pixels (0: keep originals)
+    holdout: int = 256  # images kept out of training to measure student-teacher agreement ...
+    holdout_fraction: float = 0.05  # ... but never more than this share of the unlabeled set
+
+
+@config_section("baselines", members=method_config)
+@dataclass
+class BaselinesConfig:
+    # few-shot methods trained on base classes on the STUDENT backbone, for comparison rows
+    methods: list[str] = field(default_factory=lambda: ["zeroshot", "coop", "cocoop", "maple", "promptsrc"])
+    checkpoint_every: int = 0
+
+
+@config_section("evaluate")
+@dataclass
+class EvaluateConfig:
+    batch_size: int = 64
+    split: Literal["test", "val"] = "test"
+
+
+@config_section("report")
+@dataclass
+class ReportConfig:
+    title: str = ""  # defaults to "<dataset>: <teacher> -> <student>"
+
+
+def check_methods(names: list[str], what: str) -> None:
+    from kdpipe.methods import list_methods
+
+    known = list_methods()
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise KdpipeError(f"{what}: unknown method(s) {', '.join(unknown)}; known: {', '.join(known)}")

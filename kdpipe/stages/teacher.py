@@ -1,0 +1,58 @@
+"""Stage ``teacher:<method>``: the prompted teacher (PromptSRC on ViT-L/14 by default), few-shot on
+the training classes (base classes in base-to-novel mode), one instance per seed.
+
+A one-member family named after ``teacher.method`` so that the ``teacher.<method>.*`` override
+table is part of its fingerprint. Writes ``teacher.safetensors`` (learned prompts, meta inside) and
+``teacher.json`` (the same meta plus seed, shots and training history).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from kdpipe.dag import register_stage
+from kdpipe.stages import common
+from kdpipe.stages.fewshot import train_fewshot
+
+STEM = "teacher"
+
+
+def teacher_stem(stage_dir: str | Path) -> Path:
+    return Path(stage_dir) / STEM
+
+
+def teacher_overrides(cfg) -> dict[str, Any]:
+    """Method settings: the teacher section's batch/lr/epochs, then the ``teacher.<method>`` table."""
+    t = cfg["teacher"]
+    out = {k: getattr(t, k) for k in ("batch_size", "lr", "epochs") if getattr(t, k) is not None}
+    out.update(cfg.member("teacher", t.method))
+    return out
+
+
+@register_stage(
+    "teacher",
+    reads=[
+        "data.dataset", "data.shots", "data.mode",
+        "teacher.backbone", "teacher.batch_size", "teacher.lr", "teacher.epochs", "teacher.{member}",
+    ],
+    outputs=["teacher.safetensors", "teacher.json"],
+    expand=lambda cfg: [cfg["teacher"].method],
+    seeded=True,
+    identity=common.data_identity,
+    headline="train_loss",
+    description="train the prompted teacher few-shot on the base classes",
+)
+def run(ctx) -> dict:
+    t = ctx.cfg["teacher"]
+    facts = train_fewshot(
+        ctx,
+        method_name=ctx.member,
+        backbone_spec=t.backbone,
+        overrides=teacher_overrides(ctx.cfg),
+        seed=ctx.seed,
+        out_stem=teacher_stem(ctx.dir),
+        role="teacher",
+        checkpoint_every=t.checkpoint_every,
+    )
+    return {"train_loss": facts["train_loss"], "learned_parameters": facts["learned"], "epochs": facts["epochs"]}
