@@ -27,6 +27,9 @@ COMMAND_MODULES = [
     "kdpipe.commands.bench",
     "kdpipe.commands.classify",
     "kdpipe.commands.methods",
+    "kdpipe.commands.run",
+    "kdpipe.commands.datasets",
+    "kdpipe.commands.shards",
 ]
 
 for _name in COMMAND_MODULES:

@@ -355,6 +355,14 @@ class StageStatus:
     folder: str = ""
 
 
+class InputsError(KdpipeError):
+    """A stage's user inputs cannot be identified (e.g. the data root is missing)."""
+
+    def __init__(self, stage: str, message: str):
+        super().__init__(message)
+        self.stage = stage
+
+
 @dataclass
 class _Expected:
     fingerprint: str
@@ -438,7 +446,12 @@ class Plan:
         cfg = self.config_for(name)
         config = {key: cfg.value(key) for key in inst.reads(self.graph.seed_key)}
         upstream = {d: self.expected(d).fingerprint for d in inst.deps}
-        identity = digest(inst.spec.identity(cfg)) if inst.spec.identity is not None else None
+        try:
+            identity = digest(inst.spec.identity(cfg)) if inst.spec.identity is not None else None
+        except InputsError:
+            raise
+        except KdpipeError as e:
+            raise InputsError(name, str(e)) from None
         fp = digest({
             "stage": inst.spec.name, "member": inst.member, "version": inst.spec.version,
             "config": config, "upstream": upstream, "identity": identity,
@@ -454,8 +467,8 @@ class Plan:
         st = StageStatus(name, "missing", folder=inst.folder)
         try:
             exp = self.expected(name)
-        except KdpipeError as e:
-            st.reason = f"cannot check inputs: {e}"
+        except InputsError as e:
+            st.reason = f"cannot check inputs: {e}" if e.stage == name else f"needs {e.stage}, whose inputs cannot be checked"
             return st
         st.fingerprint = exp.fingerprint
         manifest = read_manifest(folder)
@@ -754,6 +767,8 @@ def run_stages(
     plan = graph.plan(cfg)
     selected = plan.select(target, with_deps)
     targets = set(plan.select(target, False))
+    for name in selected:
+        plan.expected(name)  # bad inputs (a missing data root ...) fail here, before anything is touched
     report = RunReport()
     with RunLock(run_dir):
         check_run_dir(run_dir)
@@ -875,6 +890,14 @@ def stage_statuses(cfg: Config, run_dir: str | Path, graph: StageGraph | None = 
     graph = graph if graph is not None else GRAPH
     check_run_dir(Path(run_dir))
     return graph.plan(cfg).statuses(Path(run_dir))
+
+
+def summarize(rows: list[StageStatus]) -> str:
+    """``3 done, 1 stale, 2 missing``."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r.state] = counts.get(r.state, 0) + 1
+    return ", ".join(f"{n} {state}" for state, n in counts.items())
 
 
 def format_status(rows: list[StageStatus]) -> str:

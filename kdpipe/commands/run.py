@@ -1,0 +1,151 @@
+"""``kdpipe run`` and ``kdpipe status``: run the stage graph in a run directory, and inspect it.
+
+A run directory remembers the settings it was run with (``run.json``: recipe and overrides), so
+``kdpipe run all --run-dir runs/x`` after a crash resumes with the same settings, and
+``kdpipe run all --run-dir runs/x --set distill.lr=0.01`` changes just that one setting.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+RECIPE_HELP = "recipe NAME (kdpipe/recipes/NAME.toml, e.g. default, demo) or path to a TOML file"
+SET_HELP = "override one setting, e.g. --set distill.lr=0.01 (repeatable; checked against the config types)"
+
+# Typer options shared by run and status; each shortcut maps to a config key in kdpipe.config.SHORTCUTS.
+_recipe = typer.Option(None, "--recipe", "-r", help=RECIPE_HELP)
+_run_dir = typer.Option(None, "--run-dir", help="run directory (default: runs/<run.name>, else runs/<recipe>-<dataset>)")
+_teacher = typer.Option(None, "--teacher", help="teacher backbone (teacher.backbone), e.g. vit-l-14")
+_student = typer.Option(None, "--student", help="student backbone (student.backbone), e.g. vit-b-16")
+_dataset = typer.Option(None, "--dataset", help="dataset name (data.dataset)")
+_data_root = typer.Option(None, "--data-root", help="folder holding the dataset (data.root)")
+_seed = typer.Option(None, "--seed", help="random seed (run.seed)")
+_seeds = typer.Option(None, "--seeds", help="several seeds, e.g. 1,2,3 (run.seeds): seeded stages run once per seed")
+_sets = typer.Option([], "--set", help=SET_HELP)
+
+
+def _settings(run_dir_opt: Optional[Path], recipe: Optional[str], sets: list[str], shortcuts: dict[str, Any]):
+    """Merge the flags with what the run dir remembers; return (config, run dir, recipe, overrides)."""
+    from kdpipe.config import DEFAULT_RECIPE, parse_set, resolve_config, shortcut_overrides
+    from kdpipe.dag import GRAPH, read_run_settings
+
+    GRAPH.load_stage_modules()
+    given = {key: value for key, value, _ in shortcut_overrides(**shortcuts)}
+    given.update(dict(parse_set(s) for s in sets))
+
+    def resolve(rec: Optional[str], overrides: dict[str, Any]):
+        items = [(k, v, f"--set {k}={v}") for k, v in overrides.items()]
+        return resolve_config(rec or DEFAULT_RECIPE, items, schema=GRAPH.schema)
+
+    run_dir = run_dir_opt
+    if run_dir is None:
+        run_dir = default_run_dir(resolve(recipe, given), recipe or DEFAULT_RECIPE)
+    saved = read_run_settings(run_dir) or {}
+    merged_recipe = recipe or saved.get("recipe") or DEFAULT_RECIPE
+    overrides = {**saved.get("overrides", {}), **given}
+    return resolve(merged_recipe, overrides), run_dir, merged_recipe, overrides, bool(saved)
+
+
+def default_run_dir(cfg, recipe: str) -> Path:
+    """``runs/<run.name>`` when a name was given, else ``runs/<recipe>-<dataset>``."""
+    flat = cfg.flat()
+    name = flat.get("run.name")
+    if not name or name == "default":
+        parts = [] if recipe == "default" else [Path(str(recipe)).stem]
+        if flat.get("data.dataset"):
+            parts.append(str(flat["data.dataset"]))
+        name = "-".join(parts) or "default"
+    return Path("runs") / name
+
+
+def run(
+    target: str = typer.Argument("all", help="'all', a stage (distill), a family member (baseline:coop) or one seed (distill@seed2)"),
+    with_deps: bool = typer.Option(False, "--with-deps", help="also run what the stage needs, when not done"),
+    force: bool = typer.Option(False, "--force", help="re-run the target even when it is done (from scratch)"),
+    recipe: Optional[str] = _recipe,
+    run_dir: Optional[Path] = _run_dir,
+    teacher: Optional[str] = _teacher,
+    student: Optional[str] = _student,
+    dataset: Optional[str] = _dataset,
+    data_root: Optional[str] = _data_root,
+    seed: Optional[str] = _seed,
+    seeds: Optional[str] = _seeds,
+    sets: list[str] = _sets,
+) -> None:
+    """Run what is missing or stale, in order; finished stages are skipped, an interrupted one resumes."""
+    from kdpipe.dag import GRAPH, run_stages, write_run_settings
+
+    shortcuts = dict(teacher=teacher, student=student, dataset=dataset, data_root=data_root, seed=seed, seeds=seeds)
+    cfg, rd, rec, overrides, had_saved = _settings(run_dir, recipe, sets, shortcuts)
+    shown = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "none"
+    typer.echo(f"run dir {rd}  recipe {rec}  overrides: {shown}{'  (merged with run.json)' if had_saved else ''}", err=True)
+    report = run_stages(
+        cfg, rd, target=target, with_deps=with_deps, force=force, graph=GRAPH,
+        on_locked=lambda: write_run_settings(rd, rec, overrides),
+    )
+    verb = "nothing to do: everything is up to date" if not report.ran else f"ran {len(report.ran)} stage(s)"
+    typer.echo(f"{verb}; `kdpipe status --run-dir {rd}` shows every stage", err=True)
+
+
+def status(
+    run_dir: Optional[Path] = _run_dir,
+    recipe: Optional[str] = _recipe,
+    teacher: Optional[str] = _teacher,
+    student: Optional[str] = _student,
+    dataset: Optional[str] = _dataset,
+    data_root: Optional[str] = _data_root,
+    seed: Optional[str] = _seed,
+    seeds: Optional[str] = _seeds,
+    sets: list[str] = _sets,
+    show_config: bool = typer.Option(False, "--config", help="also print the resolved settings (every key --set accepts)"),
+) -> None:
+    """Show every stage: done / stale (and why) / missing / failed, wall time and headline metric.
+
+    Flags work as for ``run`` without changing anything, so ``status --set distill.lr=0.01``
+    previews what that change would re-run.
+    """
+    from kdpipe.dag import GRAPH, format_status, stage_statuses, summarize
+
+    shortcuts = dict(teacher=teacher, student=student, dataset=dataset, data_root=data_root, seed=seed, seeds=seeds)
+    cfg, rd, rec, overrides, _ = _settings(run_dir, recipe, sets, shortcuts)
+    rows = stage_statuses(cfg, rd, graph=GRAPH)
+    if show_config:
+        for key, value in sorted(cfg.flat().items()):
+            typer.echo(f"{key} = {value!r}")
+        typer.echo("")
+    if not rows:
+        typer.echo("no stages are registered")
+        return
+    if sys.stdout.isatty():
+        _print_rich(rows, rd)
+    else:
+        typer.echo(f"run dir {rd}  recipe {rec}")
+        typer.echo(format_status(rows))
+    typer.echo(summarize(rows))
+
+
+def _print_rich(rows, run_dir: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from kdpipe.progress import format_duration
+
+    colours = {"done": "green", "stale": "yellow", "missing": "dim", "failed": "red", "running": "cyan"}
+    table = Table(title=f"{run_dir}", title_justify="left")
+    for col in ("stage", "state", "time", "metric", "why"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(
+            r.name, f"[{colours.get(r.state, 'white')}]{r.state}[/]",
+            format_duration(r.wall_time_s) if r.wall_time_s is not None else "-", r.headline or "-", r.reason,
+        )
+    Console().print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run)
+    app.command("status")(status)

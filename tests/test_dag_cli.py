@@ -1,0 +1,90 @@
+"""``kdpipe run`` / ``kdpipe status`` end to end on the toy graph (loaded via KDPIPE_STAGE_MODULES).
+
+Each command runs in a subprocess so the toy stages never enter this process's global registry.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from test_dag import TOY_SOURCE
+
+
+def kdpipe(tmp_path, *args, graph="build"):
+    stages = tmp_path / f"toy_cli_{graph}.py"
+    if not stages.exists():
+        stages.write_text(TOY_SOURCE + f"\nfrom kdpipe.dag import GRAPH\n\n{graph}(GRAPH)\n")
+    env = dict(os.environ, KDPIPE_STAGE_MODULES=str(stages), CI="true")
+    return subprocess.run([sys.executable, "-m", "kdpipe", *args], cwd=tmp_path, env=env, capture_output=True, text=True)
+
+
+def test_run_then_status_then_change_one_setting(tmp_path):
+    (tmp_path / "toy.toml").write_text("[toy]\nb = 0.25\nsteps = 4\n")
+    rd = tmp_path / "runs" / "x"
+    first = kdpipe(tmp_path, "run", "all", "--recipe", "toy.toml", "--run-dir", str(rd), "--set", "toy.a=3")
+    assert first.returncode == 0, first.stderr
+    assert "run   prep (missing)" in first.stderr and "done  train" in first.stderr
+    assert "train: step 4/4 (100%)" in first.stderr  # plain progress lines under CI=true
+    saved = json.loads((rd / "run.json").read_text())
+    assert saved["overrides"] == {"toy.a": "3"} and saved["recipe"] == "toy.toml"
+    assert json.loads((rd / "prep" / "prep.json").read_text()) == {"a": 3}
+
+    # no flags: the run dir's saved settings apply, so nothing is stale
+    again = kdpipe(tmp_path, "run", "all", "--run-dir", str(rd))
+    assert again.returncode == 0, again.stderr
+    assert "nothing to do" in again.stderr and "skip  train: done  acc=" in again.stderr
+
+    # status previews a change without running or saving it
+    st = kdpipe(tmp_path, "status", "--run-dir", str(rd), "--set", "toy.b=0.5")
+    assert st.returncode == 0, st.stderr
+    lines = {line.split()[0]: line for line in st.stdout.splitlines()[2:] if line.strip()}
+    assert lines["prep"].split()[1] == "done"
+    assert lines["train"].split()[1] == "stale" and lines["train"].endswith("toy.b 0.25 -> 0.5")
+    assert "upstream train changed" in lines["report"]
+    assert st.stdout.strip().splitlines()[-1] == "1 done, 2 stale"
+    assert json.loads((rd / "run.json").read_text())["overrides"] == {"toy.a": "3"}
+
+    # one changed setting on the command line is merged with the saved ones
+    changed = kdpipe(tmp_path, "run", "all", "--run-dir", str(rd), "--set", "toy.b=0.5")
+    assert changed.returncode == 0, changed.stderr
+    assert "skip  prep" in changed.stderr and "run   train (stale: toy.b 0.25 -> 0.5)" in changed.stderr
+    assert json.loads((rd / "run.json").read_text())["overrides"] == {"toy.a": "3", "toy.b": "0.5"}
+
+
+def test_bad_input_is_one_error_line(tmp_path):
+    (tmp_path / "toy.toml").write_text("")
+    rd = str(tmp_path / "r")
+    cases = [
+        (["run", "all", "--recipe", "toy.toml", "--run-dir", rd, "--set", "toy.bb=1"],
+         "error: unknown config key 'toy.bb' (from --set toy.bb=1); did you mean 'toy.b'?"),
+        (["run", "all", "--recipe", "toy.toml", "--run-dir", rd, "--set", "toy.steps=many"],
+         "error: toy.steps: expected an integer, got 'many' (from --set toy.steps=many)"),
+        (["run", "trian", "--recipe", "toy.toml", "--run-dir", rd], "error: unknown stage 'trian'; did you mean 'train'?"),
+        (["run", "all", "--recipe", "nope", "--run-dir", rd], "error: unknown recipe 'nope';"),
+        (["run", "report", "--recipe", "toy.toml", "--run-dir", rd],
+         "error: stage report needs train, which is missing; run `kdpipe run report --with-deps`"),
+    ]
+    for args, expected in cases:
+        out = kdpipe(tmp_path, *args)
+        assert out.returncode == 2, (args, out.stderr)
+        errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and errors[0].startswith(expected), (args, out.stderr)
+        assert "Traceback" not in out.stderr
+
+
+def test_seeds_shortcut_runs_per_seed_instances(tmp_path):
+    (tmp_path / "toy.toml").write_text("")
+    rd = tmp_path / "r"
+    args = ("--recipe", "toy.toml", "--run-dir", str(rd), "--seeds", "4,5")
+    out = kdpipe(tmp_path, "run", "sd2", "--with-deps", *args, graph="build_expanded")
+    assert out.returncode == 0, out.stderr
+    ran = [line.split()[1] for line in out.stderr.splitlines() if line.startswith("run   ")]
+    assert ran == ["prep", "sd@seed4", "sd@seed5", "sd2@seed4", "sd2@seed5"]
+    assert json.loads((rd / "sd2-seed5" / "seed.json").read_text())["seed"] == 5
+    st = kdpipe(tmp_path, "status", "--run-dir", str(rd), graph="build_expanded")
+    states = {line.split()[0]: line.split()[1] for line in st.stdout.splitlines()[2:-1]}
+    assert states["sd@seed4"] == "done" and states["sd2@seed5"] == "done"
+    assert states["fam:m1"] == "missing" and states["train"] == "missing"
