@@ -8,11 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from kdpipe.errors import KdpipeError
-from kdpipe.infer.bundle import FEATURES_FILE, ClassModel, export_bundle, load_bundle
+from kdpipe.infer.bundle import FEATURES_FILE, ClassModel, export_bundle, load_bundle, load_class_features, save_class_features
 from kdpipe.infer.classify import classify
 from kdpipe.infer.sources import open_source
 from kdpipe.infer.writers import read_rows
-from kdpipe.stages.outputs import read_tensors, write_tensors
 from test_classify import CLASSES, write_images
 
 STUDENT_CFG = {"n_ctx": 2, "depth": 2, "teacher_dim": 48}
@@ -92,9 +91,8 @@ def test_classify_equals_the_students_own_logits(tmp_path, model):
 
 def test_bundle_feature_dimension_mismatch_is_refused(tmp_path, model):
     export_bundle(model, tmp_path / "b")
-    tensors, raw = read_tensors(tmp_path / "b" / FEATURES_FILE)
-    meta = {k: json.loads(v) for k, v in raw.items()}
-    write_tensors(tmp_path / "b" / FEATURES_FILE, {"features": F.normalize(torch.randn(len(CLASSES), 40), dim=-1)}, meta)
+    _, meta = load_class_features(tmp_path / "b" / FEATURES_FILE)
+    save_class_features(tmp_path / "b" / FEATURES_FILE, F.normalize(torch.randn(len(CLASSES), 40), dim=-1), meta)
     with pytest.raises(KdpipeError, match="dimension 40 but the promptkd image encoder \\(projector\\) outputs 48") as e:
         load_bundle(tmp_path / "b")
     assert "\n" not in str(e.value)

@@ -180,7 +180,6 @@ def export_bundle(model: ClassModel, out: str | Path, *, index_kind: str = "flat
     from kdpipe.clip import save_backbone
     from kdpipe.infer.index import ClassIndex
     from kdpipe.methods import save_learned
-    from kdpipe.stages.outputs import write_tensors
 
     out = Path(out)
     if out.exists() and not overwrite:
@@ -198,8 +197,8 @@ def export_bundle(model: ClassModel, out: str | Path, *, index_kind: str = "flat
         method = model.method
         save_backbone(method.backbone.model, method.backbone.arch, tmp / BACKBONE_FILE)
         save_learned(method, tmp / METHOD_FILE)
-        write_tensors(tmp / FEATURES_FILE, {"features": model.class_features},
-                      {"classnames": model.classnames, "logit_scale": model.logit_scale, "num_base": model.num_base})
+        save_class_features(tmp / FEATURES_FILE, model.class_features,
+                            {"classnames": model.classnames, "logit_scale": model.logit_scale, "num_base": model.num_base})
         ClassIndex.build(model.class_features, index_kind).save(tmp / INDEX_FILE)
         if teacher is not None:
             (tmp / TEACHER_DIR).mkdir()
@@ -238,6 +237,27 @@ def _replace_dir(new: Path, target: Path) -> None:
         shutil.rmtree(old) if old.is_dir() else old.unlink()
 
 
+def save_class_features(path: Path, features: torch.Tensor, meta: dict[str, Any]) -> None:
+    """``features`` [C, D] with JSON-encoded metadata (safetensors metadata is str -> str)."""
+    from safetensors.torch import save_file
+
+    save_file({"features": features.detach().float().cpu().contiguous()}, str(path),
+              metadata={k: json.dumps(v) for k, v in meta.items()})
+
+
+def load_class_features(path: Path) -> tuple[torch.Tensor, dict[str, Any]]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+            features = f.get_tensor("features")
+        meta["classnames"], meta["logit_scale"]
+    except (OSError, ValueError, KeyError) as e:
+        raise KdpipeError(f"{path} is not a readable kdpipe class-feature file ({type(e).__name__}: {e}); re-export the bundle") from None
+    return features, meta
+
+
 # ---------------------------------------------------------------------------------- read
 def is_bundle(path: str | Path) -> bool:
     return (Path(path) / BUNDLE_FILE).is_file()
@@ -245,8 +265,6 @@ def is_bundle(path: str | Path) -> bool:
 
 def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> ClassModel:
     """Rebuild the model of a bundle folder on ``device``; needs nothing outside the folder."""
-    from kdpipe.stages.outputs import read_tensors
-
     path = Path(path)
     info_file = path / BUNDLE_FILE
     if not info_file.is_file():
@@ -263,14 +281,13 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> ClassMo
         if not (path / name).is_file():
             raise KdpipeError(f"bundle {path} is incomplete: {name} is missing; re-export it")
     method = _rebuild(path / BACKBONE_FILE, path / METHOD_FILE, device)
-    tensors, raw = read_tensors(path / FEATURES_FILE)
-    meta = {k: json.loads(v) for k, v in raw.items()}
+    features, meta = load_class_features(path / FEATURES_FILE)
     teacher_loader = None
     if (path / TEACHER_DIR / METHOD_FILE).is_file():
         def teacher_loader(d=path / TEACHER_DIR):
             return _rebuild(d / BACKBONE_FILE, d / METHOD_FILE, device)
     return ClassModel(
-        method, meta["classnames"], tensors["features"], float(meta["logit_scale"]), meta.get("num_base"),
+        method, meta["classnames"], features, float(meta["logit_scale"]), meta.get("num_base"),
         source=f"bundle {path}", provenance={**info.get("provenance", {}), "backbone": info["backbone"]["spec"]},
         teacher_loader=teacher_loader, index_path=path / INDEX_FILE,
     )
