@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import warnings
 from typing import Callable, Sequence
 
@@ -39,7 +40,9 @@ def load_rgb(source: str | bytes) -> Image.Image:
 
 
 def describe_error(e: BaseException) -> str:
+    """``Type: first line of the message``, without PIL's ``<_io.BytesIO object at 0x..>`` noise."""
     text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    text = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", text)
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
