@@ -162,7 +162,9 @@ class ClassIndex:
     def _set_search_params(self, n: int) -> None:
         faiss = faiss_module()
         if self.kind == "ivf":
-            faiss.extract_index_ivf(self._faiss).nprobe = self.params.nprobe
+            # CPU IndexIVFFlat and the GPU copy both expose nprobe; wrapped indexes need extracting
+            target = self._faiss if hasattr(self._faiss, "nprobe") else faiss.extract_index_ivf(self._faiss)
+            target.nprobe = self.params.nprobe
         elif self.kind == "hnsw":
             self._faiss.hnsw.efSearch = max(self.params.ef_search, n)
 
