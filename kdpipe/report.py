@@ -137,6 +137,10 @@ def plot_curves(curves: dict[str, list[dict]], path: str | Path, title: str = ""
             ax_loss.plot(*zip(*held), marker="x", ms=3, ls="--", label=f"{label} held-out")
         if agree:
             ax_agree.plot(*zip(*agree), marker="o", ms=3, label=label)
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (ax_loss, ax_agree):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("KD loss")
     ax_loss.set_title("distillation loss")

@@ -34,7 +34,9 @@ def run(ctx) -> dict:
         rows += seed_rows
         notes += [n for n in seed_notes if n not in notes]
     rows.sort(key=lambda r: r.seed)
-    means = mean_rows(rows)
+    seeds = {r.seed for r in rows}
+    # a mean over one seed would only repeat its rows
+    means = mean_rows(rows) if len(seeds) > 1 else []
     everything = rows + means
 
     curves = {}
@@ -42,8 +44,9 @@ def run(ctx) -> dict:
         data = read_json(folder / CURVES_JSON)
         curves[f"seed {data['seed']}"] = data["curve"]
 
-    student = next((r for r in everything if r.role == "student" and r.seed == "mean"), None)
-    teacher = next((r for r in everything if r.role == "teacher"), None)
+    summary = means or rows
+    student = next((r for r in summary if r.role == "student"), None)
+    teacher = next((r for r in summary if r.role == "teacher"), None)
     title = cfg["report"].title or (
         f"{student.dataset}: {teacher.method} on {teacher.backbone} -> promptkd on {student.backbone}" if student and teacher else "kdpipe results"
     )
@@ -52,10 +55,9 @@ def run(ctx) -> dict:
     plot_base_novel(everything, ctx.dir / BARS, title=title)
     plot_curves(curves, ctx.dir / CURVES, title="distillation")
     ctx.log.info(f"wrote {ctx.dir / 'results.md'}")
-    out = {"seeds": len({r.seed for r in rows})}
+    out = {"seeds": len(seeds)}
     if student is not None:
         out.update(student_hm=student.hm, student_base=student.base, student_novel=student.novel, student_accuracy=student.accuracy)
     if teacher is not None:
-        t = next(r for r in means if r.role == "teacher")
-        out.update(teacher_hm=t.hm)
+        out.update(teacher_hm=teacher.hm, teacher_accuracy=teacher.accuracy)
     return out
