@@ -226,3 +226,8 @@ def test_csv_and_jsonl_lists(tmp_path):
     (tmp_path / "bad.csv").write_text("path\nimg/0.jpg\n")
     with pytest.raises(KdpipeError, match="row 1 lacks a path or a label"):
         load_dataset("csv", tmp_path / "bad.csv")
+
+
+def test_unknown_reader_option_is_one_line_error(tmp_path):
+    with pytest.raises(KdpipeError, match="dataset oxford_pets does not take option.*classnames; it takes strict, check_files"):
+        load_dataset("oxford_pets", tmp_path, classnames="x.txt")

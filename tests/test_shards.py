@@ -76,6 +76,7 @@ def test_passes_without_set_epoch_still_differ(three_shards):
     assert read_pass(stream)[0] != read_pass(stream)[0]
 
 
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")  # 3 workers on a 2-core CI machine
 def test_more_workers_than_shards_and_node_split(three_shards):
     out, _ = three_shards
     keys, _ = read_pass(ShardStream(out, TEST_T, batch_size=4, workers=5))

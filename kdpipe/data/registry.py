@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -77,5 +78,10 @@ def load_dataset(name: str, root: str | Path, **opts) -> DatasetSplits:
     (a file mapping labels to prompt names), ``seed`` and ``val_frac``/``test_frac``.
     """
     entry = get_dataset(name)
+    accepted = inspect.signature(entry.reader).parameters
+    unknown = sorted(set(opts) - set(accepted))
+    if unknown:
+        takes = ", ".join(p for p in accepted if p != "root") or "no options"
+        raise KdpipeError(f"dataset {entry.name} does not take option(s) {', '.join(unknown)}; it takes {takes}")
     root = Path(root).expanduser()
     return entry.reader(root, **opts)
