@@ -42,6 +42,7 @@ class DistillStep:
         self.temperature = float(temperature)
         self.weight = float(weight)
         self.amp = amp or contextlib.nullcontext
+        self.last_batch_size = 0  # for images/s in progress displays
 
     @property
     def student_scale(self) -> float:
@@ -60,6 +61,7 @@ class DistillStep:
     def __call__(self, batch) -> tuple[torch.Tensor, dict[str, float]]:
         images, keys = batch[0], batch[1]
         images = images.to(self.device, non_blocking=True)
+        self.last_batch_size = int(images.shape[0])
         s, t = self.logits(images, keys)
         loss = kd_loss(s, t, self.temperature, self.weight)
         same, n = top1_agreement(s.detach(), t)

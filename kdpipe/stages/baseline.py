@@ -30,11 +30,11 @@ def _members(cfg) -> list[str]:
 
 @register_stage(
     "baseline",
-    reads=["data.dataset", "data.shots", "data.mode", "student.backbone", "baselines.{member}"],
+    reads=["data.shots", "data.mode", "student.backbone", "baselines.{member}"],
     outputs=["method.safetensors", "method.json"],
     expand=_members,
     seeded=True,
-    identity=common.data_identity,
+    identity=common.source_identity,
     headline="train_loss",
     description="train a baseline prompt method few-shot on the student backbone",
 )

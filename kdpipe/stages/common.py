@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from kdpipe.errors import KdpipeError
 from kdpipe.stages.outputs import write_json
@@ -35,6 +35,15 @@ def upstream(ctx, stage: str) -> Path:
 def data_identity(cfg) -> dict[str, Any]:
     """What a dataset-reading stage's result depends on besides config: the exact items and labels."""
     return _data_identity(cfg["data"].dataset, str(data_root(cfg).resolve()))
+
+
+def source_identity(cfg) -> dict[str, Any]:
+    """:func:`data_identity` of the dataset few-shot training reads (``data.source`` or ``data.dataset``).
+
+    Its name is part of it, so the teacher and baselines re-train when that dataset changes, and
+    not when only the target changes in cross-dataset mode (an ImageNet teacher is costly).
+    """
+    return _data_identity(cfg["data"].train_dataset, str(data_root(cfg).resolve()))
 
 
 @functools.lru_cache(maxsize=8)
@@ -66,11 +75,13 @@ def data_root(cfg) -> Path:
     return Path(os.path.expanduser(cfg["data"].root))
 
 
-def load_splits(cfg):
-    """The dataset's splits with every class (labels sorted, base classes first)."""
+def load_splits(cfg, source: bool = False):
+    """Every class of ``data.dataset`` (labels sorted, base first), or of the few-shot training
+    dataset (``data.source``, when set) with ``source=True``."""
     from kdpipe.data import load_dataset
 
-    return load_dataset(cfg["data"].dataset, data_root(cfg))
+    d = cfg["data"]
+    return load_dataset(d.train_dataset if source else d.dataset, data_root(cfg))
 
 
 def rank_world() -> tuple[int, int]:
@@ -100,6 +111,25 @@ def load_backbone(spec: str, device="cpu"):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(BACKBONE_INIT_SEED)
         return _load(spec, device=device)
+
+
+def resumed_step(ckpt_dir: str | Path) -> int:
+    """Optimizer steps already done according to the training loop's last checkpoint (0: none)."""
+    import json
+
+    try:
+        return int(json.loads((Path(ckpt_dir) / "last.json").read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def step_reporter(bar, epochs: int, images_per_step: Callable[[], int]) -> Callable[[dict], None]:
+    """A ``fit`` progress callback feeding a stage progress bar (step, images/s, epoch, loss, lr)."""
+
+    def report(info: dict) -> None:
+        bar.update(1, images=images_per_step(), epoch=f"{info['epoch'] + 1}/{epochs}", loss=info["loss"], lr=info["lr"])
+
+    return report
 
 
 def save_method(method, path_stem: str | Path, **facts: Any) -> dict[str, Path]:

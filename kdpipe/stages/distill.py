@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from kdpipe.dag import register_stage
 from kdpipe.errors import KdpipeError
@@ -174,29 +174,27 @@ def run(ctx) -> dict:
         if last or (d.agreement_every and (epoch + 1) % d.agreement_every == 0):
             probes.record(epoch + 1, measure_agreement(step, holdout()))
 
-    def on_step(info: dict[str, Any]) -> None:
-        if info["batch"] == 1 or info["step"] % 50 == 0:
-            ctx.log.debug(f"epoch {info['epoch'] + 1} step {info['step']} loss {info['loss']:.4f} lr {info['lr']:.3g}")
-
     ctx.log.info(
         f"student {cfg['student'].method} on {sb.spec}: {student.num_learned():,} learned parameters; teacher "
         f"{tmeta['method']} on {tmeta['backbone']}; {len(tf.classnames)} classes; w={d.kd_weight:g} tau={d.temperature:g}"
     )
-    history = fit(
-        student,
-        student.learned_parameters(),
-        d.epochs,
-        batches,
-        step,
-        OptimConfig(d.lr, d.momentum, d.weight_decay, d.warmup_epochs, d.warmup_lr),
-        ckpt_dir=ctx.ckpt_dir,
-        checkpoint_every=d.checkpoint_every,
-        seed=seed,
-        device=device,
-        amp=amp,
-        progress=on_step,
-        show_progress=True,
-    )
+    # steps per epoch are known for shards built here; a user's shard set is counted as it streams
+    per_epoch = math.ceil(shards["images"] / world / d.batch_size) if shards.get("images") else None
+    with ctx.progress(per_epoch * d.epochs if per_epoch else None, desc="distill", initial=common.resumed_step(ctx.ckpt_dir)) as bar:
+        history = fit(
+            student,
+            student.learned_parameters(),
+            d.epochs,
+            batches,
+            step,
+            OptimConfig(d.lr, d.momentum, d.weight_decay, d.warmup_epochs, d.warmup_lr),
+            ckpt_dir=ctx.ckpt_dir,
+            checkpoint_every=d.checkpoint_every,
+            seed=seed,
+            device=device,
+            amp=amp,
+            progress=common.step_reporter(bar, d.epochs, lambda: step.last_batch_size),
+        )
     if corrupt := getattr(stream, "corrupt", None):
         ctx.log.warning(f"skipped {sum(len(v) for v in corrupt.values())} corrupt shard members in {len(corrupt)} shards")
 

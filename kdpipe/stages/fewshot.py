@@ -17,7 +17,7 @@ def train_splits(cfg, seed: int, cache_dir: Path | None = None):
     """The K-shot training split for ``seed`` (relabelled 0..k-1 over the training classes)."""
     from kdpipe.data import few_shot, subsample
 
-    splits = common.load_splits(cfg)
+    splits = common.load_splits(cfg, source=True)
     part = subsample(splits, cfg["data"].train_subset)
     return few_shot(part, cfg["data"].shots, seed, cache_dir=cache_dir)
 
@@ -44,23 +44,26 @@ def train_fewshot(
     data = train_splits(cfg, seed, common.fewshot_cache(ctx))
     backbone = common.load_backbone(backbone_spec, device=device)
     torch.manual_seed(seed)  # prompt initialisation is part of the seeded result
-    method = build_method(method_name, backbone, data.classnames, overrides=overrides, dataset=cfg["data"].dataset)
+    method = build_method(method_name, backbone, data.classnames, overrides=overrides, dataset=cfg["data"].train_dataset)
     method.to(device)
     ctx.log.info(
         f"{role} {method_name} on {backbone_spec}, seed {seed}: {len(data.train)} images of "
         f"{len(data.classnames)} classes ({cfg['data'].shots}-shot), {method.num_learned():,} learned parameters"
     )
-    history = train_method(
-        method,
-        data.train,
-        ckpt_dir=ctx.ckpt_dir,
-        seed=seed,
-        device=device,
-        amp=cfg["run"].amp,
-        workers=cfg["data"].workers,
-        checkpoint_every=checkpoint_every,
-        show_progress=True,
-    )
+    epochs, bs = method.cfg.epochs, method.cfg.batch_size
+    steps = max(1, len(data.train) // bs) if method.num_learned() else 0
+    with ctx.progress(epochs * steps, desc=f"{role} {method_name}", initial=common.resumed_step(ctx.ckpt_dir)) as bar:
+        history = train_method(
+            method,
+            data.train,
+            ckpt_dir=ctx.ckpt_dir,
+            seed=seed,
+            device=device,
+            amp=cfg["run"].amp,
+            workers=cfg["data"].workers,
+            checkpoint_every=checkpoint_every,
+            progress=common.step_reporter(bar, epochs, lambda: min(bs, len(data.train))),
+        )
     common.save_method(
         method,
         out_stem,

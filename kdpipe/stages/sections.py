@@ -50,11 +50,18 @@ class DataConfig:
     # base2novel: train on the first ceil(C/2) classes, test base and novel;
     # cross: train and test on every class (accuracy on all classes)
     mode: Literal["base2novel", "cross"] = "base2novel"
+    # dataset the teacher and the baselines learn from when it is not `dataset` (cross-dataset:
+    # imagenet); the student is still distilled and everything evaluated on `dataset`
+    source: str = ""
     workers: int = 4  # DataLoader worker processes for image decoding
 
     @property
     def train_subset(self) -> str:
         return "base" if self.mode == "base2novel" else "all"
+
+    @property
+    def train_dataset(self) -> str:
+        return self.source or self.dataset
 
 
 @config_section("teacher", members=method_config)

@@ -30,16 +30,23 @@ def teacher_overrides(cfg) -> dict[str, Any]:
     return out
 
 
+def _member(cfg) -> list[str]:
+    from kdpipe.stages.sections import check_methods
+
+    check_methods([cfg["teacher"].method], "teacher.method")
+    return [cfg["teacher"].method]
+
+
 @register_stage(
     "teacher",
     reads=[
-        "data.dataset", "data.shots", "data.mode",
+        "data.shots", "data.mode",
         "teacher.backbone", "teacher.batch_size", "teacher.lr", "teacher.epochs", "teacher.{member}",
     ],
     outputs=["teacher.safetensors", "teacher.json"],
-    expand=lambda cfg: [cfg["teacher"].method],
+    expand=_member,
     seeded=True,
-    identity=common.data_identity,
+    identity=common.source_identity,
     headline="train_loss",
     description="train the prompted teacher few-shot on the base classes",
 )
