@@ -57,6 +57,7 @@ def test_every_sample_once_per_epoch_with_two_workers_and_order_changes(three_sh
     out, items = three_shards
     assert len(expand_pattern(out)) == 3
     stream = ShardStream(out, TRAIN_T, seed=3, batch_size=4, workers=2, with_labels=True)
+    assert stream.expected_samples() == 25
     orders = []
     for epoch in range(2):
         stream.set_epoch(epoch)
@@ -115,6 +116,9 @@ def test_patterns_brace_list_glob_folder_and_pipe(three_shards):
     assert expand_pattern(out / "manifest.json") == names
     keys, _ = read_pass(ShardStream(f"pipe:cat {names[1]}", TEST_T, shuffle=False))
     assert keys == [f"{i:08d}" for i in range(9, 18)]
+    failing = ShardStream([names[0], "pipe:exit 3"], TEST_T, shuffle=False)
+    assert len(read_pass(failing)[0]) == 9
+    assert "failed with exit status 3" in failing.corrupt_reasons[("pipe:exit 3", "<archive>")]
     with pytest.raises(KdpipeError, match=r"shard-000003.tar and 4 more not found"):
         expand_pattern(str(out / "shard-{000000..000007}.tar"))
     with pytest.raises(KdpipeError, match="matches no file"):

@@ -177,6 +177,12 @@ class ShardStream:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    def expected_samples(self) -> int | None:
+        """Samples per pass (all ranks) as the shard manifests record them; None if any shard has none."""
+        if any(url not in self._expected for url in self.urls):
+            return None
+        return sum(self._expected[url] for url in self.urls)
+
     def shards_for(self, epoch: int) -> list[str]:
         """This rank's shards in the order they are read in ``epoch``."""
         return shard_order(self.urls, self.seed, epoch, self.shuffle)[self.rank :: self.world_size]

@@ -8,6 +8,7 @@ the damaged shard's last sample into the next shard's first; reading each shard 
 
 from __future__ import annotations
 
+import re
 import tarfile
 import zlib
 from typing import Callable, Iterator
@@ -23,11 +24,22 @@ OnProblem = Callable[[str, str, str], None]
 READ_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, ValueError)
 
 
-def _close(stream, url: str, on_problem: OnProblem) -> None:
+def _why(url: str, e: BaseException) -> str:
+    """The error in words; for ``pipe:`` URLs webdataset's raw Pipe arguments become the exit status."""
+    if url.startswith("pipe:"):
+        status = re.search(r"\bexit (-?\d+)", str(e))
+        if status:
+            return f"command {url[5:]!r} failed with exit status {status.group(1)}"
+    return describe_error(e)
+
+
+def _close(stream, url: str) -> str | None:
+    """Close the stream; the reason when that fails (a ``pipe:`` command's exit status shows here)."""
     try:
-        stream.close()  # a pipe: stream raises here when its command failed
+        stream.close()
     except Exception as e:  # noqa: BLE001 - any failure of a user's command is reported, not raised
-        on_problem(url, "<close>", f"closing failed: {describe_error(e)}")
+        return _why(url, e)
+    return None
 
 
 def iter_samples(url: str, on_problem: OnProblem) -> Iterator[dict]:
@@ -40,9 +52,10 @@ def iter_samples(url: str, on_problem: OnProblem) -> Iterator[dict]:
     try:
         stream = gopen(url, "rb")
     except Exception as e:  # noqa: BLE001
-        on_problem(url, "<open>", f"cannot open: {describe_error(e)}")
+        on_problem(url, "<open>", f"cannot open: {_why(url, e)}")
         return
     current: dict | None = None
+    closed = False
     try:
         tar = tarfile.open(fileobj=stream, mode="r|*")
         for info in tar:
@@ -59,7 +72,8 @@ def iter_samples(url: str, on_problem: OnProblem) -> Iterator[dict]:
             try:
                 data = tar.extractfile(info).read()
             except READ_ERRORS as e:
-                on_problem(url, prefix, f"member {info.name} cut short: {describe_error(e)}")
+                closed, why = True, _close(stream, url) or _why(url, e)
+                on_problem(url, prefix, f"member {info.name} cut short: {why}")
                 current = None
                 break
             if suffix in current:
@@ -68,9 +82,14 @@ def iter_samples(url: str, on_problem: OnProblem) -> Iterator[dict]:
                 current[suffix] = data
             tar.members = []  # stream mode would otherwise keep every header in memory
     except READ_ERRORS as e:
+        # a failing pipe: command shows up as a short read first; its exit status explains it better
+        closed, why = True, _close(stream, url) or _why(url, e)
         where = f"after sample {current['__key__']}" if current is not None else "before any sample"
-        on_problem(url, "<archive>", f"archive damaged {where}: {describe_error(e)}")
+        on_problem(url, "<archive>", f"archive damaged {where}: {why}")
     finally:
-        _close(stream, url, on_problem)
+        if not closed:
+            why = _close(stream, url)
+            if why is not None:
+                on_problem(url, "<close>", why)
     if current is not None:
         yield current
