@@ -579,11 +579,15 @@ def hash_outputs(folder: Path) -> dict[str, dict[str, Any]]:
     out = {}
     for p in sorted(Path(folder).rglob("*")):
         rel = p.relative_to(folder)
-        if not p.is_file() or rel.parts[0] == CKPT or (len(rel.parts) == 1 and rel.name in _NOT_OUTPUTS):
+        if not p.is_file() or rel.parts[0] == CKPT or (len(rel.parts) == 1 and _is_bookkeeping(rel.name)):
             continue
         st = p.stat()
         out[rel.as_posix()] = {"sha256": sha256_file(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
     return out
+
+
+def _is_bookkeeping(name: str) -> bool:
+    return name in _NOT_OUTPUTS or (name.startswith("log.rank") and name.endswith(".txt"))
 
 
 def verify_outputs(folder: Path, recorded: dict[str, dict[str, Any]]) -> str:
@@ -712,10 +716,12 @@ class StageContext:
     fingerprint: str = ""
     reads: tuple[str, ...] = ()  # the config keys this instance declared
     upstream: tuple[str, ...] = ()  # upstream instance names (``inputs`` also has plain aliases)
+    rank: int = 0  # under torchrun: this process's rank; only rank 0 should write outputs
+    world_size: int = 1
 
     def progress(self, total: int | None, desc: str | None = None, unit: str = "step", initial: int = 0) -> Progress:
         """A progress bar (rich on a terminal, plain lines in CI) that also writes to the stage log."""
-        return Progress(total, desc or self.name, unit=unit, initial=initial, log=self.log)
+        return Progress(total, desc or self.name, unit=unit, initial=initial, log=self.log, quiet=self.rank != 0)
 
     def inputs_of(self, stage: str) -> dict[str, Path]:
         """All upstream instances of a registered stage or family: instance name -> folder."""
@@ -746,6 +752,48 @@ def _echo_stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+class _Ranks:
+    """Who decides under ``torchrun``: rank 0 holds the lock, checks states and writes manifests;
+    the other ranks run the same stage functions (their DDP peers) and follow rank 0's decisions,
+    received over the default process group (initialised here when torchrun started us)."""
+
+    def __init__(self) -> None:
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.leader = self.rank == 0
+        self.created_group = False
+
+    def close(self) -> None:
+        """Leave together, and tear down the process group if this runner made it (a process that
+        exits with a live gloo group aborts)."""
+        if self.world == 1:
+            return
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.barrier()
+            if self.created_group:
+                dist.destroy_process_group()
+
+    def share(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank (JSON over a CPU tensor: nothing is unpickled)."""
+        if self.world == 1:
+            return obj
+        import torch
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            # cpu:gloo carries these small messages; cuda:nccl is there for the stages' own DDP.
+            dist.init_process_group(backend="cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
+            self.created_group = True
+        data = json.dumps(obj).encode() if self.leader else b""
+        size = torch.tensor([len(data)], dtype=torch.long)
+        dist.broadcast(size, src=0)
+        buf = torch.frombuffer(bytearray(data), dtype=torch.uint8) if self.leader else torch.empty(int(size), dtype=torch.uint8)
+        dist.broadcast(buf, src=0)
+        return json.loads(bytes(buf.tolist()).decode())
+
+
 def run_stages(
     cfg: Config,
     run_dir: str | Path,
@@ -761,41 +809,76 @@ def run_stages(
     ``force`` re-runs the targets even when done (not the dependencies pulled in by ``with_deps``).
     A dependency outside the selection that is not done stops the run with one line saying what
     to run. ``on_locked`` runs once the run-dir lock is held (the CLI saves its settings there).
+    Under ``torchrun`` every rank calls this; rank 0 decides and the others follow (see _Ranks).
     """
     graph = graph if graph is not None else GRAPH
     run_dir = Path(run_dir)
+    ranks = _Ranks()
     plan = graph.plan(cfg)
     selected = plan.select(target, with_deps)
     targets = set(plan.select(target, False))
     for name in selected:
         plan.expected(name)  # bad inputs (a missing data root ...) fail here, before anything is touched
     report = RunReport()
-    with RunLock(run_dir):
+    lock = RunLock(run_dir)
+
+    def decide(name: str) -> dict[str, Any]:
+        """Rank 0: skip or run ``name`` (and prepare its folder when running)."""
+        inst = plan.instances[name]
+        for dep in inst.deps:
+            if dep not in selected and dep not in report.ran:
+                st = plan.status(run_dir, dep)
+                if st.state != "done":
+                    raise KdpipeError(
+                        f"stage {name} needs {dep}, which is {st.state}{' (' + st.reason + ')' if st.reason else ''}; "
+                        f"run `kdpipe run {target} --with-deps` or `kdpipe run {dep}` first"
+                    )
+        st = plan.status(run_dir, name)
+        if st.state == "done" and not (force and name in targets):
+            echo(f"skip  {name}: done{'  ' + st.headline if st.headline else ''}")
+            return {"run": False}
+        why = "forced" if st.state == "done" else (f"{st.state}: {st.reason}" if st.reason else st.state)
+        echo(f"run   {name} ({why})")
+        _prepare(run_dir / inst.folder, plan.expected(name).fingerprint, fresh=force and name in targets)
+        return {"run": True}
+
+    def leader_step(step: Callable[[], Any]) -> Any:
+        # Rank 0 runs ``step``; an error there reaches the other ranks as the same one line.
+        if not ranks.leader:
+            msg = ranks.share(None)
+        else:
+            try:
+                msg = {"ok": step()}
+            except KdpipeError as e:
+                ranks.share({"error": str(e)})
+                raise
+            ranks.share(msg)
+        if "error" in msg:
+            raise KdpipeError(msg["error"])
+        return msg["ok"]
+
+    def take_lock() -> None:
+        lock.__enter__()
         check_run_dir(run_dir)
         if on_locked is not None:
             on_locked()
+
+    try:
+        leader_step(take_lock)
         for name in selected:
-            inst = plan.instances[name]
-            for dep in inst.deps:
-                if dep not in selected and dep not in report.ran:
-                    st = plan.status(run_dir, dep)
-                    if st.state != "done":
-                        raise KdpipeError(
-                            f"stage {name} needs {dep}, which is {st.state}{' (' + st.reason + ')' if st.reason else ''}; "
-                            f"run `kdpipe run {target} --with-deps` or `kdpipe run {dep}` first"
-                        )
-            st = plan.status(run_dir, name)
-            if st.state == "done" and not (force and name in targets):
-                echo(f"skip  {name}: done{'  ' + st.headline if st.headline else ''}")
+            if not leader_step(lambda: decide(name))["run"]:
                 report.skipped.append(name)
                 continue
-            why = "forced" if st.state == "done" else (f"{st.state}: {st.reason}" if st.reason else st.state)
-            echo(f"run   {name} ({why})")
-            metrics, wall = _execute(plan, run_dir, inst, fresh=force and name in targets)
+            inst = plan.instances[name]
+            metrics, wall = _execute(plan, run_dir, inst, ranks)
             head = _headline(inst.spec, metrics)
-            echo(f"done  {name} in {format_duration(wall)}{'  ' + head if head else ''}")
+            if ranks.leader:
+                echo(f"done  {name} in {format_duration(wall)}{'  ' + head if head else ''}")
             report.ran.append(name)
             report.metrics[name] = metrics
+    finally:
+        lock.__exit__(None, None, None)
+    ranks.close()
     return report
 
 
@@ -807,20 +890,24 @@ def _clear_folder(folder: Path) -> None:
             child.unlink()
 
 
-def _execute(plan: Plan, run_dir: Path, inst: Instance, fresh: bool) -> tuple[dict[str, Any], float]:
-    exp = plan.expected(inst.name)
-    folder = run_dir / inst.folder
+def _prepare(folder: Path, fingerprint: str, fresh: bool) -> None:
+    """Make the folder ready for an attempt: no manifest, and a checkpoint only if it is ours."""
     folder.mkdir(parents=True, exist_ok=True)
     # The old manifest goes first: a crash from here on can never leave it looking valid.
     (folder / MANIFEST).unlink(missing_ok=True)
     (folder / FAILED).unlink(missing_ok=True)
     attempt = _read_json(folder / ATTEMPT) or {}
-    if fresh or attempt.get("fingerprint") != exp.fingerprint:
+    if fresh or attempt.get("fingerprint") != fingerprint:
         # Other settings (or --force): checkpoints and half-written outputs are not ours to resume.
         _clear_folder(folder)
-    write_json_atomic(folder / ATTEMPT, {"fingerprint": exp.fingerprint, "pid": os.getpid(), "started_at": _now()})
+    write_json_atomic(folder / ATTEMPT, {"fingerprint": fingerprint, "pid": os.getpid(), "started_at": _now()})
+    (folder / CKPT).mkdir(exist_ok=True)
+
+
+def _execute(plan: Plan, run_dir: Path, inst: Instance, ranks: _Ranks) -> tuple[dict[str, Any], float]:
+    exp = plan.expected(inst.name)
+    folder = run_dir / inst.folder
     ckpt = folder / CKPT
-    ckpt.mkdir(exist_ok=True)
     cfg = plan.config_for(inst.name)
     inputs: dict[str, Path] = {}
     plain_names: dict[str, list[str]] = {}
@@ -830,13 +917,15 @@ def _execute(plan: Plan, run_dir: Path, inst: Instance, fresh: bool) -> tuple[di
     for plain, names in plain_names.items():
         if len(names) == 1 and plain not in inputs:
             inputs[plain] = inputs[names[0]]
-    log = stage_logger(inst.name, folder / LOG)
+    # Other ranks log to their own file and stay off the console (rank 0 speaks for the run).
+    log_file = folder / (LOG if ranks.leader else f"log.rank{ranks.rank}.txt")
+    log = stage_logger(inst.name if ranks.leader else f"{inst.name}.rank{ranks.rank}", log_file, console=ranks.leader)
     log.debug(f"start {inst.name} fingerprint {exp.fingerprint} reads {json.dumps(exp.config, sort_keys=True)}")
     seed = inst.seed if inst.seed is not None else (cfg.value(plan.graph.seed_key) if plan.graph.seed_key in plan.graph.schema.keys() else None)
     ctx = StageContext(
         name=inst.name, stage=inst.spec.name, member=inst.member, seed=seed, cfg=cfg, dir=folder, ckpt_dir=ckpt,
         inputs=inputs, run_dir=run_dir, log=log, fingerprint=exp.fingerprint, reads=tuple(inst.reads(plan.graph.seed_key)),
-        upstream=tuple(inst.deps),
+        upstream=tuple(inst.deps), rank=ranks.rank, world_size=ranks.world,
     )
     t0 = time.monotonic()
     started = _now()
@@ -844,10 +933,13 @@ def _execute(plan: Plan, run_dir: Path, inst: Instance, fresh: bool) -> tuple[di
         metrics = inst.spec.fn(ctx) or {}
         if not isinstance(metrics, dict):
             raise KdpipeError(f"stage {inst.name} returned {type(metrics).__name__}; a stage returns a dict of metrics")
+        wall = time.monotonic() - t0
+        metrics = json.loads(json.dumps(metrics, default=_json_default))
+        if not ranks.leader:
+            return metrics, wall
         for pattern in inst.spec.outputs:
             if not any(p.is_file() for p in folder.glob(pattern)):
                 raise KdpipeError(f"stage {inst.name} did not write its declared output {pattern}")
-        wall = time.monotonic() - t0
         manifest = {
             "format": MANIFEST_FORMAT,
             "format_version": MANIFEST_VERSION,
@@ -861,25 +953,29 @@ def _execute(plan: Plan, run_dir: Path, inst: Instance, fresh: bool) -> tuple[di
             },
             "identity": exp.identity,
             "outputs": hash_outputs(folder),
-            "metrics": json.loads(json.dumps(metrics, default=_json_default)),
+            "metrics": metrics,
             "wall_time_s": round(wall, 3),
             "started_at": started,
             "finished_at": _now(),
             "versions": library_versions(),
+            "world_size": ranks.world,
         }
         write_json_atomic(folder / MANIFEST, manifest)
         log.debug(f"done in {format_duration(wall)}")
-        return manifest["metrics"], wall
+        return metrics, wall
+    except KeyboardInterrupt:
+        # Not a failure of the stage: status reports it as interrupted (and resumable from ckpt/).
+        log.warning("interrupted; run the same command again to resume")
+        raise
     except BaseException as e:
-        if isinstance(e, KeyboardInterrupt):
-            reason = "interrupted; run again to resume"
-        elif isinstance(e, KdpipeError):
+        if isinstance(e, KdpipeError):
             reason = _one_line(str(e))
         else:
-            reason = _one_line(f"{type(e).__name__}: {e} (traceback in {folder / LOG})")
+            reason = _one_line(f"{type(e).__name__}: {e} (traceback in {log_file})")
         log.error(f"failed: {reason}")
         log.debug("".join(traceback.format_exception(type(e), e, e.__traceback__)))
-        write_json_atomic(folder / FAILED, {"reason": reason, "error": type(e).__name__, "at": _now()})
+        if ranks.leader:
+            write_json_atomic(folder / FAILED, {"reason": reason, "error": type(e).__name__, "at": _now()})
         raise
     finally:
         close_logger(log)

@@ -53,13 +53,14 @@ class Progress:
     """
 
     def __init__(self, total: int | None, desc: str, unit: str = "step", initial: int = 0,
-                 log: logging.Logger | None = None, plain: bool | None = None):
+                 log: logging.Logger | None = None, plain: bool | None = None, quiet: bool = False):
         self.total = total
         self.desc = desc
         self.unit = unit
         self.done = initial
         self.log = log
         self.plain = plain_mode() if plain is None else plain
+        self.quiet = quiet  # nothing on the console (other DDP ranks); the log still gets lines
         self.fields: dict[str, Any] = {}
         self._initial = initial
         self._images = 0
@@ -71,7 +72,7 @@ class Progress:
 
     # ---- context manager ------------------------------------------------------------------------
     def __enter__(self) -> "Progress":
-        if not self.plain:
+        if not self.plain and not self.quiet:
             from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
             from rich.progress import Progress as RichProgress
 
@@ -116,7 +117,7 @@ class Progress:
     def _line(self, now: float) -> None:
         self._last_line_t, self._last_line_step = now, self.done
         text = self.line()
-        if self.plain:
+        if self.plain and not self.quiet:
             print(text, file=sys.stderr, flush=True)
         if self.log is not None:
             self.log.debug(text)  # file only: the console already has the bar or the line

@@ -44,6 +44,13 @@ TOY_SOURCE = textwrap.dedent(
         w: int = 1
 
 
+    def seen(ctx):
+        # which rank ran which stage (the torchrun test reads this)
+        if os.environ.get("TOY_SEEN"):
+            with open(os.environ["TOY_SEEN"], "a") as f:
+                f.write(f"{ctx.name} {ctx.rank}/{ctx.world_size}\\n")
+
+
     def build(graph):
         schema = graph.schema
 
@@ -65,11 +72,14 @@ TOY_SOURCE = textwrap.dedent(
 
         @graph.stage("prep", reads=["toy.a"], outputs=["prep.json"])
         def prep(ctx):
-            write_json_atomic(ctx.dir / "prep.json", {"a": ctx.cfg["toy"].a})
+            seen(ctx)
+            if ctx.rank == 0:  # under torchrun only rank 0 writes outputs
+                write_json_atomic(ctx.dir / "prep.json", {"a": ctx.cfg["toy"].a})
             return {"a": ctx.cfg["toy"].a}
 
         @graph.stage("train", reads=["toy.b", "toy.steps", "toy.fail"], deps=["prep"], outputs=["train.json"], headline="acc")
         def train(ctx):
+            seen(ctx)
             if ctx.cfg["toy"].fail:
                 raise KdpipeError("toy.fail is set; unset it to train")
             a = json.loads((ctx.inputs["prep"] / "prep.json").read_text())["a"]
@@ -82,17 +92,21 @@ TOY_SOURCE = textwrap.dedent(
                 while state["step"] < steps:
                     state["step"] += 1
                     state["acc"] = (state["acc"] * 31 + state["step"] + int(1000 * ctx.cfg["toy"].b)) % 1000003
-                    write_json_atomic(state_file, state)
+                    if ctx.rank == 0:
+                        write_json_atomic(state_file, state)
                     bar.update(1, images=4, loss=1.0 / state["step"])
                     time.sleep(sleep)
-            write_json_atomic(ctx.dir / "train.json", {"acc": state["acc"]})
+            if ctx.rank == 0:
+                write_json_atomic(ctx.dir / "train.json", {"acc": state["acc"]})
             ctx.log.info("trained")
             return {"acc": state["acc"] / 1000003, "resumed_from": resumed_from}
 
         @graph.stage("report", deps=["train"], outputs=["report.txt"])
         def report(ctx):
+            seen(ctx)
             acc = json.loads((ctx.inputs["train"] / "train.json").read_text())["acc"]
-            (ctx.dir / "report.txt").write_text(f"acc {acc}\\n")
+            if ctx.rank == 0:
+                (ctx.dir / "report.txt").write_text(f"acc {acc}\\n")
             return {}
 
         return graph
@@ -428,3 +442,26 @@ def test_user_input_identity_is_fingerprinted(toy, tmp_path):
     (data / "b.txt").write_text("2")
     assert states(graph, rd)["ingest"].reason == "input data changed"
     assert run(graph, rd, target="ingest").ran == ["ingest"]
+
+
+def test_torchrun_ranks_follow_rank_zero(toy, tmp_path):
+    """Under torchrun every rank runs each stage (DDP peers) but only rank 0 locks, decides and
+    writes manifests; a second launch skips everything on every rank."""
+    script = tmp_path / "run_toy.py"
+    script.write_text(RUN_SCRIPT)
+    rd, seen = tmp_path / "run", tmp_path / "seen.txt"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(script), str(rd), str(toy.src_dir)]
+    env = dict(os.environ, TOY_SEEN=str(seen), OMP_NUM_THREADS="1", PYTHONPATH=str(Path.cwd()))
+    first = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert first.returncode == 0, first.stdout + first.stderr
+    lines = sorted(seen.read_text().splitlines())
+    assert lines == sorted(f"{s} {r}/2" for s in ("prep", "train", "report") for r in (0, 1))
+    assert first.stdout.count("run   train") == 1  # only rank 0 speaks
+    manifest = json.loads((rd / "train" / MANIFEST).read_text())
+    assert manifest["world_size"] == 2 and set(manifest["outputs"]) == {"train.json"}
+    assert (rd / "train" / "log.rank1.txt").exists()
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert sorted(seen.read_text().splitlines()) == lines
+    assert {s.state for s in states(toy.build(StageGraph()), rd).values()} == {"done"}
