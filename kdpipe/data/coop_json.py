@@ -8,6 +8,7 @@ folders; its prompt learner turns "_" into spaces); they are idempotent on the p
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,7 +99,7 @@ def read_json_split(root: Path, layout: JsonSplitLayout, *, strict: bool = False
     split_path = folder / layout.split_file
     data = read_split_file(split_path, layout.name)
     image_dir = (folder / layout.image_dir) if layout.image_dir else folder
-    splits = {s: _parse_entries(data.get(s, []), s, image_dir.resolve(), layout, split_path) for s in SPLITS}
+    splits = {s: _parse_entries(data.get(s, []), s, Path(os.path.abspath(image_dir)), layout, split_path) for s in SPLITS}
     classnames = classnames_from_items(splits, layout.name, split_path)
     return finish(
         layout.name, splits, classnames, check_files=check_files, strict=strict, layout=layout.describe()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import random
 from pathlib import Path
 
@@ -122,7 +123,7 @@ def read_imagefolder(
         keys = sorted({c for s in given for c in _class_folders(root / s)})
         label_of = {k: i for i, k in enumerate(keys)}
         pairs = {
-            s: [(str(p.resolve()), label_of[c]) for c in _class_folders(root / s) for p in list_images_recursive(root / s / c)]
+            s: [(os.path.abspath(p), label_of[c]) for c in _class_folders(root / s) for p in list_images_recursive(root / s / c)]
             if s in given else []
             for s in SPLITS
         }
@@ -132,7 +133,7 @@ def read_imagefolder(
             loose = list_images(root)
             hint = " (it holds images directly: that is an unlabeled source for shards or classify)" if loose else ""
             raise KdpipeError(f"imagefolder: no class folders with images in {root}{hint}; expected {IMAGEFOLDER_LAYOUT}")
-        by_class = {i: [str(p.resolve()) for p in list_images_recursive(root / k)] for i, k in enumerate(keys)}
+        by_class = {i: [os.path.abspath(p) for p in list_images_recursive(root / k)] for i, k in enumerate(keys)}
         pairs = seeded_split(by_class, seed, val_frac, test_frac)
     names = _names_for(keys, classnames, numeric=False, source=root)
     splits = {s: _to_items(pairs[s], names) for s in SPLITS}
@@ -173,7 +174,7 @@ def _rows_to_splits(
         if split is not None and split not in SPLITS:
             raise KdpipeError(f"{kind}: {source} row {n}: split {split!r} is not one of train, val, test")
         full = Path(path).expanduser()
-        parsed.append((str((full if full.is_absolute() else base / full).resolve()), label, split))
+        parsed.append((os.path.abspath(full if full.is_absolute() else base / full), label, split))
 
     raw_labels = {label for _, label, _ in parsed}
     numeric = all(label.lstrip("-").isdigit() for label in raw_labels)

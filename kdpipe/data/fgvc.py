@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from kdpipe.data.items import DatasetSplits, Item
@@ -35,7 +36,7 @@ def _read_split(folder: Path, split: str, label_of: dict[str, int]) -> list[Item
         image_id, variant = parts
         if variant not in label_of:
             raise KdpipeError(f"fgvc_aircraft: {path}:{n}: variant {variant!r} is not in variants.txt")
-        items.append(Item(str((folder / "images" / f"{image_id}.jpg").resolve()), label_of[variant], variant))
+        items.append(Item(os.path.abspath(folder / "images" / f"{image_id}.jpg"), label_of[variant], variant))
     return items
 
 
