@@ -93,25 +93,29 @@ def _save(fig, path: Path) -> Path:
 
 
 def plot_base_novel(rows: Sequence[MetricRow], path: str | Path, title: str = "") -> Path:
-    """Grouped bars of base, novel and HM per method (mean rows when there are several seeds)."""
+    """Grouped bars of base, novel and HM per method (mean rows when there are several seeds);
+    bars of all-class accuracy when there is no base/novel split (cross-dataset)."""
     plt = _pyplot()
     rows = sort_rows(rows)
     means = [r for r in rows if r.seed == "mean"]
     shown = means or rows
     labels = [f"{r.method}\n({r.role})" if r.role != "baseline" else r.method for r in shown]
-    series = [("base", "#4c72b0"), ("novel", "#dd8452"), ("hm", "#55a868")]
+    if any(r.base is not None for r in shown):
+        series = [("base", "#4c72b0"), ("novel", "#dd8452"), ("hm", "#55a868")]
+    else:
+        series = [("accuracy", "#4c72b0")]
     width = 0.8 / len(series)
     fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(shown) + 2), 4))
     for i, (key, colour) in enumerate(series):
         values = [getattr(r, key) if getattr(r, key) is not None else 0.0 for r in shown]
-        xs = [j + (i - 1) * width for j in range(len(shown))]
+        xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(shown))]
         bars = ax.bar(xs, values, width, label=key.upper() if key == "hm" else key, color=colour)
         ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=1)
     ax.set_xticks(range(len(shown)), labels, fontsize=8)
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 105)
     ax.legend(loc="upper right", fontsize=8, ncols=3)
-    ax.set_title(title or "base / novel / HM per method")
+    ax.set_title(title or ("base / novel / HM per method" if len(series) > 1 else "accuracy per method"))
     try:
         return _save(fig, Path(path))
     finally:

@@ -21,16 +21,29 @@ COLOURS = {
 SPLIT_SIZES = {"train": 12, "val": 2, "test": 6}
 
 
+# a second dataset in another CoOp layout, with other colours, for cross-dataset runs
+TEXTURES = {"crimson": (180, 20, 60), "teal": (20, 160, 160), "olive": (120, 130, 30), "navy": (20, 30, 110)}
+
+
 def make_fake_pets(root: Path, size: int = 40, seed: int = 0) -> Path:
     """Write ``<root>/oxford_pets/{images/, split_zhou_OxfordPets.json}``; returns ``root``."""
+    return _make_fake(root, "oxford_pets", "split_zhou_OxfordPets.json", COLOURS, size, seed)
+
+
+def make_fake_dtd(root: Path, size: int = 40, seed: int = 1) -> Path:
+    """Write ``<root>/dtd/{images/, split_zhou_DescribableTextures.json}``; returns ``root``."""
+    return _make_fake(root, "dtd", "split_zhou_DescribableTextures.json", TEXTURES, size, seed)
+
+
+def _make_fake(root: Path, folder_name: str, split_file: str, colours: dict, size: int, seed: int) -> Path:
     from PIL import Image
 
     rng = random.Random(seed)
-    folder = Path(root) / "oxford_pets"
+    folder = Path(root) / folder_name
     images = folder / "images"
     images.mkdir(parents=True, exist_ok=True)
     split = {s: [] for s in SPLIT_SIZES}
-    for label, (name, rgb) in enumerate(COLOURS.items()):
+    for label, (name, rgb) in enumerate(colours.items()):
         for s, count in SPLIT_SIZES.items():
             for i in range(count):
                 # the class colour with noise, on a random grey background patch
@@ -41,7 +54,7 @@ def make_fake_pets(root: Path, size: int = 40, seed: int = 0) -> Path:
                 rel = f"{name.replace(' ', '_')}_{s}_{i}.png"
                 img.save(images / rel)
                 split[s].append([rel, label, name.replace(" ", "_")])
-    (folder / "split_zhou_OxfordPets.json").write_text(json.dumps(split))
+    (folder / split_file).write_text(json.dumps(split))
     return Path(root)
 
 

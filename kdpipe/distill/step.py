@@ -69,8 +69,9 @@ class DistillStep:
 
 
 @torch.no_grad()
-def measure_agreement(step: DistillStep, batches: Iterable) -> dict[str, float]:
-    """Top-1 agreement and mean KD loss of the student (in eval mode) with the teacher over ``batches``."""
+def measure_agreement(step: DistillStep, batches: Iterable) -> dict[str, float | None]:
+    """Top-1 agreement and mean KD loss of the student (in eval mode) with the teacher over ``batches``
+    (None for both when there are no images)."""
     student = step.student
     was_training = student.training
     student.eval()
@@ -86,5 +87,5 @@ def measure_agreement(step: DistillStep, batches: Iterable) -> dict[str, float]:
     finally:
         student.train(was_training)
     if total == 0:
-        return {"agreement": float("nan"), "kd_loss": float("nan"), "images": 0}
+        return {"agreement": None, "kd_loss": None, "images": 0}
     return {"agreement": same / total, "kd_loss": loss_sum / total, "images": total}

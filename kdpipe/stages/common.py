@@ -22,6 +22,15 @@ TRANSDUCTIVE_NOTE = (
     "the student was distilled on unlabeled train images of ALL classes, base and novel "
     "(PromptKD's transductive setting); teacher and baselines saw labelled base classes only"
 )
+TRANSDUCTIVE_NOTE_CROSS = (
+    "the student was distilled on unlabeled train images of every class of the evaluated dataset "
+    "(PromptKD's transductive setting); teacher and baselines learned few-shot from {source}"
+)
+
+
+def transductive_note(cfg) -> str:
+    d = cfg["data"]
+    return TRANSDUCTIVE_NOTE if d.mode == "base2novel" else TRANSDUCTIVE_NOTE_CROSS.format(source=d.train_dataset)
 
 
 def upstream(ctx, stage: str) -> Path:

@@ -162,7 +162,7 @@ def run(ctx) -> dict:
     probes = AgreementLog(Path(ctx.ckpt_dir) / "agreement.json")
     if 0 not in probes:
         probes.record(0, measure_agreement(step, holdout()))
-        ctx.log.info(f"before distillation: agreement {100 * probes.points[0]['agreement']:.1f}% on {probes.points[0]['images']} held-out images")
+        ctx.log.info(f"before distillation: agreement {_pct(probes.points[0]['agreement'])} on {probes.points[0]['images']} held-out images")
 
     def batches(epoch: int, skip: int) -> Iterator:
         stream.set_epoch(epoch)
@@ -210,10 +210,14 @@ def run(ctx) -> dict:
                            teacher_backbone=tmeta["backbone"], transductive=shards.get("transductive", False))
         write_json(ctx.dir / CURVES, {"seed": seed, "curve": curve, "history": history})
     start, end = curve[0], curve[-1]
-    ctx.log.info(f"agreement {100 * start['agreement']:.1f}% -> {100 * end['agreement']:.1f}% on the held-out slice")
+    ctx.log.info(f"agreement {_pct(start['agreement'])} -> {_pct(end['agreement'])} on the held-out slice")
     return {
         "agreement": end["agreement"],
         "agreement_start": start["agreement"],
         "heldout_kd_loss": end["kd_loss"],
-        "train_loss": history[-1].get("kd_loss") if history else math.nan,
+        "train_loss": history[-1].get("kd_loss") if history else None,
     }
+
+
+def _pct(value: float | None) -> str:
+    return "n/a (nothing held out)" if value is None else f"{100 * value:.1f}%"

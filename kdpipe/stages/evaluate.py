@@ -96,7 +96,7 @@ def collect_logits(scorers: list[Scorer], items, batch_size: int, workers: int, 
     outputs=[METRICS],
     seeded=True,
     identity=common.data_identity,
-    headline="student_hm",
+    headline="student",
     description="base / novel / HM of teacher, student and baselines on the test split",
 )
 def run(ctx) -> dict:
@@ -147,15 +147,16 @@ def run(ctx) -> dict:
         )
     notes = []
     if smeta.get("transductive"):
-        notes.append(common.TRANSDUCTIVE_NOTE)
+        notes.append(common.transductive_note(cfg))
     write_json(ctx.dir / METRICS, {
         "split": e.split, "mode": cfg["data"].mode, "images": len(items), "classes": len(tf.classnames),
         "base_classes": tf.num_base, "rows": [r.to_dict() for r in rows], "notes": notes,
     })
+    # one score per method: HM in base-to-novel mode, all-class accuracy in cross-dataset mode
     key = "accuracy" if cross else "hm"
     by_role = {r.role: getattr(r, key) for r in rows if r.role != "baseline"}
-    return {f"student_{key}": by_role["student"], f"teacher_{key}": by_role["teacher"],
-            **{f"{r.method}_{key}": getattr(r, key) for r in rows if r.role == "baseline"}}
+    return {"score": key, "student": by_role["student"], "teacher": by_role["teacher"],
+            **{r.method: getattr(r, key) for r in rows if r.role == "baseline"}}
 
 
 def _pct(v) -> str:
