@@ -205,3 +205,15 @@ def test_coerce_optional_and_lists():
     assert coerce("", list[int]) == []
     with pytest.raises(KdpipeError):
         coerce(True, int)
+
+
+def test_shipped_recipes_resolve_against_the_pipeline(monkeypatch):
+    from kdpipe.dag import GRAPH, STAGE_MODULES_ENV
+
+    monkeypatch.delenv(STAGE_MODULES_ENV, raising=False)
+    GRAPH.load_stage_modules()  # the real config sections and stages
+    for name in list_recipes():
+        GRAPH.plan(resolve_config(name))  # every key known and typed, the graph expands
+    weights = {ds: resolve_config("default", [("data.dataset", ds, "--dataset")])["distill"].kd_weight
+               for ds in ("dtd", "fgvc_aircraft", "oxford_flowers", "oxford_pets")}
+    assert weights == {"dtd": 200.0, "fgvc_aircraft": 200.0, "oxford_flowers": 200.0, "oxford_pets": 1000.0}
