@@ -265,3 +265,13 @@ def test_shard_input_with_a_corrupt_member_and_resume(tmp_path, tiny_student, cl
     assert s.rows_new == 0 and s.resumed == 7  # the second spec names the same shards: nothing redone
     with pytest.raises(KdpipeError, match="not found"):
         open_source(str(tmp_path / "shards" / "part-{0..5}.tar"))
+
+
+def test_writer_keeps_one_row_per_key_even_within_a_batch(tmp_path):
+    from kdpipe.infer.writers import ResultWriter, Row
+
+    w = ResultWriter(tmp_path / "o.jsonl", key_column="key", top_k=1, model={"id": "m"})
+    w.append([Row("a", ["x"], [0.5], [0]), Row("a", ["y"], [0.4], [1]), Row("b", ["x"], [0.3], [0])], [("b", "dup"), ("c", "bad")])
+    w.append([Row("b", ["x"], [0.3], [0])], [("c", "bad")])
+    assert keys_of(tmp_path / "o.jsonl") == ["a", "b"]
+    assert [json.loads(ln)["key"] for ln in skipped_path(tmp_path / "o.jsonl").read_text().splitlines()] == ["c"]

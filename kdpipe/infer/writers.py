@@ -314,22 +314,23 @@ class ResultWriter:
 
     def append(self, rows: list[Row], skipped: list[tuple[str, str]] = ()) -> None:
         """Write one batch; rows or skipped keys already done are dropped (never written twice)."""
-        keep, skip = [], []
+        keep, skip, seen = [], [], set()
         for r in rows:
-            if r.key in self.done:
+            if r.key in self.done or r.key in seen:
                 continue
+            seen.add(r.key)
             why = self.file.unwritable(r.key)
             if why:
                 skip.append((r.key, why))
             else:
                 keep.append(r)
-        skip += [(k, why) for k, why in skipped if k not in self.done]
+        for k, why in skipped:
+            if k not in self.done and k not in seen:
+                seen.add(k)
+                skip.append((k, why))
         self.file.append(keep)
         self.skipped.append(skip)
-        for r in keep:
-            self.done.add(r.key)
-        for k, _ in skip:
-            self.done.add(k)
+        self.done |= seen
         self.written += len(keep)
         self.newly_skipped += skip
 
