@@ -30,7 +30,7 @@ def _source_items(source: Path, dataset: Optional[str], split: str, subset: str,
         return paths, None, f"folder {source} (unlabeled)"
     opts = {"classnames": classnames} if classnames else {}
     splits = subsample(load_dataset(dataset, source, **opts), subset)
-    return splits.split(split), splits.classnames, f"{splits.name} {split} split, {subset} classes"
+    return splits.split(split), splits.classnames, f"{splits.name} ({split} split, {subset} classes)"
 
 
 @shards_app.command("write")
