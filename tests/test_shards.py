@@ -243,6 +243,9 @@ def test_write_is_resumable_and_refuses_a_different_source(tmp_path, monkeypatch
     written.clear()
     write_shards(items, out, per_shard=4, max_side=0)  # complete: nothing to do
     assert written == []
+    (out / "shard-000002.tar").unlink()  # a finished set that lost a shard is repaired
+    write_shards(items, out, per_shard=4, max_side=0)
+    assert written == ["shard-000002.tar"] and json.loads(manifest_path.read_text())["complete"]
 
     with pytest.raises(KdpipeError, match="another source or other settings"):
         write_shards(items[:5], out, per_shard=4, max_side=0)

@@ -197,10 +197,11 @@ def write_shards(
             "skipped": [],
         }
         _write_json_atomic(manifest_path, manifest)
-    elif manifest.get("complete"):
+    elif manifest.get("complete") and all((out / s["name"]).is_file() for s in manifest["shards"]):
         if progress is not None:
             progress(len(entries))
         return manifest_path
+    manifest["complete"] = False
     for stale in out.glob(".shard-*.tmp"):
         stale.unlink(missing_ok=True)  # left by a run that was killed mid-shard
 
