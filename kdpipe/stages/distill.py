@@ -135,6 +135,10 @@ def run(ctx) -> dict:
     device = common.device_of(cfg)
     amp = cfg["run"].amp
     rank, world = common.rank_world()
+    if world > 1:
+        # each rank already reads only its own shards; averaging gradients across ranks is the
+        # training loop's job, and until it does, several processes would train unsynchronised copies
+        raise KdpipeError(f"distill runs in one process for now (WORLD_SIZE={world}); start it without torchrun")
 
     tf = load_text_features(features_path(common.upstream(ctx, "text-features")))
     teacher, tmeta = common.load_method(teacher_stem(common.upstream(ctx, "teacher")), device=device)
@@ -152,12 +156,17 @@ def run(ctx) -> dict:
 
     train_tf = build_transform(True, sb.dims.image_size, sb.mean, sb.std)
     test_tf = build_transform(False, sb.dims.image_size, sb.mean, sb.std)
-    stream = ShardStream(shards["train"], train_tf, seed=seed, epoch=0, batch_size=d.batch_size, workers=d.workers, rank=rank, world_size=world)
+    stream = ShardStream(
+        shards["train"], train_tf, seed=seed, epoch=0, batch_size=d.batch_size, workers=d.workers,
+        rank=rank, world_size=world, log=ctx.log,
+    )
 
     def holdout() -> Iterable:
         if not shards["holdout"]:
             return []  # nothing held out: agreement is not measured
-        return ShardStream(shards["holdout"], test_tf, seed=0, epoch=0, batch_size=max(d.batch_size, 64), workers=min(d.workers, 2))
+        return ShardStream(
+            shards["holdout"], test_tf, seed=0, epoch=0, batch_size=max(d.batch_size, 64), workers=min(d.workers, 2), log=ctx.log
+        )
 
     probes = AgreementLog(Path(ctx.ckpt_dir) / "agreement.json")
     if 0 not in probes:
@@ -195,9 +204,6 @@ def run(ctx) -> dict:
             amp=amp,
             progress=common.step_reporter(bar, d.epochs, lambda: step.last_batch_size),
         )
-    if corrupt := getattr(stream, "corrupt", None):
-        ctx.log.warning(f"skipped {sum(len(v) for v in corrupt.values())} corrupt shard members in {len(corrupt)} shards")
-
     curve = []
     for epoch, point in sorted(probes.points.items()):
         row = {"epoch": epoch, "agreement": point["agreement"], "kd_loss": point["kd_loss"]}

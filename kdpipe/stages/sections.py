@@ -137,9 +137,12 @@ class ReportConfig:
 
 
 def check_methods(names: list[str], what: str) -> None:
-    from kdpipe.methods import list_methods
+    """Every name is a registered method that learns from labelled images (not the student)."""
+    from kdpipe.methods import get_method, list_methods
 
-    known = list_methods()
-    unknown = [n for n in names if n not in known]
+    supervised = [m for m in list_methods() if not get_method(m).needs_class_features]
+    unknown = [n for n in names if n not in supervised]
     if unknown:
-        raise KdpipeError(f"{what}: unknown method(s) {', '.join(unknown)}; known: {', '.join(known)}")
+        students = [n for n in unknown if n in list_methods()]
+        why = f"{', '.join(students)} is a distillation student (it learns from a teacher, see distill)" if students else f"unknown method(s) {', '.join(unknown)}"
+        raise KdpipeError(f"{what}: {why}; choose from: {', '.join(supervised)}")
