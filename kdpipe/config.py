@@ -51,6 +51,10 @@ SHORTCUTS: dict[str, str] = {
     "seeds": "run.seeds",
 }
 
+# Shortcuts naming a file or folder: made absolute, so a run dir's saved settings do not depend on
+# the directory the next command is started from.
+PATH_SHORTCUTS = {"data_root"}
+
 # Top-level recipe keys that are not config sections.
 _RECIPE_META_KEYS = {"description", "extends"}
 _DATASET_OVERRIDES = "dataset_overrides"
@@ -450,6 +454,8 @@ def shortcut_overrides(**flags: Any) -> list[tuple[str, Any, str]]:
         if name not in SHORTCUTS:
             raise KdpipeError(f"unknown shortcut --{name.replace('_', '-')}; known: {', '.join('--' + s.replace('_', '-') for s in SHORTCUTS)}")
         if value is not None:
+            if name in PATH_SHORTCUTS and "://" not in str(value):
+                value = str(Path(str(value)).expanduser().resolve())
             out.append((SHORTCUTS[name], value, f"--{name.replace('_', '-')}"))
     return out
 

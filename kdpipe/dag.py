@@ -22,6 +22,10 @@ Two ways one registration becomes several instances:
 A stage depending on a family or seeded stage gets every instance of it in ``ctx.inputs``, keyed
 by instance name; a seeded stage depending on a seeded stage gets only the one with its own seed,
 also under the plain name (``ctx.inputs["distill"]``).
+
+Under ``torchrun`` every rank calls :func:`run_stages` and runs each stage function (so a stage can
+train with DDP); rank 0 alone takes the lock, decides what runs and writes manifests, and the other
+ranks follow its decisions over the default process group, which the runner initialises.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, Optional
 
 import pytest
@@ -187,6 +188,9 @@ def test_shortcuts_map_to_keys_and_set_wins(empty_recipe):
     assert SHORTCUTS["dataset"] == "data.dataset" and SHORTCUTS["seeds"] == "run.seeds"
     cfg = config_from_cli(str(empty_recipe), ["run.seed=7"], schema=schema, dataset="dtd", data_root="/d", seed=3, seeds="1,2")
     assert (cfg["data"].dataset, cfg["data"].root, cfg["run"].seed, cfg["run"].seeds) == ("dtd", "/d", 7, [1, 2])
+    # a relative --data-root is saved absolute, so the next command may start elsewhere
+    rel = config_from_cli(str(empty_recipe), schema=schema, data_root="some/data")
+    assert rel["data"].root == str(Path.cwd() / "some" / "data")
     assert shortcut_overrides(teacher=None, seed=None) == []
     with pytest.raises(KdpipeError, match="unknown shortcut --colour"):
         shortcut_overrides(colour="red")

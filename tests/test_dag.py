@@ -369,6 +369,12 @@ def test_second_concurrent_run_is_refused(toy, tmp_path):
         with pytest.raises(KdpipeError, match=rf"run dir .* is in use by another kdpipe run \(pid {holder.pid}\); wait") as e:
             run(graph, rd)
         assert "\n" not in str(e.value)
+        # status reads a busy run dir; the stage the holder is working on shows as running
+        (rd / "train").mkdir()
+        (rd / "train" / ".attempt.json").write_text(json.dumps({"fingerprint": "x", "pid": holder.pid}))
+        st = states(graph, rd)
+        assert (st["train"].state, st["train"].reason) == ("running", f"pid {holder.pid}")
+        assert st["prep"].state == "missing"
     finally:
         holder.kill()
         holder.wait()

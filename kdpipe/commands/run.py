@@ -76,7 +76,11 @@ def run(
     seeds: Optional[str] = _seeds,
     sets: list[str] = _sets,
 ) -> None:
-    """Run what is missing or stale, in order; finished stages are skipped, an interrupted one resumes."""
+    """Run what is missing or stale, in order; finished stages are skipped, an interrupted one resumes.
+
+    The run dir remembers its settings (run.json): a later command on it reuses them, and any
+    recipe, shortcut or --set given then changes just those settings.
+    """
     from kdpipe.dag import GRAPH, run_stages, write_run_settings
 
     shortcuts = dict(teacher=teacher, student=student, dataset=dataset, data_root=data_root, seed=seed, seeds=seeds)
@@ -105,7 +109,7 @@ def status(
 ) -> None:
     """Show every stage: done / stale (and why) / missing / failed, wall time and headline metric.
 
-    Flags work as for ``run`` without changing anything, so ``status --set distill.lr=0.01``
+    Flags work as for 'kdpipe run' without changing anything, so 'kdpipe status --set distill.lr=0.01'
     previews what that change would re-run.
     """
     from kdpipe.dag import GRAPH, format_status, stage_statuses, summarize
