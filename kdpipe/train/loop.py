@@ -96,7 +96,7 @@ def fit(
                     loss, logs = step(batch)
                 if not torch.isfinite(loss.detach()).all() and scaler is None:
                     raise KdpipeError(
-                        f"loss became {float(loss)} at epoch {epoch + 1}, step {pos.step + 1}; lower the learning rate (now {lr:g})"
+                        f"loss became {float(loss.detach())} at epoch {epoch + 1}, step {pos.step + 1}; lower the learning rate (now {lr:g})"
                     )
                 opt.zero_grad(set_to_none=True)
                 if scaler is not None:
