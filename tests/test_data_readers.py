@@ -231,3 +231,10 @@ def test_csv_and_jsonl_lists(tmp_path):
 def test_unknown_reader_option_is_one_line_error(tmp_path):
     with pytest.raises(KdpipeError, match="dataset oxford_pets does not take option.*classnames; it takes strict, check_files"):
         load_dataset("oxford_pets", tmp_path, classnames="x.txt")
+
+
+def test_stanford_cars_paths_are_relative_to_the_dataset_folder(tmp_path):
+    base = make_json_split(tmp_path, "stanford_cars", "split_zhou_StanfordCars.json", "", ["2012 Tesla Model S", "2000 AM General Hummer SUV"], (1, 1, 1))
+    ds = load_dataset("stanford_cars", tmp_path)
+    assert ds.classnames == ["2012 Tesla Model S", "2000 AM General Hummer SUV"]
+    assert Path(ds.test[1].path) == base / "2000 AM General Hummer SUV" / "test_0.jpg"
