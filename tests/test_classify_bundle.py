@@ -130,3 +130,18 @@ def test_open_vocabulary_classes(tmp_path, model, tiny_teacher):
     write_images(tmp_path / "imgs", 3)
     s = run(opened, tmp_path / "imgs", tmp_path / "o.jsonl")
     assert s.rows_new == 3 and all(set(r["labels"]) <= {"red", "purple", "orange"} for r in read_rows(tmp_path / "o.jsonl"))
+
+
+def test_bundle_with_a_faiss_index_loads_where_faiss_is_missing(tmp_path, model, monkeypatch):
+    import kdpipe.infer.index as index_mod
+
+    export_bundle(model, tmp_path / "b")
+    write_images(tmp_path / "imgs", 3)
+    run(load_bundle(tmp_path / "b"), tmp_path / "imgs", tmp_path / "with.jsonl")
+    monkeypatch.setattr(index_mod, "faiss_module", lambda: None)
+    loaded = load_bundle(tmp_path / "b")
+    assert loaded.index().flat_backends() == ["torch"]
+    run(loaded, tmp_path / "imgs", tmp_path / "without.jsonl")
+    assert read_rows(tmp_path / "with.jsonl") == read_rows(tmp_path / "without.jsonl")
+    with pytest.raises(KdpipeError, match="--index ivf needs FAISS"):
+        loaded.index("ivf")

@@ -109,8 +109,12 @@ class ClassModel:
 
     def index(self, kind: str | None = None, device: str | torch.device = "cpu"):
         """The class index: the stored one when it fits the request, else built from the features."""
-        from kdpipe.infer.index import ClassIndex
+        from kdpipe.infer.index import ClassIndex, faiss_module, sidecar_path
 
+        stored_needs_faiss = self.index_path is not None and sidecar_path(self.index_path).is_file() and \
+            json.loads(sidecar_path(self.index_path).read_text()).get("storage") == "faiss"
+        if stored_needs_faiss and faiss_module() is None:  # flat then runs as an exact torch search
+            return ClassIndex.build(self.class_features, kind or "flat", device=str(device))
         if self.index_path is not None and self.index_path.is_file():
             stored = ClassIndex.load(self.index_path, device=str(device))
             if (kind is None or stored.kind == kind) and torch.equal(stored.features, self.class_features):
