@@ -282,6 +282,27 @@ class Config(dict):
         self.schema = schema
         self.recipe = recipe  # where layer 2 came from (name or path), for the record
 
+    def fingerprint_value(self, key: str) -> Any:
+        """``value(key)`` without the :func:`runtime_setting` fields (they never make a stage stale);
+        :data:`NOT_FINGERPRINTED` when ``key`` itself is one."""
+        parts = key.split(".")
+        value = self.value(key)
+        if parts[0] not in self:
+            return value
+        section_cls = type(self[parts[0]])
+        if len(parts) == 1:
+            return {k: v for k, v in value.items() if not is_runtime_setting(section_cls, k)}
+        if len(parts) == 2 and is_runtime_setting(section_cls, parts[1]):
+            return NOT_FINGERPRINTED
+        spec = self.schema.sections.get(parts[0]) if self.schema is not None else None
+        if spec is not None and spec.members is not None and parts[1] not in {f.name for f in dataclasses.fields(section_cls)}:
+            member_cls = spec.members(parts[1])
+            if member_cls is not None and len(parts) == 2:
+                return {k: v for k, v in value.items() if not is_runtime_setting(member_cls, k)}
+            if member_cls is not None and len(parts) == 3 and is_runtime_setting(member_cls, parts[2]):
+                return NOT_FINGERPRINTED
+        return value
+
     def member(self, section: str, member: str) -> dict[str, Any]:
         return dict(self.members.get(section, {}).get(member, {}))
 
@@ -344,6 +365,22 @@ class Config(dict):
         for s, ms in self.members.items():
             out.setdefault(s, {}).update({m: jsonable(t) for m, t in ms.items()})
         return out
+
+
+_FINGERPRINT = "kdpipe_fingerprint"
+NOT_FINGERPRINTED = object()  # what fingerprint_value returns for a runtime setting
+
+
+def runtime_setting(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field for a setting that changes how a stage runs but not what it produces
+    (DataLoader workers, checkpoint interval): it is left out of fingerprints, so changing it
+    never makes a finished stage stale. Use it in place of a plain default."""
+    return field(default=default, default_factory=default_factory, metadata={_FINGERPRINT: False})
+
+
+def is_runtime_setting(cls: type, name: str) -> bool:
+    fields = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
+    return name in fields and fields[name].metadata.get(_FINGERPRINT) is False
 
 
 def _member_default(schema: ConfigSchema, key: str) -> Any:

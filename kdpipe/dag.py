@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from kdpipe.config import SCHEMA, Config, ConfigSchema, jsonable
+from kdpipe.config import NOT_FINGERPRINTED, SCHEMA, Config, ConfigSchema, jsonable
 from kdpipe.errors import KdpipeError
 from kdpipe.progress import Progress, close_logger, format_duration, stage_logger
 
@@ -448,7 +448,8 @@ class Plan:
             return self._expected[name]
         inst = self.instances[name]
         cfg = self.config_for(name)
-        config = {key: cfg.value(key) for key in inst.reads(self.graph.seed_key)}
+        config = {key: cfg.fingerprint_value(key) for key in inst.reads(self.graph.seed_key)}
+        config = {key: value for key, value in config.items() if value is not NOT_FINGERPRINTED}
         upstream = {d: self.expected(d).fingerprint for d in inst.deps}
         try:
             identity = digest(inst.spec.identity(cfg)) if inst.spec.identity is not None else None
@@ -535,7 +536,7 @@ def _headline(spec: StageSpec, metrics: dict) -> str:
     key = spec.headline
     if key is None:
         key = next((k for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)), None)
-    if key is None or key not in metrics:
+    if key is None or metrics.get(key) is None:
         return ""
     value = metrics[key]
     return f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"

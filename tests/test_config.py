@@ -9,6 +9,7 @@ from typing import Literal, Optional
 import pytest
 
 from kdpipe.config import (
+    NOT_FINGERPRINTED,
     SHORTCUTS,
     ConfigSchema,
     coerce,
@@ -16,6 +17,7 @@ from kdpipe.config import (
     list_recipes,
     load_recipe,
     resolve_config,
+    runtime_setting,
     shortcut_overrides,
 )
 from kdpipe.errors import KdpipeError
@@ -25,6 +27,7 @@ from kdpipe.errors import KdpipeError
 class Member:
     epochs: int = 5
     lr: float = 0.002
+    workers: int = runtime_setting(4)
 
 
 def make_schema() -> ConfigSchema:
@@ -221,3 +224,12 @@ def test_shipped_recipes_resolve_against_the_pipeline(monkeypatch):
     weights = {ds: resolve_config("default", [("data.dataset", ds, "--dataset")])["distill"].kd_weight
                for ds in ("dtd", "fgvc_aircraft", "oxford_flowers", "oxford_pets")}
     assert weights == {"dtd": 200.0, "fgvc_aircraft": 200.0, "oxford_flowers": 200.0, "oxford_pets": 1000.0}
+
+
+def test_runtime_settings_are_left_out_of_fingerprint_values():
+    cfg = resolve_config(None, [("baselines.coop.workers", "2", "--set"), ("baselines.coop.epochs", "3", "--set")],
+                         schema=make_schema())
+    assert cfg.value("baselines.coop") == {"workers": 2, "epochs": 3}
+    assert cfg.fingerprint_value("baselines.coop") == {"epochs": 3}
+    assert cfg.fingerprint_value("baselines.coop.workers") is NOT_FINGERPRINTED
+    assert cfg.fingerprint_value("distill") == cfg.value("distill")

@@ -35,6 +35,7 @@ TOY_SOURCE = textwrap.dedent(
     import time
     from dataclasses import dataclass, field
 
+    from kdpipe.config import runtime_setting
     from kdpipe.dag import write_json_atomic
     from kdpipe.errors import KdpipeError
 
@@ -63,6 +64,7 @@ TOY_SOURCE = textwrap.dedent(
             unused: str = "nobody reads me"
             methods: list = field(default_factory=lambda: ["m1", "m2"])
             fail: bool = False
+            workers: int = runtime_setting(2)
 
         @schema.section("run")
         @dataclass
@@ -471,3 +473,17 @@ def test_torchrun_ranks_follow_rank_zero(toy, tmp_path):
     assert second.returncode == 0, second.stdout + second.stderr
     assert sorted(seen.read_text().splitlines()) == lines
     assert {s.state for s in states(toy.build(StageGraph()), rd).values()} == {"done"}
+
+
+def test_runtime_settings_never_make_a_stage_stale(toy, tmp_path):
+    graph = toy.build(StageGraph())
+
+    @graph.stage("whole", reads=["toy", "toy.workers"])
+    def whole(ctx):
+        return {"workers": ctx.param("toy.workers")}
+
+    rd = tmp_path / "run"
+    assert run(graph, rd, target="whole").ran == ["whole"]
+    assert "workers" not in json.loads((rd / "whole" / MANIFEST).read_text())["config"]["toy"]
+    assert run(graph, rd, "toy.workers=8", target="whole").ran == []
+    assert run(graph, rd, "toy.a=5", target="whole").ran == ["whole"]
