@@ -88,3 +88,37 @@ def test_seeds_shortcut_runs_per_seed_instances(tmp_path):
     states = {line.split()[0]: line.split()[1] for line in st.stdout.splitlines()[2:-1]}
     assert states["sd@seed4"] == "done" and states["sd2@seed5"] == "done"
     assert states["fam:m1"] == "missing" and states["train"] == "missing"
+
+
+def test_ctrl_c_keeps_finished_stages_and_resumes(tmp_path):
+    import signal
+    import time
+
+    (tmp_path / "toy.toml").write_text("[toy]\nsteps = 12\n")
+    rd = tmp_path / "r"
+    stages = tmp_path / "toy_cli_build.py"
+    stages.write_text(TOY_SOURCE + "\nfrom kdpipe.dag import GRAPH\n\nbuild(GRAPH)\n")
+    env = dict(os.environ, KDPIPE_STAGE_MODULES=str(stages), CI="true", TOY_SLEEP="0.3")
+    proc = subprocess.Popen([sys.executable, "-m", "kdpipe", "run", "all", "--recipe", "toy.toml", "--run-dir", str(rd)],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    state_file = rd / "train" / "ckpt" / "state.json"
+    deadline = time.monotonic() + 120  # generous: the machine is shared; this is not a timing assertion
+    while time.monotonic() < deadline and proc.poll() is None:
+        if state_file.exists() and json.loads(state_file.read_text())["step"] >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate()
+    assert proc.returncode == 130, err
+    assert "interrupted: finished stages are kept" in err and "Traceback" not in err
+    assert not (rd / "train" / "failed.json").exists()
+
+    st = kdpipe(tmp_path, "status", "--run-dir", str(rd))
+    rows = {line.split()[0]: line for line in st.stdout.splitlines()[2:-1]}
+    assert rows["prep"].split()[1] == "done"
+    assert rows["train"].split()[1] == "missing" and rows["train"].endswith("interrupted; will resume from its checkpoint")
+
+    again = kdpipe(tmp_path, "run", "all", "--run-dir", str(rd))
+    assert again.returncode == 0, again.stderr
+    assert "skip  prep" in again.stderr
+    assert json.loads((rd / "train" / "manifest.json").read_text())["metrics"]["resumed_from"] >= 2

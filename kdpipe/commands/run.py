@@ -3,6 +3,9 @@
 A run directory remembers the settings it was run with (``run.json``: recipe and overrides), so
 ``kdpipe run all --run-dir runs/x`` after a crash resumes with the same settings, and
 ``kdpipe run all --run-dir runs/x --set distill.lr=0.01`` changes just that one setting.
+
+The stages come from ``kdpipe.stages``; ``KDPIPE_STAGE_MODULES=mod_or_file.py[,...]`` loads other
+stage modules instead (your own graph, or the toy graph the tests use).
 """
 
 from __future__ import annotations
@@ -87,10 +90,15 @@ def run(
     cfg, rd, rec, overrides, had_saved = _settings(run_dir, recipe, sets, shortcuts)
     shown = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "none"
     typer.echo(f"run dir {rd}  recipe {rec}  overrides: {shown}{'  (merged with run.json)' if had_saved else ''}", err=True)
-    report = run_stages(
-        cfg, rd, target=target, with_deps=with_deps, force=force, graph=GRAPH,
-        on_locked=lambda: write_run_settings(rd, rec, overrides),
-    )
+    try:
+        report = run_stages(
+            cfg, rd, target=target, with_deps=with_deps, force=force, graph=GRAPH,
+            on_locked=lambda: write_run_settings(rd, rec, overrides),
+        )
+    except KeyboardInterrupt:
+        # typer turns Ctrl-C into a silent exit 130; say what was kept and how to go on
+        typer.echo(f"interrupted: finished stages are kept; run `kdpipe run {target} --run-dir {rd}` to resume", err=True)
+        raise typer.Exit(130) from None
     verb = "nothing to do: everything is up to date" if not report.ran else f"ran {len(report.ran)} stage(s)"
     typer.echo(f"{verb}; `kdpipe status --run-dir {rd}` shows every stage", err=True)
 
