@@ -122,3 +122,15 @@ def test_ctrl_c_keeps_finished_stages_and_resumes(tmp_path):
     assert again.returncode == 0, again.stderr
     assert "skip  prep" in again.stderr
     assert json.loads((rd / "train" / "manifest.json").read_text())["metrics"]["resumed_from"] >= 2
+
+
+def test_a_bad_saved_setting_names_the_run_json(tmp_path):
+    (tmp_path / "toy.toml").write_text("")
+    rd = tmp_path / "r"
+    rd.mkdir()
+    (rd / "run.json").write_text(json.dumps({"format_version": 1, "recipe": str(tmp_path / "toy.toml"),
+                                             "overrides": {"toy.stesp": "3"}}))
+    out = kdpipe(tmp_path, "status", "--run-dir", str(rd))
+    assert out.returncode == 2
+    assert out.stderr.strip() == (f"error: unknown config key 'toy.stesp' (from toy.stesp=3 saved in {rd}/run.json); "
+                                  "did you mean 'toy.steps'?")

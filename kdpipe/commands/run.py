@@ -37,11 +37,12 @@ def _settings(run_dir_opt: Optional[Path], recipe: Optional[str], sets: list[str
     from kdpipe.dag import GRAPH, read_run_settings
 
     GRAPH.load_stage_modules()
-    given = {key: value for key, value, _ in shortcut_overrides(**shortcuts)}
-    given.update(dict(parse_set(s) for s in sets))
+    # key -> (value, where it came from): shortcuts first, --set after, so --set wins
+    given = {key: (value, source) for key, value, source in shortcut_overrides(**shortcuts)}
+    given.update({k: (v, f"--set {k}={v}") for k, v in map(parse_set, sets)})
 
-    def resolve(rec: Optional[str], overrides: dict[str, Any]):
-        items = [(k, v, f"--set {k}={v}") for k, v in overrides.items()]
+    def resolve(rec: Optional[str], overrides: dict[str, tuple[Any, str]]):
+        items = [(k, v, source) for k, (v, source) in overrides.items()]
         return resolve_config(rec or DEFAULT_RECIPE, items, schema=GRAPH.schema)
 
     run_dir = run_dir_opt
@@ -49,8 +50,10 @@ def _settings(run_dir_opt: Optional[Path], recipe: Optional[str], sets: list[str
         run_dir = default_run_dir(resolve(recipe, given), recipe or DEFAULT_RECIPE)
     saved = read_run_settings(run_dir) or {}
     merged_recipe = recipe or saved.get("recipe") or DEFAULT_RECIPE
-    overrides = {**saved.get("overrides", {}), **given}
-    return resolve(merged_recipe, overrides), run_dir, merged_recipe, overrides, bool(saved)
+    remembered = {k: (v, f"{k}={v} saved in {Path(run_dir) / 'run.json'}") for k, v in saved.get("overrides", {}).items()}
+    merged = {**remembered, **given}
+    cfg = resolve(merged_recipe, merged)
+    return cfg, run_dir, merged_recipe, {k: v for k, (v, _) in merged.items()}, bool(saved)
 
 
 def default_run_dir(cfg, recipe: str) -> Path:
