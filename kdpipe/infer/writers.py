@@ -229,7 +229,8 @@ class ParquetFile(RowFile):
         if not self.buffer:
             return
         self.parts.mkdir(parents=True, exist_ok=True)
-        n = len(list(self.parts.glob("part-*.parquet")))
+        # after the first number in use: parts merged before a kill may be gone from the middle
+        n = max((int(p.stem.split("-")[1]) for p in self.parts.glob("part-*.parquet")), default=-1) + 1
         final = self.parts / f"part-{n:06d}.parquet"
         tmp = final.with_name(final.name + ".tmp")
         pq.write_table(self._table(self.buffer), tmp)
@@ -246,9 +247,10 @@ class ParquetFile(RowFile):
             return
         tmp = self.path.with_name(self.path.name + ".tmp")
         sources = ([self.path] if self.path.exists() else []) + parts
-        with pq.ParquetWriter(tmp, self._table([]).schema) as w:
+        schema = pq.read_schema(sources[0])  # as written (list field names can differ from in-memory ones)
+        with pq.ParquetWriter(tmp, schema) as w:
             for src in sources:
-                w.write_table(pq.read_table(src))
+                w.write_table(pq.read_table(src).cast(schema))
         _fsync_file(tmp)
         os.replace(tmp, self.path)
         shutil.rmtree(self.parts)
