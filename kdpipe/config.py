@@ -12,14 +12,15 @@ is built in this order, later layers winning:
 A section may also accept *member tables*, ``section.member.key`` (``baselines.coop.epochs = 5``),
 checked against a dataclass chosen per member; a stage family reads them as overrides for one member.
 Every key and value is checked: an unknown key fails with the closest valid one, a value of the
-wrong type fails with the type that was expected.
+wrong type fails with the type that was expected. Fields declared with :func:`runtime_setting`
+(worker counts, checkpoint intervals) change how a stage runs, not what it makes, and are left
+out of stage fingerprints.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 import sys
 import types
 import typing
@@ -540,6 +541,3 @@ def config_from_cli(recipe: str | None, sets: Iterable[str] = (), schema: Config
     overrides += [(k, v, f"--set {k}={v}") for k, v in map(parse_set, sets)]
     return resolve_config(recipe or DEFAULT_RECIPE, overrides, schema=schema)
 
-
-def dumps(cfg: Config) -> str:
-    return json.dumps(cfg.to_dict(), indent=2, sort_keys=True)

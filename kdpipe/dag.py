@@ -515,8 +515,12 @@ class Plan:
                     reasons += _diff_values(key, old_cfg[key], exp.config[key])
             old_up = {k: v.get("fingerprint") for k, v in (manifest.get("upstream") or {}).items()}
             for dep in sorted(set(old_up) | set(exp.upstream)):
-                if old_up.get(dep) != exp.upstream.get(dep):
-                    reasons.append(f"upstream {dep} changed" if dep in old_up and dep in exp.upstream else f"upstream set changed ({dep})")
+                if dep not in old_up:
+                    reasons.append(f"new upstream {dep}")
+                elif dep not in exp.upstream:
+                    reasons.append(f"upstream {dep} removed")
+                elif old_up[dep] != exp.upstream[dep]:
+                    reasons.append(f"upstream {dep} changed")
             if manifest.get("identity") != exp.identity:
                 reasons.append("input data changed")
             return "; ".join(reasons) or "fingerprint changed"

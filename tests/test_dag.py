@@ -402,6 +402,7 @@ def test_families_and_seeds_expand_into_instances(toy, tmp_path):
     assert json.loads((rd / "fam-m2" / "out.json").read_text())["overrides"] == {"w": 3}
 
     # a new seed adds instances; existing seeds stay done
+    assert states(graph, rd, "run.seeds=1,2,3", "toy.m2.w=3")["agg"].reason == "new upstream sd@seed3"
     assert run(graph, rd, "run.seeds=1,2,3", "toy.m2.w=3").ran == ["sd@seed3", "sd2@seed3", "agg"]
     # one member or one seed can be targeted
     assert run(graph, rd, "run.seeds=1,2,3", "toy.m2.w=3", target="fam:m1", force=True).ran == ["fam:m1"]
