@@ -341,6 +341,12 @@ GRAPH = StageGraph(SCHEMA)
 register_stage = GRAPH.stage
 
 
+def _pipeline() -> StageGraph:
+    """The global graph with the pipeline's stages registered (library callers need not import them)."""
+    GRAPH.load_stage_modules()
+    return GRAPH
+
+
 def _closest(name: str, options: Iterable[str]) -> str:
     options = sorted(set(options))
     close = difflib.get_close_matches(name, options, n=1, cutoff=0.5)
@@ -820,7 +826,7 @@ def run_stages(
     to run. ``on_locked`` runs once the run-dir lock is held (the CLI saves its settings there).
     Under ``torchrun`` every rank calls this; rank 0 decides and the others follow (see _Ranks).
     """
-    graph = graph if graph is not None else GRAPH
+    graph = graph if graph is not None else _pipeline()
     run_dir = Path(run_dir)
     ranks = _Ranks()
     plan = graph.plan(cfg)
@@ -992,7 +998,7 @@ def _execute(plan: Plan, run_dir: Path, inst: Instance, ranks: _Ranks) -> tuple[
 
 def stage_statuses(cfg: Config, run_dir: str | Path, graph: StageGraph | None = None) -> list[StageStatus]:
     """What ``kdpipe status`` shows: every instance of the current config and its state."""
-    graph = graph if graph is not None else GRAPH
+    graph = graph if graph is not None else _pipeline()
     check_run_dir(Path(run_dir))
     return graph.plan(cfg).statuses(Path(run_dir))
 
