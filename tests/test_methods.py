@@ -149,3 +149,32 @@ def test_text_features_are_cached_when_nothing_learned_touches_them(name, tiny_s
         m.logits(batch(tiny_student)[0])
         b = m.class_features()
     assert len(calls) == 1 and a is b
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_mixed_precision_keeps_fp32_master_weights(name, tiny_student):
+    """What CUDA training does (autocast, fp32 parameters), exercised with CPU bf16 autocast."""
+    m = make(name, tiny_student).train()
+    images, labels = batch(tiny_student)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _ = m.loss(images, labels)
+        logits = m.logits(images)
+    assert torch.isfinite(loss) and logits.shape == (4, len(CLASSES))
+    if m.num_learned():
+        loss.backward()
+        for n, p in m.learned_parameters():
+            assert p.dtype == torch.float32 and p.grad is not None and p.grad.dtype == torch.float32, n
+
+
+def test_methods_command_lists_methods_with_counts(tiny_student):
+    from typer.testing import CliRunner
+
+    from kdpipe.cli import app
+
+    result = CliRunner().invoke(app, ["methods", "--backbone", "kd-tiny-s", "--teacher-dim", "48"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    for name in list_methods():
+        row = next(line for line in lines if line.strip("│ ").startswith(name + " "))
+        n = make(name, tiny_student).num_learned()
+        assert f"{n:,}" in row and get_method(name).config_cls.description[:30] in row

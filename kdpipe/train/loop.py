@@ -64,7 +64,8 @@ def fit(
     ``on_epoch_end(epoch, epochs)`` and ``finalize()`` hooks are called when present.
     """
     device = pick_device(device)
-    named = _named(module, learned_params)
+    core = _unwrap(module)  # hooks and state live on the wrapped module under DDP
+    named = _named(core, learned_params)
     learned_ids = {id(p) for _, p in named}
     for p in module.parameters():
         p.requires_grad_(id(p) in learned_ids)
@@ -77,11 +78,11 @@ def fit(
     seed_everything(seed)
     resumed = load_checkpoint(ckpt_dir) if ckpt_dir is not None else None
     if resumed is not None:
-        pos = _restore(module, named, opt, scaler, identity, ckpt_dir, *resumed)
+        pos = _restore(core, named, opt, scaler, identity, ckpt_dir, *resumed)
 
     def checkpoint() -> None:
         if ckpt_dir is not None:
-            _save(ckpt_dir, module, named, opt, scaler, identity, pos)
+            _save(ckpt_dir, core, named, opt, scaler, identity, pos)
 
     bar = _Bar(epochs, steps_per_epoch, pos) if show_progress else None
     try:
@@ -120,17 +121,23 @@ def fit(
                 raise KdpipeError(f"epoch {epoch + 1} produced no batches; is the training set empty or smaller than the batch?")
             n = pos.sums.pop("_count", 1)
             pos.history.append({"epoch": epoch + 1, "lr": lr, "steps": int(n), **{k: v / n for k, v in pos.sums.items()}})
-            if hasattr(module, "on_epoch_end"):
-                module.on_epoch_end(epoch, epochs)
+            if hasattr(core, "on_epoch_end"):
+                core.on_epoch_end(epoch, epochs)
             pos.epoch, pos.batch, pos.sums = epoch + 1, 0, {}
             checkpoint()
     finally:
         if bar is not None:
             bar.close()
-    if hasattr(module, "finalize"):
-        module.finalize()
+    if hasattr(core, "finalize"):
+        core.finalize()
     module.eval()
     return pos.history
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    if isinstance(module, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        return module.module
+    return module
 
 
 def _named(module: nn.Module, params) -> list[tuple[str, nn.Parameter]]:
