@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import typer
 
 DEFAULT_BACKBONE = "ViT-B-16"  # open_clip architecture, random init: counts depend on shapes only
@@ -20,7 +22,12 @@ def methods(
     from kdpipe.clip import load_backbone
     from kdpipe.methods import build_method, get_method, list_methods
 
-    bb = load_backbone(backbone)
+    # a bare architecture name is random init on purpose here: open_clip's warning about it is noise
+    logging.disable(logging.WARNING)
+    try:
+        bb = load_backbone(backbone)
+    finally:
+        logging.disable(logging.NOTSET)
     table = Table(title=f"prompt methods (learned parameters on {backbone}, reference defaults)")
     for col, justify in (("method", "left"), ("learned", "right"), ("epochs", "right"), ("batch", "right"), ("lr", "right"), ("description", "left")):
         table.add_column(col, justify=justify)

@@ -13,7 +13,7 @@ DEFAULT_TEMPLATE = "a photo of a {}."
 DATASET_TEMPLATES: dict[str, str] = {
     "imagenet": "a photo of a {}.",
     "imagenet_sketch": "a photo of a {}.",
-    "imagenetv2": "a photo of a {}.",
+    "imagenet_v2": "a photo of a {}.",
     "imagenet_a": "a photo of a {}.",
     "imagenet_r": "a photo of a {}.",
     "caltech101": "a photo of a {}.",
