@@ -178,3 +178,20 @@ def test_methods_command_lists_methods_with_counts(tiny_student):
         row = next(line for line in lines if line.strip("│ ").startswith(name + " "))
         n = make(name, tiny_student).num_learned()
         assert f"{n:,}" in row and get_method(name).config_cls.description[:30] in row
+
+
+@pytest.mark.parametrize("name", ["coop", "maple", "mudpt"])
+def test_learned_text_features_are_cached_only_until_the_prompts_change(name, tiny_student):
+    m = make(name, tiny_student).eval()
+    calls = []
+    real = m._text_features
+    m._text_features = lambda names: calls.append(names) or real(names)
+    with torch.no_grad():
+        a = m.class_features()
+        assert m.class_features() is a and len(calls) == 1
+        p = m.learned_parameters()[0][1]
+        p.add_(torch.randn_like(p))  # an optimizer step or a load does this in place
+        b = m.class_features()
+    assert len(calls) == 2 and not torch.allclose(a, b)
+    m.class_features().sum()  # with gradients enabled: always recomputed, never a cached tensor
+    assert len(calls) == 3

@@ -61,9 +61,12 @@ class PromptMethod(nn.Module):
     def class_features(self, classnames: list[str] | None = None) -> torch.Tensor:
         """L2-normalised text features ``[C, D]`` (cached when nothing learned affects them)."""
         names = self.classnames if classnames is None else list(classnames)
-        if self.learns_text:
+        if self.learns_text and torch.is_grad_enabled():
             return F.normalize(self._text_features(names), dim=-1)
-        key = (tuple(names), str(self.device))
+        # Without gradients (evaluation, classify) learned text features are cached too, keyed by
+        # the version counters of the learned tensors: any optimizer step or load invalidates them.
+        versions = tuple(p._version for _, p in self.learned_parameters()) if self.learns_text else ()
+        key = (tuple(names), str(self.device), versions)
         if key not in self._text_cache:
             # computed in fp32 outside autocast: this tensor is reused for the whole run
             with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
