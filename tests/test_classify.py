@@ -275,3 +275,66 @@ def test_writer_keeps_one_row_per_key_even_within_a_batch(tmp_path):
     w.append([Row("b", ["x"], [0.3], [0])], [("c", "bad")])
     assert keys_of(tmp_path / "o.jsonl") == ["a", "b"]
     assert [json.loads(ln)["key"] for ln in skipped_path(tmp_path / "o.jsonl").read_text().splitlines()] == ["c"]
+
+
+RANK_SCRIPT = """
+import sys, torch
+sys.path.insert(0, {tests!r})
+from test_classify import TinyEncoder, CLASSES
+from kdpipe.clip import load_backbone
+from kdpipe.infer.classify import classify
+from kdpipe.infer.index import ClassIndex
+from kdpipe.infer.sources import open_source
+torch.manual_seed(0)
+backbone = load_backbone("kd-tiny-s")
+s = classify(TinyEncoder(backbone), ClassIndex.load({index!r}), CLASSES, open_source({images!r}), {out!r},
+             batch_size=2, workers=0, device="cpu", progress=False)
+print("rows_new", s.rows_new, "rows_total", s.rows_total, "resumed", s.resumed)
+"""
+
+
+def run_ranks(script, world=2):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    procs = []
+    for rank in range(world):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "RANK": str(rank), "LOCAL_RANK": str(rank),
+               "WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        procs.append(subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (o, e) in zip(procs, outs):
+        assert p.returncode == 0, e[-3000:]
+    return [o for o, _ in outs]
+
+
+def test_two_processes_under_torchrun_write_what_one_process_writes(tmp_path, class_index):
+    from kdpipe.clip import load_backbone
+
+    write_images(tmp_path / "imgs", 11)
+    (tmp_path / "imgs" / "set1" / "empty.png").write_bytes(b"")
+    class_index.save(tmp_path / "classes.faiss")
+    torch.manual_seed(0)
+    backbone = load_backbone("kd-tiny-s")
+    classify(TinyEncoder(backbone), class_index, CLASSES, open_source(tmp_path / "imgs"), tmp_path / "one.jsonl",
+             batch_size=2, workers=0, device="cpu", progress=False)
+    script = RANK_SCRIPT.format(tests=os.path.dirname(__file__), index=str(tmp_path / "classes.faiss"),
+                                images=str(tmp_path / "imgs"), out=str(tmp_path / "two.jsonl"))
+    outs = run_ranks(script)
+    assert "rows_new 11 rows_total 11" in outs[0]
+    one = {r["path"]: r for r in read_rows(tmp_path / "one.jsonl")}
+    two = read_rows(tmp_path / "two.jsonl")
+    assert len(two) == 11 and {r["path"]: r for r in two} == one
+    assert skipped_path(tmp_path / "two.jsonl").read_text().count("empty.png") == 1
+    assert not (tmp_path / "two.jsonl.ranks").exists()
+    # a killed multi-process run leaves its parts (one torn row at the end): the next run merges them once
+    (tmp_path / "two.jsonl.ranks").mkdir()
+    lines = (tmp_path / "two.jsonl").read_text().splitlines(keepends=True)
+    (tmp_path / "two.jsonl").write_text("".join(lines[:5]))
+    (tmp_path / "two.jsonl.ranks" / "rank-1.jsonl").write_text("".join(lines[3:8]) + lines[8][:20])
+    outs = run_ranks(script)
+    assert "resumed 9" in outs[0]  # rows 0-7 (two of them in both files) and the skipped image
+    two = read_rows(tmp_path / "two.jsonl")
+    assert len(two) == 11 and {r["path"]: r for r in two} == one

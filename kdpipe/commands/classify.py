@@ -23,22 +23,35 @@ def classify(
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an output written by another model or with other settings"),
     no_amp: bool = typer.Option(False, "--no-amp", help="run the model in fp32 on CUDA (default: bf16/fp16 autocast)"),
 ) -> None:
-    """Top-k labels for every image of a folder, list or shard set, with a student bundle or a run."""
+    """Top-k labels for every image of a folder, list or shard set, with a student bundle or a run.
+
+    Under torchrun each process classifies its share of the images (one GPU each); the result is
+    the same file a single process writes.
+    """
+    import os
+
+    import torch
+
     from kdpipe.infer.classify import classify as run_classify
+    from kdpipe.infer.ranks import rank_world
     from kdpipe.infer.runs import load_model
     from kdpipe.infer.sources import open_source
     from kdpipe.train.device import pick_device
 
     source = open_source(input_)  # first: a typo in --input fails before any model loads
     dev = pick_device(device)
+    rank, world = rank_world()
+    if world > 1 and dev.type == "cuda" and dev.index is None:  # torchrun: one GPU per process
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
     cm = load_model(model, stage, seed, dev)
     if classes is not None:
         cm = cm.with_classes(read_class_file(classes))
     enc = cm.to(dev).encoder()
     summary = run_classify(enc, cm.index(index, dev), cm.classnames, source, out, top_k=top_k, batch_size=batch_size,
                            workers=workers, device=dev, progress=True, overwrite=overwrite, amp=not no_amp)
-    for line in summary.lines():
-        typer.echo(line)
+    if rank == 0:
+        for line in summary.lines():
+            typer.echo(line)
 
 
 def export(

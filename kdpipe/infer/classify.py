@@ -18,6 +18,7 @@ import torch
 
 from kdpipe.errors import KdpipeError
 from kdpipe.infer.index import ClassIndex
+from kdpipe.infer.ranks import classify_ranked, rank_world
 from kdpipe.infer.sources import ImageSource
 from kdpipe.infer.writers import ResultWriter, Row, skipped_path
 
@@ -103,28 +104,36 @@ def classify(
     top_k = min(top_k, class_index.ntotal)
     dev = pick_device(device)
     model = model or getattr(encoder, "model", None) or fallback_identity(class_index, classnames, type(encoder).__name__)
-    writer = ResultWriter(out, key_column=source.key_column, top_k=top_k, model=model, overwrite=overwrite,
-                          extra_meta={"classes": len(classnames), "index": class_index.kind})
-    total = source.count()
-    todo = None if total is None else max(0, total - len(writer.done & _count_keys(source)))
-    bar = _Bar(progress, todo, f"classify {Path(out).name}")
-    start = time.perf_counter()
-    with torch.inference_mode(), bar:
-        for batch in source.batches(transform, batch_size, workers, writer.done, pin_memory=dev.type == "cuda"):
-            rows = []
-            if batch.images is not None and batch.keys:
-                with autocast(dev, enabled=amp):
-                    feats = encoder(batch.images.to(dev, non_blocking=True))
-                scores, ids = class_index.search(feats.float(), top_k)
-                rows = [_row(k, s, i, classnames) for k, s, i in zip(batch.keys, scores.tolist(), ids.tolist())]
-            writer.append(rows, batch.skipped)
-            bar.advance(len(batch.keys) + len(batch.skipped))
-    writer.close()
-    return ClassifySummary(
-        out=Path(out), source=source.describe(), rows_total=len(writer.rows_done) + writer.written,
-        rows_new=writer.written, resumed=writer.resumed, skipped_new=writer.newly_skipped,
-        skipped_total=len(writer.skipped_done) + len(writer.newly_skipped), seconds=time.perf_counter() - start,
-    )
+    writer_args = {"key_column": source.key_column, "top_k": top_k, "model": model,
+                   "extra_meta": {"classes": len(classnames), "index": class_index.kind}}
+    rank, world = rank_world()
+
+    def run(writer: ResultWriter, done: set[str]) -> ClassifySummary:
+        total = source.count()
+        todo = None if total is None or world > 1 else max(0, total - len(done & _count_keys(source)))
+        bar = _Bar(progress, todo, f"classify {Path(out).name}" + (f" [rank {rank}/{world}]" if world > 1 else ""))
+        start = time.perf_counter()
+        with torch.inference_mode(), bar:
+            for batch in source.batches(transform, batch_size, workers, done, pin_memory=dev.type == "cuda", rank=rank, world=world):
+                rows = []
+                if batch.images is not None and batch.keys:
+                    with autocast(dev, enabled=amp):
+                        feats = encoder(batch.images.to(dev, non_blocking=True))
+                    scores, ids = class_index.search(feats.float(), top_k)
+                    rows = [_row(k, s, i, classnames) for k, s, i in zip(batch.keys, scores.tolist(), ids.tolist())]
+                writer.append(rows, batch.skipped)
+                bar.advance(len(batch.keys) + len(batch.skipped))
+        writer.close()
+        return ClassifySummary(
+            out=writer.out, source=source.describe(), rows_total=len(writer.rows_done) + writer.written,
+            rows_new=writer.written, resumed=writer.resumed, skipped_new=writer.newly_skipped,
+            skipped_total=len(writer.skipped_done) + len(writer.newly_skipped), seconds=time.perf_counter() - start,
+        )
+
+    if world > 1:
+        return classify_ranked(run, Path(out), writer_args, overwrite, rank, world)
+    writer = ResultWriter(out, overwrite=overwrite, **writer_args)
+    return run(writer, writer.done)
 
 
 def _count_keys(source: ImageSource) -> set[str]:

@@ -25,12 +25,13 @@ class ShardSource(ImageSource):
     def describe(self) -> str:
         return f"shards {self.spec} ({len(self.shards)} shards)"
 
-    def batches(self, transform, batch_size, workers, done, pin_memory=False):
+    def batches(self, transform, batch_size, workers, done, pin_memory=False, rank=0, world=1):
         from kdpipe.data.shards import ShardStream
 
-        # the end-of-pass corrupt report goes to the skipped file and the summary instead of a log
+        # the end-of-pass corrupt report goes to the skipped file and the summary instead of a log;
+        # several processes split the shards (rank r reads every world-th one)
         stream = ShardStream(self.pattern, transform, batch_size=batch_size, workers=workers, shuffle=False,
-                             log=lambda line: None)
+                             rank=rank, world_size=world, log=lambda line: None)
         for images, keys in stream:
             keep = [i for i, k in enumerate(keys) if k not in done]
             if len(keep) == len(keys):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import zlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,8 +59,12 @@ class ImageSource(ABC):
         return None
 
     @abstractmethod
-    def batches(self, transform: Callable, batch_size: int, workers: int, done: set[str], pin_memory: bool = False) -> Iterator[Batch]:
-        """Batches of every image whose key is not in ``done``, decoded by ``workers`` processes."""
+    def batches(self, transform: Callable, batch_size: int, workers: int, done: set[str], pin_memory: bool = False,
+                rank: int = 0, world: int = 1) -> Iterator[Batch]:
+        """Batches of every image whose key is not in ``done``, decoded by ``workers`` processes.
+
+        With ``world > 1`` only this ``rank``'s share, chosen from the key alone (see ``ranks``).
+        """
 
 
 # --------------------------------------------------------------------------- decoding (workers)
@@ -135,8 +140,8 @@ class PathSource(ImageSource):
     def count(self) -> int:
         return len(self.entries)
 
-    def batches(self, transform, batch_size, workers, done, pin_memory=False):
-        todo = [e for e in self.entries if e[0] not in done]
+    def batches(self, transform, batch_size, workers, done, pin_memory=False, rank=0, world=1):
+        todo = [e for e in self.entries if e[0] not in done and (world == 1 or key_share(e[0], world) == rank)]
         if not todo:
             return
         loader = torch.utils.data.DataLoader(
@@ -144,6 +149,11 @@ class PathSource(ImageSource):
             **loader_kwargs(min(workers, len(todo)), pin_memory),
         )
         yield from loader
+
+
+def key_share(key: str, world: int) -> int:
+    """The process that handles ``key`` out of ``world``: a stable hash, the same in every process."""
+    return zlib.crc32(key.encode("utf-8")) % world
 
 
 # --------------------------------------------------------------------------- the kinds

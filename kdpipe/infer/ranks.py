@@ -1,0 +1,132 @@
+"""``classify`` under ``torchrun``: every process takes its own share of the images.
+
+Which process takes an image depends only on its key (a stable hash for files, the shard for
+shards), never on what is already done, so processes agree without talking. Each process appends
+to its own part file (``OUT.ranks/rank-N.jsonl``, resumable like any output); rank 0 merges the
+parts into ``OUT`` (dropping keys already there) once all are finished, and, at the start of a
+run, merges parts a killed run left behind. The merged output holds the same rows as a
+single-process run, each image exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+from kdpipe.errors import KdpipeError
+from kdpipe.infer.writers import JsonlFile, ResultWriter, Row, skipped_path
+
+
+def rank_world() -> tuple[int, int]:
+    """(rank, world size) as torchrun sets them; (0, 1) in a plain process."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def parts_dir(out: Path) -> Path:
+    return out.with_name(out.name + ".ranks")
+
+
+class Group:
+    """The default process group (made here when torchrun started us without one), for tiny messages."""
+
+    def __init__(self, rank: int, world: int):
+        import torch
+        import torch.distributed as dist
+
+        self.rank, self.world = rank, world
+        self.created = False
+        if not dist.is_initialized():
+            dist.init_process_group(backend="cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
+            self.created = True
+
+    def share(self, obj: Any) -> Any:
+        """Rank 0's JSON-able ``obj`` on every rank (JSON bytes over a CPU tensor: nothing unpickled)."""
+        import torch
+        import torch.distributed as dist
+
+        data = json.dumps(obj).encode() if self.rank == 0 else b""
+        size = torch.tensor([len(data)], dtype=torch.long)
+        dist.broadcast(size, src=0)
+        buf = torch.frombuffer(bytearray(data), dtype=torch.uint8) if self.rank == 0 and data else torch.empty(int(size), dtype=torch.uint8)
+        dist.broadcast(buf, src=0)
+        return json.loads(bytes(buf.tolist()).decode())
+
+    def gather_ok(self, error: str | None) -> None:
+        """Everyone learns whether any rank failed; raise there too, so nobody waits forever."""
+        import torch
+        import torch.distributed as dist
+
+        flag = torch.tensor([1 if error else 0], dtype=torch.long)
+        dist.all_reduce(flag)
+        if error:
+            raise KdpipeError(error)
+        if int(flag) > 0:
+            raise KdpipeError("another classify process failed; see its error above")
+
+    def close(self) -> None:
+        import torch.distributed as dist
+
+        dist.barrier()
+        if self.created:
+            dist.destroy_process_group()
+
+
+def merge_parts(writer: ResultWriter) -> int:
+    """Append every part's rows and skipped entries to ``writer`` (keys already there are dropped), then remove the parts."""
+    folder = parts_dir(writer.out)
+    if not folder.exists():
+        return 0
+    before = writer.written
+    key = writer.meta["key_column"]
+    for part in sorted(folder.glob("rank-*.jsonl")):
+        if part.name.endswith(".skipped.jsonl"):
+            continue
+        JsonlFile(part, key, writer.meta["top_k"]).recover()  # drops a torn last row of a killed rank
+        rows = [json.loads(ln) for ln in part.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        skipped_file = skipped_path(part)
+        skipped = [json.loads(ln) for ln in skipped_file.read_text(encoding="utf-8").splitlines() if ln.strip()] if skipped_file.exists() else []
+        writer.append([Row(r[key], r["labels"], r["scores"], r["ids"]) for r in rows],
+                      [(s[key], s["reason"]) for s in skipped if s.get("reason") is not None])
+    shutil.rmtree(folder)
+    return writer.written - before
+
+
+def classify_ranked(run: Callable[[ResultWriter, set[str]], Any], out: Path, writer_args: dict[str, Any],
+                    overwrite: bool, rank: int, world: int):
+    """Run ``run(part_writer, done)`` on every rank; rank 0 owns ``out`` and merges the parts."""
+    group = Group(rank, world)
+    try:
+        main, error = None, None
+        if rank == 0:
+            try:
+                main = ResultWriter(out, overwrite=overwrite, **writer_args)  # identity check, repair, meta
+                if overwrite and parts_dir(out).exists():
+                    shutil.rmtree(parts_dir(out))
+                merge_parts(main)  # parts a killed run left behind
+            except KdpipeError as e:
+                error = str(e)
+        group.gather_ok(error)
+        done = set(group.share(sorted(main.done) if rank == 0 else None))
+        part = parts_dir(out) / f"rank-{rank}.jsonl"
+        part.parent.mkdir(parents=True, exist_ok=True)
+        part_writer = ResultWriter(part, overwrite=True, **writer_args)
+        part_writer.done |= done
+        error = None
+        try:
+            summary = run(part_writer, done)
+        except KdpipeError as e:
+            error, summary = str(e), None
+        group.gather_ok(error)
+        if rank == 0:
+            merged = merge_parts(main)
+            main.close()
+            summary.rows_new, summary.resumed, summary.out = merged, len(done), out
+            summary.rows_total = len(main.rows_done) + main.written
+            summary.skipped_new = main.newly_skipped
+            summary.skipped_total = len(main.skipped_done) + len(main.newly_skipped)
+        return summary
+    finally:
+        group.close()
