@@ -95,22 +95,16 @@ def fit(
                 batch = _to_device(batch, device)
                 with autocast(device, amp):
                     loss, logs = step(batch)
-                if not torch.isfinite(loss.detach()).all() and scaler is None:
+                value = float(loss.detach())
+                if not math.isfinite(value) and scaler is None:  # fp16 overflows are the scaler's to skip
                     raise KdpipeError(
-                        f"loss became {float(loss.detach())} at epoch {epoch + 1}, step {pos.step + 1}; lower the learning rate (now {lr:g})"
+                        f"loss became {value} at epoch {epoch + 1}, step {pos.step + 1}; lower the learning rate (now {lr:g})"
                     )
-                opt.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.step(opt)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    opt.step()
+                _optimizer_step(loss, opt, scaler)
                 pos.batch += 1
                 pos.step += 1
-                _accumulate(pos.sums, {"loss": float(loss.detach()), **logs})
-                info = {"epoch": epoch, "epochs": epochs, "batch": pos.batch, "step": pos.step, "lr": lr, "loss": float(loss.detach()), **logs}
+                _accumulate(pos.sums, {"loss": value, **logs})
+                info = {"epoch": epoch, "epochs": epochs, "batch": pos.batch, "step": pos.step, "lr": lr, "loss": value, **logs}
                 if progress is not None:
                     progress(info)
                 if bar is not None:
@@ -132,6 +126,17 @@ def fit(
         core.finalize()
     module.eval()
     return pos.history
+
+
+def _optimizer_step(loss: torch.Tensor, opt: torch.optim.Optimizer, scaler) -> None:
+    opt.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+        opt.step()
+        return
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
 
 
 def _unwrap(module: nn.Module) -> nn.Module:
