@@ -182,13 +182,21 @@ def test_distill_killed_and_resumed_matches_uninterrupted(pipeline, tmp_path, mo
 
     monkeypatch.setattr(DistillStep, "__call__", killed_at_step_10)
     killed = kdpipe_run(run_dir, pipeline.data_root, "distill@seed1")
-    assert killed.exit_code != 0 and steps[0] == 10
+    assert killed.exit_code != 0 and steps[0] == 10, killed.output
     last = json.loads((run_dir / "distill-seed1" / "ckpt" / "last.json").read_text())
-    assert last["step"] == 8 and not (run_dir / "distill-seed1" / "manifest.json").exists()
+    assert last["step"] == 8 and not (run_dir / "distill-seed1" / "manifest.json").exists(), killed.output
 
-    monkeypatch.setattr(DistillStep, "__call__", original)
+    resumed_steps = [0]
+
+    def counted(self, batch):
+        resumed_steps[0] += 1
+        return original(self, batch)
+
+    monkeypatch.setattr(DistillStep, "__call__", counted)
     resumed = kdpipe_run(run_dir, pipeline.data_root, "distill@seed1")
-    assert resumed.exit_code == 0, resumed.output
+    assert resumed.exit_code == 0, f"{resumed.output}\n{resumed.exception!r}"
+    history = json.loads((pipeline.run_dir / "distill-seed1" / "curves.json").read_text())["history"]
+    assert resumed_steps[0] == sum(h["steps"] for h in history) - 8  # picked up after the checkpoint
     got, _ = read_learned(run_dir / "distill-seed1" / "student.safetensors")
     want, _ = read_learned(pipeline.run_dir / "distill-seed1" / "student.safetensors")
     assert got.keys() == want.keys()
