@@ -287,13 +287,15 @@ from kdpipe.infer.index import ClassIndex
 from kdpipe.infer.sources import open_source
 torch.manual_seed(0)
 backbone = load_backbone("kd-tiny-s")
-s = classify(TinyEncoder(backbone), ClassIndex.load({index!r}), CLASSES, open_source({images!r}), {out!r},
+enc = TinyEncoder(backbone)
+enc.model = {{"id": {model_id!r}}}
+s = classify(enc, ClassIndex.load({index!r}), CLASSES, open_source({images!r}), {out!r},
              batch_size=2, workers=0, device="cpu", progress=False)
 print("rows_new", s.rows_new, "rows_total", s.rows_total, "resumed", s.resumed)
 """
 
 
-def run_ranks(script, world=2):
+def run_ranks(script, world=2, expect_rc=0):
     import socket
 
     with socket.socket() as sock:
@@ -306,8 +308,8 @@ def run_ranks(script, world=2):
         procs.append(subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outs = [p.communicate(timeout=300) for p in procs]
     for p, (o, e) in zip(procs, outs):
-        assert p.returncode == 0, e[-3000:]
-    return [o for o, _ in outs]
+        assert (p.returncode == 0) == (expect_rc == 0), e[-3000:]
+    return [o + e for o, e in outs]
 
 
 def test_two_processes_under_torchrun_write_what_one_process_writes(tmp_path, class_index):
@@ -321,7 +323,7 @@ def test_two_processes_under_torchrun_write_what_one_process_writes(tmp_path, cl
     classify(TinyEncoder(backbone), class_index, CLASSES, open_source(tmp_path / "imgs"), tmp_path / "one.jsonl",
              batch_size=2, workers=0, device="cpu", progress=False)
     script = RANK_SCRIPT.format(tests=os.path.dirname(__file__), index=str(tmp_path / "classes.faiss"),
-                                images=str(tmp_path / "imgs"), out=str(tmp_path / "two.jsonl"))
+                                images=str(tmp_path / "imgs"), out=str(tmp_path / "two.jsonl"), model_id="tiny-test-encoder")
     outs = run_ranks(script)
     assert "rows_new 11 rows_total 11" in outs[0]
     one = {r["path"]: r for r in read_rows(tmp_path / "one.jsonl")}
@@ -338,3 +340,6 @@ def test_two_processes_under_torchrun_write_what_one_process_writes(tmp_path, cl
     assert "resumed 9" in outs[0]  # rows 0-7 (two of them in both files) and the skipped image
     two = read_rows(tmp_path / "two.jsonl")
     assert len(two) == 11 and {r["path"]: r for r in two} == one
+    # a refusal on rank 0 (another model's output) stops every process instead of leaving one waiting
+    outs = run_ranks(script.replace("'tiny-test-encoder'", "'other-model'"), expect_rc=1)
+    assert "written by another model" in outs[0] and "another classify process failed" in outs[1]

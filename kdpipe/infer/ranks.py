@@ -54,17 +54,21 @@ class Group:
         dist.broadcast(buf, src=0)
         return json.loads(bytes(buf.tolist()).decode())
 
-    def gather_ok(self, error: str | None) -> None:
-        """Everyone learns whether any rank failed; raise there too, so nobody waits forever."""
+    def any_failed(self, failed: bool) -> bool:
+        """Whether any rank failed, known to every rank, so none waits forever for a dead peer's work."""
         import torch
         import torch.distributed as dist
 
-        flag = torch.tensor([1 if error else 0], dtype=torch.long)
+        flag = torch.tensor([1 if failed else 0], dtype=torch.long)
         dist.all_reduce(flag)
-        if error:
-            raise KdpipeError(error)
-        if int(flag) > 0:
-            raise KdpipeError("another classify process failed; see its error above")
+        return int(flag) > 0
+
+    def settle(self, error: BaseException | None) -> None:
+        """Raise this rank's own error, or a one-line one when only another rank failed."""
+        if self.any_failed(error is not None):
+            if error is not None:
+                raise error
+            raise KdpipeError("another classify process failed; its error is in its output")
 
     def close(self) -> None:
         import torch.distributed as dist
@@ -106,20 +110,20 @@ def classify_ranked(run: Callable[[ResultWriter, set[str]], Any], out: Path, wri
                 if overwrite and parts_dir(out).exists():
                     shutil.rmtree(parts_dir(out))
                 merge_parts(main)  # parts a killed run left behind
-            except KdpipeError as e:
-                error = str(e)
-        group.gather_ok(error)
+            except Exception as e:  # noqa: BLE001  (re-raised by settle, after telling the others)
+                error = e
+        group.settle(error)
         done = set(group.share(sorted(main.done) if rank == 0 else None))
         part = parts_dir(out) / f"rank-{rank}.jsonl"
         part.parent.mkdir(parents=True, exist_ok=True)
-        part_writer = ResultWriter(part, overwrite=True, **writer_args)
-        part_writer.done |= done
-        error = None
+        summary, error = None, None
         try:
+            part_writer = ResultWriter(part, overwrite=True, **writer_args)
+            part_writer.done |= done
             summary = run(part_writer, done)
-        except KdpipeError as e:
-            error, summary = str(e), None
-        group.gather_ok(error)
+        except Exception as e:  # noqa: BLE001
+            error = e
+        group.settle(error)
         if rank == 0:
             merged = merge_parts(main)
             main.close()
