@@ -71,6 +71,30 @@ def _data_identity(dataset: str, root: str) -> dict[str, Any]:
     return {"dataset": dataset, "items": h.hexdigest()}
 
 
+def backbone_identity(spec: str) -> list | None:
+    """(name, size, mtime) of a backbone given as a local weights file (``PATH`` or ``ARCH:PATH``),
+    so re-trained weights under the same path make the stages using them stale; None otherwise."""
+    from kdpipe.dag import dir_listing
+
+    for candidate in (spec, spec.partition(":")[2]):
+        path = Path(os.path.expanduser(candidate)) if candidate else None
+        if path is not None and path.is_file():
+            return [list(entry) for entry in dir_listing(path)]
+    return None
+
+
+def teacher_identity(cfg) -> dict[str, Any]:
+    return {"data": source_identity(cfg), "weights": backbone_identity(cfg["teacher"].backbone)}
+
+
+def baseline_identity(cfg) -> dict[str, Any]:
+    return {"data": source_identity(cfg), "weights": backbone_identity(cfg["student"].backbone)}
+
+
+def student_identity(cfg) -> dict[str, Any]:
+    return {"weights": backbone_identity(cfg["student"].backbone)}
+
+
 def fewshot_cache(ctx) -> Path:
     return Path(ctx.run_dir) / "cache" / "few-shot"
 

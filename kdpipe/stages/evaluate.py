@@ -71,7 +71,7 @@ def collect_logits(scorers: list[Scorer], items, batch_size: int, workers: int, 
         dataset = ImageDataset(items, build_transform(False, size, mean, std))
         loader = DataLoader(
             dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-            worker_init_fn=common.worker_init if workers else None,
+            worker_init_fn=common.worker_init if workers else None, pin_memory=torch.cuda.is_available(),
         )
         labels = []
         with torch.no_grad():
