@@ -11,6 +11,7 @@ from kdpipe.world.classes import CLASSNAMES, COLOURS, NUM_BASE, NUM_CLASSES, SHA
 from kdpipe.world.dataset import SPLIT_FILE, write_world_dataset
 from kdpipe.world.render import IMAGE_SIZE, RENDER_VERSION, render_batch, render_images
 from kdpipe.world.shift import DEFAULT_SHIFT, Shift, shift_images
+from kdpipe.world.cache import cache_root
 
 WORLD_CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -23,7 +24,23 @@ def register_world_configs() -> None:
 
 register_world_configs()
 
+# after the configs are registered: these resolve world-b / world-l by name
+from kdpipe.world.pretrain import PRESETS, WORLD_ARCHS, PretrainConfig, PretrainResult, cached_pretrain, pretrain  # noqa: E402
+from kdpipe.world.pair import pretrain_world  # noqa: E402
+from kdpipe.world.zeroshot import WorldZeroShot, evaluate_world_zeroshot, harmonic_mean  # noqa: E402
+
 __all__ = [
+    "PRESETS",
+    "WORLD_ARCHS",
+    "PretrainConfig",
+    "PretrainResult",
+    "WorldZeroShot",
+    "cache_root",
+    "cached_pretrain",
+    "evaluate_world_zeroshot",
+    "harmonic_mean",
+    "pretrain",
+    "pretrain_world",
     "CLASSNAMES",
     "COLOURS",
     "DEFAULT_SHIFT",

@@ -22,6 +22,7 @@ RENDER_VERSION = 1
 IMAGE_SIZE = 32
 MAX_ROTATION_DEG = 20.0  # more would turn a square into a diamond
 SCALE_RANGE = (0.36, 0.68)  # shape radius as a fraction of the half-width of the image
+POSITION_RANGE = 1.0  # fraction of the room left by the shape over which its centre may move
 _CHUNK = 1024  # images per vectorised pass: bounds memory to ~[1024, 64, 64] float32 grids
 
 _COLOUR_RGB = np.array([COLOURS[c.colour] for c in WORLD_CLASSES], dtype=np.float32)  # [64, 3]
@@ -63,7 +64,7 @@ def _coverage(labels: np.ndarray, size: int, supersample: int, rng: np.random.Ge
     scale01 = rng.uniform(0.0, 1.0, size=n).astype(np.float32)
     radius = SCALE_RANGE[0] + (SCALE_RANGE[1] - SCALE_RANGE[0]) * scale01
     # keep the shape (radius ~1 in its own frame) inside the frame, with a small margin allowed out
-    reach = np.maximum(1.0 - radius * 1.05, 0.0)
+    reach = np.maximum(1.0 - radius * 1.05, 0.0) * POSITION_RANGE
     cx = rng.uniform(-1.0, 1.0, size=n).astype(np.float32) * reach
     cy = rng.uniform(-1.0, 1.0, size=n).astype(np.float32) * reach
     angle = np.deg2rad(rng.uniform(-MAX_ROTATION_DEG, MAX_ROTATION_DEG, size=n)).astype(np.float32)
