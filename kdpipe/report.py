@@ -151,7 +151,7 @@ def plot_curves(curves: dict[str, list[dict]], path: str | Path, title: str = ""
     ax_agree.set_xlabel("epoch")
     ax_agree.set_ylabel("top-1 agreement (%)")
     ax_agree.set_title("student-teacher agreement (held-out)")
-    ax_agree.set_ylim(0, 100)
+    ax_agree.set_ylim(0, 102)
     for ax in (ax_loss, ax_agree):
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:

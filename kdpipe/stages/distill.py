@@ -23,6 +23,7 @@ from typing import Callable, Iterable, Iterator
 from kdpipe.dag import register_stage
 from kdpipe.errors import KdpipeError
 from kdpipe.stages import common
+from kdpipe.stages import teacher_cache  # noqa: F401  (registers the optional stage distill may read from)
 from kdpipe.stages.outputs import read_json, write_json
 
 STEM = "student"
@@ -114,7 +115,7 @@ def teacher_input(teacher_backbone, student_backbone) -> Callable | None:
 @register_stage(
     "distill",
     reads=["student", "distill", "data.dataset"],
-    deps=["teacher", "text-features", "shards"],
+    deps=["teacher", "text-features", "shards", "teacher-cache"],
     outputs=[f"{STEM}.safetensors", f"{STEM}.json", CURVES],
     seeded=True,
     identity=common.student_identity,
@@ -127,6 +128,7 @@ def run(ctx) -> dict:
     from kdpipe.data.shards import ShardStream
     from kdpipe.data.transforms import build_transform
     from kdpipe.distill import DistillStep, ForwardTeacher, measure_agreement
+    from kdpipe.distill.teacher_cache import CachedTeacher
     from kdpipe.stages.shards import read_shards_info
     from kdpipe.stages.teacher import teacher_stem
     from kdpipe.stages.text_features import features_path, load_text_features
@@ -152,8 +154,12 @@ def run(ctx) -> dict:
     exclude = frozenset(shards["holdout_keys"]) if shards.get("filter_holdout") else frozenset()
     adapt = teacher_input(teacher.backbone, sb)
     amp_ctx = (lambda: autocast(device, amp)) if amp else None
-    source = ForwardTeacher(teacher, amp=amp_ctx, adapt=adapt)
-    step = DistillStep(student, source, tf.features, tf.logit_scale, d.temperature, d.kd_weight, device, amp=amp_ctx)
+    forward = ForwardTeacher(teacher, amp=amp_ctx, adapt=adapt)
+    # the held-out probe always runs the teacher (those images are in no cache); training reads
+    # the teacher-cache stage's features when there is one
+    cached = CachedTeacher.load(common.upstream(ctx, "teacher-cache"), device) if d.cache_views > 0 else None
+    step = DistillStep(student, cached if cached is not None else forward, tf.features, tf.logit_scale, d.temperature, d.kd_weight, device, amp=amp_ctx)
+    probe = DistillStep(student, forward, tf.features, tf.logit_scale, d.temperature, d.kd_weight, device, amp=amp_ctx)
 
     train_tf = build_transform(True, sb.dims.image_size, sb.mean, sb.std)
     test_tf = build_transform(False, sb.dims.image_size, sb.mean, sb.std)
@@ -171,18 +177,23 @@ def run(ctx) -> dict:
 
     probes = AgreementLog(Path(ctx.ckpt_dir) / "agreement.json")
     if 0 not in probes:
-        probes.record(0, measure_agreement(step, holdout()))
+        probes.record(0, measure_agreement(probe, holdout()))
         ctx.log.info(f"before distillation: agreement {_pct(probes.points[0]['agreement'])} on {probes.points[0]['images']} held-out images")
 
     def batches(epoch: int, skip: int) -> Iterator:
-        stream.set_epoch(epoch)
+        if cached is not None:
+            # replay the cached view's augmentation (and with it that view's shard order)
+            cached.view = epoch % cached.views
+            stream.set_epoch(cached.view)
+        else:
+            stream.set_epoch(epoch)
         for i, batch in enumerate(filtered_batches(stream, exclude)):
             if i >= skip:
                 yield batch
         # the epoch's last step is done once the loop asks past the last batch
         last = epoch + 1 == d.epochs
         if last or (d.agreement_every and (epoch + 1) % d.agreement_every == 0):
-            probes.record(epoch + 1, measure_agreement(step, holdout()))
+            probes.record(epoch + 1, measure_agreement(probe, holdout()))
 
     ctx.log.info(
         f"student {cfg['student'].method} on {sb.spec}: {student.num_learned():,} learned parameters; teacher "

@@ -101,6 +101,10 @@ class DistillConfig:
     checkpoint_every: int = 200  # steps between atomic checkpoints (resume point after a crash)
     workers: int = 4  # shard decoding workers per process
     agreement_every: int = 1  # epochs between held-out agreement probes (0: only at start and end)
+    # >0: run the teacher once over this many augmented views of every image (stage teacher-cache)
+    # and read its features instead of a teacher forward per step; epoch e trains on view e % V, so
+    # with V < epochs views and shard order repeat. 0: the reference, a teacher forward every step
+    cache_views: int = 0
 
 
 @config_section("shards")

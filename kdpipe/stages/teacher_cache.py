@@ -1,0 +1,90 @@
+"""Stage ``teacher-cache`` (only with ``distill.cache_views > 0``): the teacher's image features for
+``V`` augmented views of every unlabeled image, computed once (one instance per seed, as the
+views depend on the stream's seed). ``distill`` then reads them instead of running the teacher.
+
+Writes ``features.safetensors`` (``features`` ``[V, N, D]`` fp16, L2-normalised rows) and
+``keys.json`` (the N image keys, the row order). Each finished view is checkpointed, so a killed
+run resumes at the next view.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kdpipe.dag import register_stage
+from kdpipe.errors import KdpipeError
+from kdpipe.stages import common
+from kdpipe.stages.outputs import read_json, read_tensors, write_json, write_tensors
+
+BATCH = 64  # features do not depend on batching; a larger batch only runs the teacher faster
+
+
+def _view_files(ckpt_dir: Path, view: int) -> tuple[Path, Path]:
+    return ckpt_dir / f"view{view}.safetensors", ckpt_dir / f"view{view}.json"
+
+
+@register_stage(
+    "teacher-cache",
+    reads=["distill.cache_views", "student.backbone"],
+    deps=["teacher", "shards"],
+    outputs=["features.safetensors", "keys.json"],
+    seeded=True,
+    when=lambda cfg: cfg["distill"].cache_views > 0,
+    headline="images",
+    description="run the teacher's image tower once over a fixed set of augmented views",
+)
+def run(ctx) -> dict:
+    import torch
+
+    from kdpipe.data.shards import ShardStream
+    from kdpipe.data.transforms import build_transform
+    from kdpipe.distill import ForwardTeacher
+    from kdpipe.distill.teacher_cache import FEATURES, KEYS
+    from kdpipe.stages.distill import teacher_input
+    from kdpipe.stages.shards import read_shards_info
+    from kdpipe.stages.teacher import teacher_stem
+    from kdpipe.train import autocast
+
+    cfg, seed = ctx.cfg, ctx.seed
+    views = cfg["distill"].cache_views
+    device = common.device_of(cfg)
+    teacher, _ = common.load_method(teacher_stem(common.upstream(ctx, "teacher")), device=device)
+    sb = common.load_backbone(cfg["student"].backbone, device=device)
+    amp = cfg["run"].amp
+    source = ForwardTeacher(teacher, amp=(lambda: autocast(device, amp)) if amp else None, adapt=teacher_input(teacher.backbone, sb))
+    shards = read_shards_info(common.upstream(ctx, "shards"))
+    # the student's train transform: the cache must hold exactly the views distill will train on
+    transform = build_transform(True, sb.dims.image_size, sb.mean, sb.std)
+
+    ckpt = Path(ctx.ckpt_dir)
+    with ctx.progress(views * shards["images"] if shards.get("images") else None, desc="teacher-cache", unit="image") as bar:
+        for view in range(views):
+            tensor_file, key_file = _view_files(ckpt, view)
+            if tensor_file.is_file() and key_file.is_file():
+                continue  # finished before an interruption
+            stream = ShardStream(shards["train"], transform, seed=seed, epoch=view, batch_size=BATCH,
+                                 workers=cfg["distill"].workers, log=ctx.log)
+            keys, feats = [], []
+            for images, batch_keys in stream:
+                feats.append(source(images.to(device, non_blocking=True), batch_keys).half().cpu())
+                keys += batch_keys
+                bar.update(len(batch_keys), images=len(batch_keys))
+            write_tensors(tensor_file, {"features": torch.cat(feats)})
+            write_json(key_file, {"keys": keys})
+
+    order = sorted(read_json(_view_files(ckpt, 0)[1])["keys"])
+    index = {k: i for i, k in enumerate(order)}
+    stacked = None
+    for view in range(views):
+        tensor_file, key_file = _view_files(ckpt, view)
+        keys = read_json(key_file)["keys"]
+        if sorted(keys) != order:
+            raise KdpipeError(f"view {view} of the teacher cache saw other images than view 0; are the shards changing?")
+        feats = read_tensors(tensor_file)[0]["features"]
+        if stacked is None:
+            stacked = torch.empty(views, len(order), feats.shape[1], dtype=torch.float16)
+        stacked[view].index_copy_(0, torch.tensor([index[k] for k in keys]), feats)
+    write_tensors(ctx.dir / FEATURES, {"features": stacked}, {"views": views, "seed": seed})
+    write_json(ctx.dir / KEYS, {"keys": order})
+    ctx.log.info(f"cached {views} view(s) of {len(order)} images x {stacked.shape[2]} teacher features ({stacked.numel() * 2 / 2**20:.1f} MiB)")
+    return {"images": len(order), "views": views}
