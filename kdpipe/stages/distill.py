@@ -15,7 +15,6 @@ top-1 agreement and KD loss (epoch 0 = the untrained student).
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
