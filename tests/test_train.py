@@ -204,3 +204,43 @@ def test_train_method_on_image_files_resumes_identically_with_any_worker_count(t
         train(tmp_path / "b", kill_at=5)
     assert torch.equal(train(tmp_path / "b", workers=2), straight)
     assert not torch.equal(straight, build_method("coop", tiny_student, CLASSES).text_ctx.ctx.detach())
+
+
+def _distributed_worker(rank, world, root, backbone):
+    import torch.distributed as dist
+    from safetensors.torch import save_file
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{root}/rendezvous", rank=rank, world_size=world)
+    try:
+        m = make("coop", backbone)
+        data = dataset()
+        full = EpochBatches(data, batch_size=8, seed=0)
+        share = 8 // world
+
+        def batches(epoch, skip):  # each rank takes its slice of the single-process batch
+            for idx in full.indices(epoch)[skip:]:
+                mine = idx[rank * share : (rank + 1) * share]
+                yield data.tensors[0][mine], data.tensors[1][mine]
+
+        fit(m, m.learned_parameters(), 1, batches, lambda b: m.loss(*b), OptimConfig(lr=0.05, warmup_epochs=0),
+            ckpt_dir=f"{root}/ckpt", seed=0, device="cpu")
+        save_file({"ctx": m.text_ctx.ctx.detach().contiguous()}, f"{root}/ctx.{rank}.safetensors")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_distributed_ranks_train_like_one_process_with_the_whole_batch(tiny_student, tmp_path):
+    import torch.multiprocessing as mp
+    from safetensors.torch import load_file
+
+    # fork: the ranks share this process's imports and backbone instead of loading them again
+    mp.start_processes(_distributed_worker, args=(2, str(tmp_path), tiny_student), nprocs=2, start_method="fork")
+    single = make("coop", tiny_student)
+    batches = EpochBatches(dataset(), batch_size=8, seed=0)
+    fit(single, single.learned_parameters(), 1, batches, lambda b: single.loss(*b), OptimConfig(lr=0.05, warmup_epochs=0), seed=0)
+    ranks = [load_file(str(tmp_path / f"ctx.{r}.safetensors"))["ctx"] for r in range(2)]
+    assert torch.equal(ranks[0], ranks[1])  # the ranks stay in lockstep
+    assert torch.allclose(ranks[0], single.text_ctx.ctx.detach(), atol=1e-6)
+    assert not torch.allclose(ranks[0], make("coop", tiny_student).text_ctx.ctx.detach(), atol=1e-4)
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["ckpt-000000004.safetensors", "last.json"]

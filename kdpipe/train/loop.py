@@ -5,7 +5,10 @@ It is generic over what a step does and where batches come from:
     (already trained before a resume). Make it deterministic per (seed, epoch) and it does not use
     the global RNG, and a resumed run sees exactly the batches an uninterrupted one would;
   - ``step(batch) -> (loss, logs)`` computes the loss of one batch (already on ``device``).
-The module is passed in (no global state), so a DDP wrapper can be handed in later unchanged.
+The module is passed in (no global state). Under ``torch.distributed`` (torchrun) each rank
+feeds its own share of the data; ``fit`` averages the learned parameters' gradients over ranks
+after every backward, so R ranks with batch b train like one process with batch R*b, and only
+rank 0 writes checkpoints. (A DDP-wrapped module also works: hooks and state are read through it.)
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ def fit(
     ``on_epoch_end(epoch, epochs)`` and ``finalize()`` hooks are called when present.
     """
     device = pick_device(device)
+    rank, world = _rank_world()
     core = _unwrap(module)  # hooks and state live on the wrapped module under DDP
     named = _named(core, learned_params)
     learned_ids = {id(p) for _, p in named}
@@ -81,7 +85,7 @@ def fit(
         pos = _restore(core, named, opt, scaler, identity, ckpt_dir, *resumed)
 
     def checkpoint() -> None:
-        if ckpt_dir is not None:
+        if ckpt_dir is not None and rank == 0:
             _save(ckpt_dir, core, named, opt, scaler, identity, pos)
 
     bar = _Bar(epochs, steps_per_epoch, pos) if show_progress else None
@@ -100,7 +104,7 @@ def fit(
                     raise KdpipeError(
                         f"loss became {value} at epoch {epoch + 1}, step {pos.step + 1}; lower the learning rate (now {lr:g})"
                     )
-                _optimizer_step(loss, opt, scaler)
+                _optimizer_step(loss, opt, scaler, [p for _, p in named], world)
                 pos.batch += 1
                 pos.step += 1
                 _accumulate(pos.sums, {"loss": value, **logs})
@@ -128,15 +132,40 @@ def fit(
     return pos.history
 
 
-def _optimizer_step(loss: torch.Tensor, opt: torch.optim.Optimizer, scaler) -> None:
+def _optimizer_step(loss: torch.Tensor, opt: torch.optim.Optimizer, scaler, params: list[nn.Parameter], world: int) -> None:
     opt.zero_grad(set_to_none=True)
+    (loss if scaler is None else scaler.scale(loss)).backward()
+    if world > 1:
+        _average_gradients(params, world)
     if scaler is None:
-        loss.backward()
         opt.step()
-        return
-    scaler.scale(loss).backward()
-    scaler.step(opt)
-    scaler.update()
+    else:
+        scaler.step(opt)
+        scaler.update()
+
+
+def _rank_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _average_gradients(params: list[nn.Parameter], world: int) -> None:
+    """All-reduce the learned gradients (prompts and projectors are small: one flat buffer)."""
+    import torch.distributed as dist
+
+    # every rank runs the same graph, so the same parameters have gradients everywhere
+    params = [p for p in params if p.grad is not None]
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
+        offset += n
 
 
 def _unwrap(module: nn.Module) -> nn.Module:
