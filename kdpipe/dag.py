@@ -181,6 +181,10 @@ class StageSpec:
     headline: str | None = None  # metric shown by ``kdpipe status``
     version: int = 1  # bump when the stage's code changes what it writes: old results go stale
     description: str = ""
+    # optional stages: ``feeds`` names stages that depend on this one without naming it (a demo
+    # stage upstream of the pipeline's own), ``when(cfg)`` False gives the stage no instances
+    feeds: tuple[str, ...] = ()
+    when: Callable[[Config], bool] | None = None
 
 
 @dataclass
@@ -222,6 +226,8 @@ class StageGraph:
         headline: str | None = None,
         version: int = 1,
         description: str = "",
+        feeds: Iterable[str] = (),
+        when: Callable[[Config], bool] | None = None,
     ) -> Callable[[StageFn], StageFn]:
         """Decorator registering ``fn(ctx) -> metrics`` as stage ``name`` (see the module docs)."""
         if not name or any(c in name for c in ":@/\\ "):
@@ -235,12 +241,18 @@ class StageGraph:
                 name=name, fn=fn, reads=tuple(reads), deps=tuple(deps), outputs=tuple(outputs), identity=identity,
                 expand=expand, seeded=seeded, headline=headline, version=version,
                 description=description or (fn.__doc__ or "").strip().split("\n")[0],
+                feeds=tuple(feeds), when=when,
             )
             return fn
 
         return wrap
 
     # ---- planning -------------------------------------------------------------------------------
+    def deps_of(self, name: str) -> tuple[str, ...]:
+        """The stages ``name`` needs: its own ``deps`` plus the registered stages that ``feed`` it."""
+        fed_by = tuple(s.name for s in self.specs.values() if name in s.feeds and s.name != name)
+        return self.specs[name].deps + tuple(d for d in fed_by if d not in self.specs[name].deps)
+
     def _order(self) -> list[StageSpec]:
         order: list[StageSpec] = []
         state: dict[str, int] = {}
@@ -251,7 +263,7 @@ class StageGraph:
             if state.get(name) == 1:
                 raise KdpipeError(f"stage graph has a cycle: {' -> '.join(path + (name,))}")
             state[name] = 1
-            for dep in self.specs[name].deps:
+            for dep in self.deps_of(name):
                 base = dep.split(":")[0]
                 if base not in self.specs:
                     raise KdpipeError(f"stage {name!r} needs {dep!r}, which is not registered; {_closest(base, list(self.specs))}")
@@ -280,7 +292,9 @@ class StageGraph:
             if spec.seeded and self.seed_key not in self.schema.keys():
                 raise KdpipeError(f"stage {spec.name!r} is seeded but no config key {self.seed_key!r} is registered")
             members: list[str | None] = [None]
-            if spec.expand is not None:
+            if spec.when is not None and not spec.when(cfg):
+                members = []
+            elif spec.expand is not None:
                 members = list(spec.expand(cfg))
                 for m in members:
                     if not isinstance(m, str) or not m or any(c in m for c in ":@/\\ "):
@@ -293,7 +307,7 @@ class StageGraph:
                 for seed in seed_list:
                     name = spec.name + (f":{member}" if member else "") + (f"@seed{seed}" if seed is not None else "")
                     deps: list[str] = []
-                    for dep in spec.deps:
+                    for dep in self.deps_of(spec.name):
                         base, _, want_member = dep.partition(":")
                         for d in by_spec[base]:
                             if want_member and d.member != want_member:
