@@ -30,6 +30,7 @@ COMMAND_MODULES = [
     "kdpipe.commands.run",
     "kdpipe.commands.datasets",
     "kdpipe.commands.shards",
+    "kdpipe.commands.demo",
 ]
 
 for _name in COMMAND_MODULES:
