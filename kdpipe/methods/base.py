@@ -92,7 +92,7 @@ class PromptMethod(nn.Module):
         """Supervised few-shot loss: cross-entropy over ``self.classnames`` (methods add terms)."""
         logits = self.logits(images)
         ce = F.cross_entropy(logits.float(), labels)
-        return ce, {"ce": float(ce.detach()), "acc": _accuracy(logits, labels)}
+        return ce, {"ce": float(ce.detach()), "acc": batch_accuracy(logits, labels)}
 
     def _check_feature_dim(self, feats: torch.Tensor, dim: int) -> None:
         if feats.dim() != 2 or feats.shape[-1] != dim:
@@ -192,5 +192,5 @@ class PromptMethod(nn.Module):
         return f"method={self.name}, backbone={self.backbone.spec}, classes={len(self.classnames)}, learned={self.num_learned():,}"
 
 
-def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+def batch_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float((logits.detach().argmax(-1) == labels).float().mean())

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from kdpipe.errors import KdpipeError
-from kdpipe.methods.base import _accuracy
+from kdpipe.methods.base import batch_accuracy
 from kdpipe.methods.ivlp import IVLP, IVLPConfig
 from kdpipe.methods.prompts import hand_prompt_features
 from kdpipe.methods.registry import register_method
@@ -80,7 +80,7 @@ class PromptSRC(IVLP):
         )
         loss = ce + l_text + l_img + kl
         logs = {"ce": float(ce.detach()), "scl_text": float(l_text.detach()), "scl_image": float(l_img.detach())}
-        logs.update({"scl_kl": float(kl.detach()), "acc": _accuracy(logits, labels)})
+        logs.update({"scl_kl": float(kl.detach()), "acc": batch_accuracy(logits, labels)})
         return loss, logs
 
     # ---- Gaussian prompt aggregation over epochs ----------------------------------------------
