@@ -88,3 +88,15 @@ def test_backbone_is_frozen_fp32_eval(tiny_student):
     assert not m.training
     assert all(not p.requires_grad for p in m.parameters())
     assert all(p.dtype == torch.float32 for p in m.parameters())
+
+
+def test_random_init_is_the_same_model_on_every_load():
+    # stages reload backbones (evaluate, classify): a random-init spec must give the same weights
+    torch.manual_seed(1)
+    a = load_backbone("kd-tiny-s").model.state_dict()
+    torch.manual_seed(2)
+    before = torch.rand(1)
+    torch.manual_seed(2)
+    b = load_backbone("kd-tiny-s").model.state_dict()
+    assert torch.equal(torch.rand(1), before)  # the caller's RNG stream is untouched
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -175,6 +175,12 @@ def _arch_from_safetensors(path: Path) -> str:
     return arch
 
 
+def _name_seed(name: str) -> int:
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "little")
+
+
 def parse_spec(spec: str) -> tuple[str, str | None]:
     """Split a spec into (open_clip model name, pretrained tag or file or None)."""
     spec = spec.strip()
@@ -225,9 +231,14 @@ def load_backbone(spec: str, device: str | torch.device = "cpu", cache_dir: str 
         else:
             _check_tag_available(arch, pretrained, cache_dir)
     try:
-        model, preprocess_train, preprocess_test = open_clip.create_model_and_transforms(
-            arch, pretrained=pretrained, device=device, cache_dir=cache_dir
-        )
+        # Random init (an architecture without weights) must be the same model on every load, or a
+        # stage that reloads the backbone (evaluate, classify) would not see the weights the
+        # prompts were trained against. Seed it from the name, without touching the caller's RNG.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_name_seed(arch))
+            model, preprocess_train, preprocess_test = open_clip.create_model_and_transforms(
+                arch, pretrained=pretrained, device=device, cache_dir=cache_dir
+            )
     except KdpipeError:
         raise
     except (RuntimeError, FileNotFoundError, KeyError, ValueError, OSError) as e:
