@@ -282,3 +282,16 @@ def test_dataset_defaults_and_string_overrides(tiny_student):
         build_method("ivlp", tiny_student, CLASSES, {"epochs": "many"})
     with pytest.raises(KdpipeError, match="at least one class"):
         build_method("coop", tiny_student, [])
+
+
+@pytest.mark.parametrize("name", ["zeroshot", "coop", "maple"])
+def test_large_label_sets_are_encoded_in_chunks_with_the_same_result(name, tiny_student, monkeypatch):
+    import kdpipe.methods.prompts as prompts
+
+    names = [f"thing {i}" for i in range(7)]
+    m = build_method(name, tiny_student, names).eval()
+    with torch.no_grad():
+        whole = m.class_features().clone()
+        monkeypatch.setattr(prompts, "TEXT_CHUNK", 2)
+        m._text_cache.clear()
+        assert torch.allclose(m.class_features(), whole, atol=1e-5)

@@ -18,6 +18,7 @@ from kdpipe.methods.templates import fill
 
 INIT_STD = 0.02
 CLASS_POSITIONS = ("end", "middle", "front")
+TEXT_CHUNK = 1024  # prompts per text-encoder pass when no gradients are kept
 _CACHE_SIZE = 4
 
 
@@ -142,8 +143,13 @@ class TextContext(nn.Module):
         deep_prompts: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Unnormalised text features ``[C, D]``."""
-        emb, tokens = self.embeddings(classnames, ctx)
-        return self._clip.text(emb, tokens, deep_prompts=deep_prompts, ctx_start=1)
+        ctx = self.ctx if ctx is None else ctx
+        if torch.is_grad_enabled() or len(classnames) <= TEXT_CHUNK or ctx.dim() == 3:
+            emb, tokens = self.embeddings(classnames, ctx)
+            return self._clip.text(emb, tokens, deep_prompts=deep_prompts, ctx_start=1)
+        # a large label set at inference: bounded memory, same result
+        chunks = range(0, len(classnames), TEXT_CHUNK)
+        return torch.cat([self.features(classnames[i : i + TEXT_CHUNK], ctx, deep_prompts) for i in chunks])
 
 
 class PromptStack(nn.Module):
@@ -172,8 +178,8 @@ def hand_prompt_features(
     device = clip.model.logit_scale.device
     feats = []
     for template in templates:
-        tokens = backbone.tokenizer([fill(template, c) for c in classnames]).to(device)
-        f = clip.text.encode(tokens)
+        texts = [fill(template, c) for c in classnames]
+        f = torch.cat([clip.text.encode(backbone.tokenizer(texts[i : i + TEXT_CHUNK]).to(device)) for i in range(0, len(texts), TEXT_CHUNK)])
         feats.append(nn.functional.normalize(f, dim=-1) if normalize_each and len(templates) > 1 else f)
     return feats[0] if len(feats) == 1 else torch.stack(feats).mean(0)
 
