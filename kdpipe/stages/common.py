@@ -119,8 +119,49 @@ def load_splits(cfg, source: bool = False):
 
 
 def rank_world() -> tuple[int, int]:
-    """(rank, world size) as torchrun sets them; (0, 1) in a plain process."""
+    """(rank, world size) of this process: the process group's under torchrun, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _broadcast_json(obj: Any) -> Any:
+    """Rank 0's JSON-able ``obj`` on every rank (bytes over a CPU tensor: nothing is unpickled)."""
+    import json
+
+    import torch
+    import torch.distributed as dist
+
+    leader = dist.get_rank() == 0
+    data = json.dumps(obj).encode() if leader else b""
+    size = torch.tensor([len(data)], dtype=torch.long)
+    dist.broadcast(size, src=0)
+    buf = torch.frombuffer(bytearray(data), dtype=torch.uint8) if leader else torch.empty(int(size), dtype=torch.uint8)
+    dist.broadcast(buf, src=0)
+    return json.loads(bytes(buf.tolist()).decode())
+
+
+def leader_only(fn: Callable[[], dict]) -> dict:
+    """Run a stage body on rank 0 only (under torchrun the runner runs every stage on every rank):
+    for stages that write shared files and gain nothing from more processes. The other ranks wait
+    for rank 0 and get its metrics, or its error as their own."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return fn()
+    if dist.get_rank() == 0:
+        try:
+            result = fn()
+        except BaseException as e:
+            _broadcast_json({"error": f"rank 0 failed: {e}" if isinstance(e, KdpipeError) else f"rank 0 failed: {type(e).__name__}: {e}"})
+            raise
+        return _broadcast_json({"result": result})["result"]
+    shared = _broadcast_json(None)
+    if "error" in shared:
+        raise KdpipeError(shared["error"])
+    return shared["result"]
 
 
 def worker_init(_worker_id: int) -> None:

@@ -35,10 +35,12 @@ def student_stem(stage_dir: str | Path) -> Path:
 
 
 class AgreementLog:
-    """Per-epoch held-out probes, kept in the checkpoint folder so a resumed run keeps earlier ones."""
+    """Per-epoch held-out probes, kept in the checkpoint folder so a resumed run keeps earlier ones
+    (written by rank 0, like the loop's checkpoints)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, write: bool = True):
         self.path = path
+        self.write = write
         self.points: dict[int, dict[str, float]] = {}
         if path.is_file():
             self.points = {int(k): v for k, v in read_json(path).items()}
@@ -48,7 +50,31 @@ class AgreementLog:
 
     def record(self, epoch: int, values: dict[str, float]) -> None:
         self.points[epoch] = values
-        write_json(self.path, {str(k): v for k, v in sorted(self.points.items())})
+        if self.write:
+            write_json(self.path, {str(k): v for k, v in sorted(self.points.items())})
+
+
+def in_step_with_other_ranks(batches: Iterable, world: int) -> Iterator:
+    """Stop every rank's epoch when the first rank runs out of batches.
+
+    Ranks stream different shards, so their batch counts differ by a few; the loop all-reduces
+    gradients every step, and a rank still stepping alone would wait forever. One tiny all-reduce
+    per step keeps them together (the longer ranks drop their last few batches of the epoch).
+    """
+    if world == 1:
+        yield from batches
+        return
+    import torch
+    import torch.distributed as dist
+
+    it = iter(batches)
+    while True:
+        batch = next(it, None)
+        alive = torch.tensor([0 if batch is None else 1], dtype=torch.int32)
+        dist.all_reduce(alive, op=dist.ReduceOp.MIN)
+        if not int(alive):
+            return
+        yield batch
 
 
 def filtered_batches(stream: Iterable, exclude: frozenset[str]) -> Iterator:
@@ -136,11 +162,8 @@ def run(ctx) -> dict:
     cfg, d, seed = ctx.cfg, ctx.cfg["distill"], ctx.seed
     device = common.device_of(cfg)
     amp = cfg["run"].amp
+    # under torchrun each rank streams its own shards and fit averages the gradients
     rank, world = common.rank_world()
-    if world > 1:
-        # each rank already reads only its own shards; averaging gradients across ranks is the
-        # training loop's job, and until it does, several processes would train unsynchronised copies
-        raise KdpipeError(f"distill runs in one process for now (WORLD_SIZE={world}); start it without torchrun")
 
     tf = load_text_features(features_path(common.upstream(ctx, "text-features")))
     teacher, tmeta = common.load_method(teacher_stem(common.upstream(ctx, "teacher")), device=device)
@@ -174,7 +197,7 @@ def run(ctx) -> dict:
             shards["holdout"], test_tf, seed=0, epoch=0, batch_size=max(d.batch_size, 64), workers=min(d.workers, 2), log=ctx.log
         )
 
-    probes = AgreementLog(Path(ctx.ckpt_dir) / "agreement.json")
+    probes = AgreementLog(Path(ctx.ckpt_dir) / "agreement.json", write=rank == 0)
     if 0 not in probes:
         probes.record(0, measure_agreement(probe, holdout()))
         ctx.log.info(f"before distillation: agreement {_pct(probes.points[0]['agreement'])} on {probes.points[0]['images']} held-out images")
@@ -186,7 +209,7 @@ def run(ctx) -> dict:
             stream.set_epoch(cached.view)
         else:
             stream.set_epoch(epoch)
-        for i, batch in enumerate(filtered_batches(stream, exclude)):
+        for i, batch in enumerate(in_step_with_other_ranks(filtered_batches(stream, exclude), world)):
             if i >= skip:
                 yield batch
         # the epoch's last step is done once the loop asks past the last batch

@@ -89,17 +89,7 @@ def collect_logits(scorers: list[Scorer], items, batch_size: int, workers: int, 
     return [torch.cat(chunks) for chunks in logits], labels_out
 
 
-@register_stage(
-    "evaluate",
-    reads=["data.mode", "evaluate.split", "baselines.methods"],
-    deps=["teacher", "text-features", "distill", "baseline"],
-    outputs=[METRICS],
-    seeded=True,
-    identity=common.data_identity,
-    headline="student",
-    description="base / novel / HM of teacher, student and baselines on the test split",
-)
-def run(ctx) -> dict:
+def _evaluate(ctx) -> dict:
     from kdpipe.eval.metrics import MetricRow, split_accuracy
     from kdpipe.stages.baseline import baseline_stem
     from kdpipe.stages.distill import student_stem
@@ -168,3 +158,18 @@ def read_rows(stage_dir: str | Path) -> tuple[list, list[str]]:
 
     data = read_json(Path(stage_dir) / METRICS)
     return [MetricRow(**r) for r in data["rows"]], list(data.get("notes", []))
+
+
+@register_stage(
+    "evaluate",
+    reads=["data.mode", "evaluate.split", "baselines.methods"],
+    deps=["teacher", "text-features", "distill", "baseline"],
+    outputs=[METRICS],
+    seeded=True,
+    identity=common.data_identity,
+    headline="student",
+    description="base / novel / HM of teacher, student and baselines on the test split",
+)
+def run(ctx) -> dict:
+    # writes shared files: under torchrun rank 0 does it and the other ranks wait for it
+    return common.leader_only(lambda: _evaluate(ctx))

@@ -64,14 +64,15 @@ def train_fewshot(
             checkpoint_every=checkpoint_every,
             progress=common.step_reporter(bar, epochs, lambda: min(bs, len(data.train))),
         )
-    common.save_method(
-        method,
-        out_stem,
-        role=role,
-        seed=seed,
-        shots=cfg["data"].shots,
-        train_images=len(data.train),
-        history=history,
-    )
+    if ctx.rank == 0:  # under torchrun every rank holds the same averaged result
+        common.save_method(
+            method,
+            out_stem,
+            role=role,
+            seed=seed,
+            shots=cfg["data"].shots,
+            train_images=len(data.train),
+            history=history,
+        )
     last = history[-1] if history else {}
     return {"learned": method.num_learned(), "train_loss": last.get("loss"), "epochs": len(history)}

@@ -7,21 +7,14 @@ Mean rows average base and novel over seeds and take the HM of those averages, a
 from __future__ import annotations
 
 from kdpipe.dag import register_stage
+from kdpipe.stages import common
 from kdpipe.stages.outputs import read_json, write_json
 
 BARS = "base_novel_hm.png"
 CURVES = "distill_curves.png"
 
 
-@register_stage(
-    "report",
-    reads=["report.title"],
-    deps=["evaluate", "distill"],
-    outputs=["results.md", "results.csv", "metrics.json", BARS, CURVES],
-    headline="student",
-    description="tables and plots of every method and seed",
-)
-def run(ctx) -> dict:
+def _write_report(ctx) -> dict:
     from kdpipe.eval.metrics import mean_rows
     from kdpipe.report import plot_base_novel, plot_curves, write_tables
     from kdpipe.stages.distill import CURVES as CURVES_JSON
@@ -63,3 +56,16 @@ def run(ctx) -> dict:
     if teacher is not None:
         out.update(teacher=teacher.hm if teacher.hm is not None else teacher.accuracy)
     return out
+
+
+@register_stage(
+    "report",
+    reads=["report.title"],
+    deps=["evaluate", "distill"],
+    outputs=["results.md", "results.csv", "metrics.json", BARS, CURVES],
+    headline="student",
+    description="tables and plots of every method and seed",
+)
+def run(ctx) -> dict:
+    # writes shared files: under torchrun rank 0 does it and the other ranks wait for it
+    return common.leader_only(lambda: _write_report(ctx))

@@ -87,15 +87,7 @@ def _copy_first_samples(pattern: str, n: int, out: Path) -> list[str]:
     return keys
 
 
-@register_stage(
-    "shards",
-    reads=["shards.unlabeled", "shards.per_shard", "shards.max_side", "shards.holdout", "shards.holdout_fraction"],
-    outputs=[INFO],
-    identity=_identity,
-    headline="images",
-    description="pack the unlabeled images into webdataset shards (or take the user's)",
-)
-def run(ctx) -> dict:
+def _write_shards(ctx) -> dict:
     from kdpipe.data.shards import write_shards
 
     s = ctx.cfg["shards"]
@@ -138,3 +130,16 @@ def run(ctx) -> dict:
         ctx.log.info(f"{len(train)} unlabeled images of all {splits.num_classes} classes (transductive, as in PromptKD), {len(held)} held out")
     write_json(ctx.dir / INFO, info)
     return {"images": info["images"] or 0, "holdout": len(info["holdout_keys"]) or n_hold, "transductive": info["transductive"]}
+
+
+@register_stage(
+    "shards",
+    reads=["shards.unlabeled", "shards.per_shard", "shards.max_side", "shards.holdout", "shards.holdout_fraction"],
+    outputs=[INFO],
+    identity=_identity,
+    headline="images",
+    description="pack the unlabeled images into webdataset shards (or take the user's)",
+)
+def run(ctx) -> dict:
+    # writes shared files: under torchrun rank 0 does it and the other ranks wait for it
+    return common.leader_only(lambda: _write_shards(ctx))

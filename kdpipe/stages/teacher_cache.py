@@ -23,17 +23,7 @@ def _view_files(ckpt_dir: Path, view: int) -> tuple[Path, Path]:
     return ckpt_dir / f"view{view}.safetensors", ckpt_dir / f"view{view}.json"
 
 
-@register_stage(
-    "teacher-cache",
-    reads=["distill.cache_views", "student.backbone"],
-    deps=["teacher", "shards"],
-    outputs=["features.safetensors", "keys.json"],
-    seeded=True,
-    when=lambda cfg: cfg["distill"].cache_views > 0,
-    headline="images",
-    description="run the teacher's image tower once over a fixed set of augmented views",
-)
-def run(ctx) -> dict:
+def _write_cache(ctx) -> dict:
     import torch
 
     from kdpipe.data.shards import ShardStream
@@ -88,3 +78,18 @@ def run(ctx) -> dict:
     write_json(ctx.dir / KEYS, {"keys": order})
     ctx.log.info(f"cached {views} view(s) of {len(order)} images x {stacked.shape[2]} teacher features ({stacked.numel() * 2 / 2**20:.1f} MiB)")
     return {"images": len(order), "views": views}
+
+
+@register_stage(
+    "teacher-cache",
+    reads=["distill.cache_views", "student.backbone"],
+    deps=["teacher", "shards"],
+    outputs=["features.safetensors", "keys.json"],
+    seeded=True,
+    when=lambda cfg: cfg["distill"].cache_views > 0,
+    headline="images",
+    description="run the teacher's image tower once over a fixed set of augmented views",
+)
+def run(ctx) -> dict:
+    # writes shared files: under torchrun rank 0 does it and the other ranks wait for it
+    return common.leader_only(lambda: _write_cache(ctx))

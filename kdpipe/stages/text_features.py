@@ -68,17 +68,7 @@ def compute_text_features(teacher, classnames: list[str], num_base: int) -> Text
     return TextFeatures(feats, list(classnames), float(teacher.clip.logit_scale), num_base)
 
 
-@register_stage(
-    "text-features",
-    reads=["data.mode"],
-    deps=["teacher"],
-    outputs=[FEATURES_FILE, INDEX_FILE],
-    seeded=True,
-    identity=common.data_identity,
-    headline="classes",
-    description="run the trained teacher's text side once over every class name",
-)
-def run(ctx) -> dict:
+def _write_text_features(ctx) -> dict:
     from kdpipe.eval.metrics import base_count
     from kdpipe.infer.index import ClassIndex
     from kdpipe.stages.teacher import teacher_stem
@@ -97,3 +87,18 @@ def run(ctx) -> dict:
         f"logit scale {tf.logit_scale:.2f}"
     )
     return {"classes": len(classnames), "base_classes": num_base, "dim": int(tf.features.shape[1])}
+
+
+@register_stage(
+    "text-features",
+    reads=["data.mode"],
+    deps=["teacher"],
+    outputs=[FEATURES_FILE, INDEX_FILE],
+    seeded=True,
+    identity=common.data_identity,
+    headline="classes",
+    description="run the trained teacher's text side once over every class name",
+)
+def run(ctx) -> dict:
+    # writes shared files: under torchrun rank 0 does it and the other ranks wait for it
+    return common.leader_only(lambda: _write_text_features(ctx))
