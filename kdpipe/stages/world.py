@@ -48,6 +48,7 @@ class WorldConfig:
     budget: str = "full"  # pretraining preset of kdpipe.world: full (the demo) or quick (tests)
     student_steps: int = 0  # pretraining steps of world-b (0: the budget's preset)
     teacher_steps: int = 0  # pretraining steps of world-l (0: the budget's preset)
+    lr: float = 0.0  # pretraining peak learning rate of both (0: the budget's preset)
     train_per_class: int = 100  # downstream images per class and split (>= 50 keeps gaps above noise)
     val_per_class: int = 50
     test_per_class: int = 50
@@ -57,8 +58,10 @@ class WorldConfig:
     def per_class(self) -> dict[str, int]:
         return {"train": self.train_per_class, "val": self.val_per_class, "test": self.test_per_class}
 
-    def steps(self, arch: str) -> int:
-        return self.teacher_steps if arch == TEACHER_ARCH else self.student_steps
+    def pretrain_overrides(self, arch: str) -> dict[str, Any]:
+        """Fields of kdpipe.world's PretrainConfig that replace the budget preset's."""
+        steps = self.teacher_steps if arch == TEACHER_ARCH else self.student_steps
+        return {k: v for k, v in (("steps", steps), ("lr", self.lr)) if v}
 
 
 # ---- what other code needs --------------------------------------------------------------------
@@ -128,23 +131,12 @@ class _QueueProgress:
             self.queue.put((self.arch, step, total, float(logs.get("loss", 0.0))))
 
 
-def _pretrain_job(arch: str, out: str, seed: int, budget: str, steps: int, use_cache: bool, queue) -> dict:
+def _pretrain_job(arch: str, out: str, seed: int, budget: str, overrides: dict, use_cache: bool, queue) -> dict:
     # runs in a worker process: the world configs must be registered there too
     from kdpipe.world.pretrain import pretrain
 
-    overrides = {"steps": steps} if steps else {}
     progress = _QueueProgress(arch, queue) if queue is not None else False
     return pretrain(arch, out, seed=seed, budget=budget, use_cache=use_cache, progress=progress, threads=1, **overrides).as_dict()
-
-
-def _is_cached(arch: str, w: WorldConfig) -> bool:
-    from kdpipe.world.cache import world_cache_dir
-    from kdpipe.world.pretrain import pretrain_fingerprint, resolve_config
-
-    overrides = {"steps": w.steps(arch)} if w.steps(arch) else {}
-    fp = pretrain_fingerprint(arch, w.seed, resolve_config(arch, w.budget, **overrides))
-    folder = world_cache_dir(fp)
-    return (folder / f"{arch}.safetensors").is_file() and (folder / f"{arch}.json").is_file()
 
 
 def pretrain_world(ctx) -> dict[str, dict]:
@@ -153,26 +145,28 @@ def pretrain_world(ctx) -> dict[str, dict]:
     import queue as queue_mod
     from concurrent.futures import ProcessPoolExecutor
 
+    from kdpipe.world.pretrain import cached_pretrain, resolve_config
+
     w = ctx.cfg["world"]
     outs = {arch: str(ctx.dir / f"{arch}.safetensors") for arch in ARCHS}
-    cached = {arch: w.cache and _is_cached(arch, w) for arch in ARCHS}
+    overrides = {arch: w.pretrain_overrides(arch) for arch in ARCHS}
     results: dict[str, dict] = {}
-    for arch in [a for a in ARCHS if cached[a]]:
-        results[arch] = _pretrain_job(arch, outs[arch], w.seed, w.budget, w.steps(arch), True, None)
-        ctx.log.info(f"{arch}: pretrained weights reused from the cache ({results[arch]['fingerprint']})")
-    todo = [a for a in ARCHS if not cached[a]]
+    for arch in ARCHS:
+        hit = cached_pretrain(arch, outs[arch], w.seed, w.budget, **overrides[arch]) if w.cache else None
+        if hit is not None:
+            results[arch] = hit.as_dict()
+            ctx.log.info(f"{arch}: pretrained weights reused from the cache (fingerprint {hit.fingerprint})")
+    todo = [a for a in ARCHS if a not in results]
     if not todo:
         return results
-    from kdpipe.world.pretrain import resolve_config
-
-    totals = {a: resolve_config(a, w.budget, **({"steps": w.steps(a)} if w.steps(a) else {})).steps for a in todo}
+    totals = {a: resolve_config(a, w.budget, **overrides[a]).steps for a in todo}
     ctx.log.info(f"pretraining {', '.join(todo)} on clean renders ({', '.join(f'{a}: {totals[a]} steps' for a in todo)})")
     processes = max(1, min(w.processes, len(todo), os.cpu_count() or 1))
     context = mp.get_context("spawn")  # a fresh interpreter: no forked torch thread pools
     with context.Manager() as manager, ProcessPoolExecutor(processes, mp_context=context) as pool:
         messages = manager.Queue()
         futures = {
-            pool.submit(_pretrain_job, a, outs[a], w.seed, w.budget, w.steps(a), w.cache, messages): a for a in todo
+            pool.submit(_pretrain_job, a, outs[a], w.seed, w.budget, overrides[a], w.cache, messages): a for a in todo
         }
         done_steps = {a: 0 for a in todo}
         with ctx.progress(sum(totals.values()), desc=f"pretrain {' + '.join(todo)}") as bar:
