@@ -66,11 +66,16 @@ def csv_table(rows: Sequence[MetricRow]) -> str:
     return buf.getvalue()
 
 
-def write_tables(rows: Sequence[MetricRow], out_dir: str | Path, title: str = "Results", notes: Sequence[str] = ()) -> dict[str, Path]:
+def write_tables(
+    rows: Sequence[MetricRow], out_dir: str | Path, title: str = "Results", notes: Sequence[str] = (), images: Sequence[str] = ()
+) -> dict[str, Path]:
+    """``results.md`` (with ``images``, file names beside it, shown under the table) and ``results.csv``."""
     out_dir = Path(out_dir)
     md = f"# {title}\n\nAccuracy in percent on the test split; HM = 2·base·novel/(base+novel); " \
          "mean rows average base and novel over seeds and take the HM of those averages.\n\n"
     md += markdown_table(rows, notes)
+    if images:
+        md += "\n" + "\n".join(f"![{Path(name).stem.replace('_', ' ')}]({name})" for name in images) + "\n"
     return {
         "markdown": write_text(out_dir / "results.md", md),
         "csv": write_text(out_dir / "results.csv", csv_table(rows)),

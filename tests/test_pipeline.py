@@ -119,6 +119,7 @@ def test_report_has_per_seed_rows_and_their_mean(pipeline):
     md = (pipeline.run_dir / "report" / "results.md").read_text()
     assert "| promptkd | student | kd-tiny-s | oxford_pets | 1 |" in md
     assert "unlabeled train images of ALL classes" in md
+    assert "](base_novel_hm.png)" in md and "](distill_curves.png)" in md
     evaluate = json.loads((pipeline.run_dir / "evaluate-seed1" / "metrics.json").read_text())
     assert evaluate["notes"] and evaluate["base_classes"] == 3 and evaluate["classes"] == 6
 

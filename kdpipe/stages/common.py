@@ -217,14 +217,18 @@ def save_method(method, path_stem: str | Path, **facts: Any) -> dict[str, Path]:
     return {"weights": weights, "meta": info}
 
 
-def load_method(path_stem: str | Path, device="cpu", backbone=None):
-    """Rebuild a method saved by :func:`save_method` on ``device`` (loading its backbone unless given)."""
+def load_method(path_stem: str | Path, device="cpu", backbone=None, dataset: str | None = None):
+    """Rebuild a method saved by :func:`save_method` on ``device`` (loading its backbone unless given).
+
+    ``dataset`` replaces the dataset it was trained on where the method uses it for scoring (the
+    hand templates of zero-shot CLIP), for evaluation on another dataset; its settings are kept.
+    """
     from kdpipe.methods import build_method, read_learned
 
     state, meta = read_learned(Path(path_stem).with_suffix(".safetensors"))
     if backbone is None:
         backbone = load_backbone(meta["backbone"], device=device)
-    method = build_method(meta["method"], backbone, meta["classnames"], overrides=meta["config"], dataset=meta.get("dataset"))
+    method = build_method(meta["method"], backbone, meta["classnames"], overrides=meta["config"], dataset=dataset or meta.get("dataset"))
     method.to(device)
     method.load_learned_state_dict({k: v.to(device) for k, v in state.items()}, meta)
     return method.eval(), meta

@@ -107,7 +107,7 @@ def _evaluate(ctx) -> dict:
         raise KdpipeError("the stored class features name other classes than the dataset; re-run text-features")
     cross = cfg["data"].mode == "cross"
 
-    teacher, tmeta = common.load_method(teacher_stem(common.upstream(ctx, "teacher")), device=device)
+    teacher, tmeta = common.load_method(teacher_stem(common.upstream(ctx, "teacher")), device=device, dataset=splits.name)
     smeta = read_json(student_stem(common.upstream(ctx, "distill")).with_suffix(".json"))
     student_bb = common.load_backbone(smeta["backbone"], device=device)
     student, _ = common.load_method(student_stem(common.upstream(ctx, "distill")), device=device, backbone=student_bb)
@@ -116,7 +116,7 @@ def _evaluate(ctx) -> dict:
     baselines = [(read_json(baseline_stem(f).with_suffix(".json")), f) for f in set(ctx.inputs_of("baseline").values())]
     for meta, folder in sorted(baselines, key=lambda mf: order.index(mf[0]["method"]) if mf[0]["method"] in order else len(order)):
         bb = student_bb if meta["backbone"] == student_bb.spec else None
-        method, _ = common.load_method(baseline_stem(folder), device=device, backbone=bb)
+        method, _ = common.load_method(baseline_stem(folder), device=device, backbone=bb, dataset=splits.name)
         scorers.append(method_scorer(method, "baseline", tf.classnames))
 
     e = cfg["evaluate"]

@@ -43,7 +43,7 @@ def _write_report(ctx) -> dict:
     title = cfg["report"].title or (
         f"{student.dataset}: {teacher.method} on {teacher.backbone} -> promptkd on {student.backbone}" if student and teacher else "kdpipe results"
     )
-    write_tables(everything, ctx.dir, title=title, notes=notes)
+    write_tables(everything, ctx.dir, title=title, notes=notes, images=[BARS, CURVES])
     write_json(ctx.dir / "metrics.json", {"title": title, "rows": [r.to_dict() for r in everything], "notes": notes})
     plot_base_novel(everything, ctx.dir / BARS, title=title)
     plot_curves(curves, ctx.dir / CURVES, title="distillation")

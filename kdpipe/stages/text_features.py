@@ -77,7 +77,8 @@ def _write_text_features(ctx) -> dict:
     splits = common.load_splits(cfg)
     classnames = list(splits.classnames)  # sorted labels: base classes first, then novel
     num_base = base_count(len(classnames)) if cfg["data"].mode == "base2novel" else len(classnames)
-    teacher, meta = common.load_method(teacher_stem(common.upstream(ctx, "teacher")), device=common.device_of(cfg))
+    # the target's name: a hand-template teacher (zero-shot) prompts with the target's templates
+    teacher, meta = common.load_method(teacher_stem(common.upstream(ctx, "teacher")), device=common.device_of(cfg), dataset=splits.name)
     tf = compute_text_features(teacher, classnames, num_base)
     tf.meta = {"teacher": meta["method"], "teacher_backbone": meta["backbone"], "dataset": cfg["data"].dataset, "seed": ctx.seed}
     save_text_features(ctx.dir / FEATURES_FILE, tf)
