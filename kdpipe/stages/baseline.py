@@ -34,7 +34,7 @@ def _members(cfg) -> list[str]:
     outputs=["method.safetensors", "method.json"],
     expand=_members,
     seeded=True,
-    identity=common.baseline_identity,
+    identity=common.source_identity,
     headline="train_loss",
     description="train a baseline prompt method few-shot on the student backbone",
 )

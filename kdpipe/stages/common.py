@@ -43,7 +43,7 @@ def upstream(ctx, stage: str) -> Path:
 
 def data_identity(cfg) -> dict[str, Any]:
     """What a dataset-reading stage's result depends on besides config: the exact items and labels."""
-    return _data_identity(cfg["data"].dataset, str(data_root(cfg).resolve()))
+    return _cached_identity(cfg["data"].dataset, data_root(cfg))
 
 
 def source_identity(cfg) -> dict[str, Any]:
@@ -52,11 +52,25 @@ def source_identity(cfg) -> dict[str, Any]:
     Its name is part of it, so the teacher and baselines re-train when that dataset changes, and
     not when only the target changes in cross-dataset mode (an ImageNet teacher is costly).
     """
-    return _data_identity(cfg["data"].train_dataset, str(data_root(cfg).resolve()))
+    return _cached_identity(cfg["data"].train_dataset, data_root(cfg))
+
+
+def _cached_identity(dataset: str, root: Path) -> dict[str, Any]:
+    # Every stage instance asks while a run is planned; reading a big dataset once per plan is
+    # enough. The folder times in the key make an edited data root (files added, removed or
+    # replaced) read afresh within a long-lived process.
+    root = root.resolve()
+    try:
+        stamp = (root.stat().st_mtime_ns,) + tuple(
+            sorted((e.name, e.stat().st_mtime_ns) for e in os.scandir(root) if e.is_dir())
+        )
+    except OSError:
+        stamp = ()
+    return _data_identity(dataset, str(root), stamp)
 
 
 @functools.lru_cache(maxsize=8)
-def _data_identity(dataset: str, root: str) -> dict[str, Any]:
+def _data_identity(dataset: str, root: str, stamp: tuple) -> dict[str, Any]:
     import hashlib
 
     from kdpipe.data import load_dataset
@@ -69,30 +83,6 @@ def _data_identity(dataset: str, root: str) -> dict[str, Any]:
     h.update("\n".join(splits.classnames).encode())
     # the root itself is left out: moving the data elsewhere does not make results stale
     return {"dataset": dataset, "items": h.hexdigest()}
-
-
-def backbone_identity(spec: str) -> list | None:
-    """(name, size, mtime) of a backbone given as a local weights file (``PATH`` or ``ARCH:PATH``),
-    so re-trained weights under the same path make the stages using them stale; None otherwise."""
-    from kdpipe.dag import dir_listing
-
-    for candidate in (spec, spec.partition(":")[2]):
-        path = Path(os.path.expanduser(candidate)) if candidate else None
-        if path is not None and path.is_file():
-            return [list(entry) for entry in dir_listing(path)]
-    return None
-
-
-def teacher_identity(cfg) -> dict[str, Any]:
-    return {"data": source_identity(cfg), "weights": backbone_identity(cfg["teacher"].backbone)}
-
-
-def baseline_identity(cfg) -> dict[str, Any]:
-    return {"data": source_identity(cfg), "weights": backbone_identity(cfg["student"].backbone)}
-
-
-def student_identity(cfg) -> dict[str, Any]:
-    return {"weights": backbone_identity(cfg["student"].backbone)}
 
 
 def fewshot_cache(ctx) -> Path:

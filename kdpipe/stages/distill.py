@@ -143,7 +143,6 @@ def teacher_input(teacher_backbone, student_backbone) -> Callable | None:
     deps=["teacher", "text-features", "shards", "teacher-cache"],
     outputs=[f"{STEM}.safetensors", f"{STEM}.json", CURVES],
     seeded=True,
-    identity=common.student_identity,
     headline="agreement",
     description="distil the teacher into the prompted student on the unlabeled shards",
 )

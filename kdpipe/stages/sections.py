@@ -5,6 +5,9 @@ Shortcuts: ``--teacher`` -> ``teacher.backbone``, ``--student`` -> ``student.bac
 ``run.seed``/``run.seeds``. Per-dataset values (the distillation weight 200 on fgvc_aircraft,
 oxford_flowers and dtd) live in the ``base2novel`` recipe's ``[dataset_overrides]``, not here.
 
+Fields made with ``runtime_setting`` (workers, devices, checkpoint intervals) change how a stage
+runs, not what it produces, so changing them never makes a finished stage stale.
+
 ``teacher`` and ``baselines`` accept member tables checked against a method's own config:
 ``--set teacher.promptsrc.epochs=2`` or, in a recipe, ``[baselines.coop] epochs = 50``.
 """
@@ -14,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from kdpipe.config import config_section
+from kdpipe.config import config_section, runtime_setting
 from kdpipe.errors import KdpipeError
 
 
@@ -34,8 +37,8 @@ class RunConfig:
     name: str = "default"  # run folder name under the runs directory
     seed: int = 1  # used when `seeds` is empty
     seeds: list[int] = field(default_factory=list)  # e.g. [1, 2, 3]: one row per seed plus their mean
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: bool = True  # mixed precision (bf16/fp16) on GPU; CPU always runs fp32
+    device: str = runtime_setting("auto")  # auto | cpu | cuda | cuda:N
+    amp: bool = runtime_setting(True)  # mixed precision (bf16/fp16) on GPU; CPU always runs fp32
 
     def seed_list(self) -> list[int]:
         return list(self.seeds) or [self.seed]
@@ -53,7 +56,7 @@ class DataConfig:
     # dataset the teacher and the baselines learn from when it is not `dataset` (cross-dataset:
     # imagenet); the student is still distilled and everything evaluated on `dataset`
     source: str = ""
-    workers: int = 4  # DataLoader worker processes for image decoding
+    workers: int = runtime_setting(4)  # DataLoader worker processes for image decoding
 
     @property
     def train_subset(self) -> str:
@@ -74,7 +77,7 @@ class TeacherConfig:
     batch_size: int | None = 8
     lr: float | None = 0.005
     epochs: int | None = None
-    checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0: once per epoch)
+    checkpoint_every: int = runtime_setting(0)  # steps between mid-epoch checkpoints (0: once per epoch)
 
 
 @config_section("student")
@@ -98,8 +101,10 @@ class DistillConfig:
     warmup_lr: float = 1e-5
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    checkpoint_every: int = 200  # steps between atomic checkpoints (resume point after a crash)
-    workers: int = 4  # shard decoding workers per process
+    checkpoint_every: int = runtime_setting(200)  # steps between atomic checkpoints (resume point after a crash)
+    # shard decoding workers per process; fingerprinted: each worker streams its own shards, so the
+    # count decides which images share a batch
+    workers: int = 4
     agreement_every: int = 1  # epochs between held-out agreement probes (0: only at start and end)
     # >0: run the teacher once over this many augmented views of every image (stage teacher-cache)
     # and read its features instead of a teacher forward per step; epoch e trains on view e % V, so
@@ -124,13 +129,13 @@ class ShardsConfig:
 class BaselinesConfig:
     # few-shot methods trained on base classes on the STUDENT backbone, for comparison rows
     methods: list[str] = field(default_factory=lambda: ["zeroshot", "coop", "cocoop", "maple", "promptsrc"])
-    checkpoint_every: int = 0
+    checkpoint_every: int = runtime_setting(0)
 
 
 @config_section("evaluate")
 @dataclass
 class EvaluateConfig:
-    batch_size: int = 64
+    batch_size: int = runtime_setting(64)
     split: Literal["test", "val"] = "test"
 
 

@@ -46,7 +46,7 @@ def _member(cfg) -> list[str]:
     outputs=["teacher.safetensors", "teacher.json"],
     expand=_member,
     seeded=True,
-    identity=common.teacher_identity,
+    identity=common.source_identity,
     headline="train_loss",
     description="train the prompted teacher few-shot on the base classes",
 )
