@@ -2,7 +2,8 @@
 
 Runs the real supervised path: PNG files -> kdpipe.data.ImageDataset with the train augmentation
 -> train_method -> fit. The tiny CLIP is random, so its zero-shot guess is poor; a short run with
-the method's own loss must lift test accuracy well above chance (25 %) and above that guess.
+the method's own loss must lift test accuracy to at least 3x chance (25 %) and above that guess.
+The hyperparameters are tuned for this tiny random CLIP, not the reference ones (see below).
 """
 
 import numpy as np
@@ -20,15 +21,19 @@ CLASSES = list(COLOURS)
 TRAINABLE = [n for n in list_methods() if n != "zeroshot"]
 # short runs: no warm-up epoch at 1e-5 and a higher rate than the reference (which trains far longer)
 QUICK = {"epochs": 12, "batch_size": 8, "lr": 0.015, "warmup_epochs": 0}
-# slower learners here, given more epochs at a lower rate: VPT can only move the images against the
-# random frozen text side; PromptSRC's regularisers pull towards the (random) frozen CLIP by design
-SLOWER = {"vpt": {"epochs": 20, "lr": 0.01}, "promptsrc": {"epochs": 20, "lr": 0.01}}
+# VPT can only move the images against the random, nearly constant text side: more epochs, higher rate.
+# PromptSRC's regularisers hold the prompts at the frozen CLIP by design, and a random CLIP's zero-shot
+# is noise, so its lift is measured with weak regularisers (their terms are tested on their own in
+# test_methods_specific.py); its loss, GPA and training path are the real ones.
+PER_METHOD = {
+    "vpt": {"epochs": 30, "lr": 0.05},
+    "promptsrc": {"text_loss_weight": 1.0, "image_loss_weight": 1.0},
+}
 
 
 @pytest.fixture(scope="module")
 def backbone():
-    torch.manual_seed(0)  # its own random init, independent of which tests ran before
-    return load_backbone("kd-tiny-s")
+    return load_backbone("kd-tiny-s")  # random init seeded from the name: the same weights in every run
 
 
 def _write(folder, per_class, seed):
@@ -67,7 +72,7 @@ def _accuracy(method, x, y):
 @pytest.mark.parametrize("name", TRAINABLE)
 def test_training_lifts_accuracy_well_above_chance(name, backbone, colour_task, tmp_path):
     train, x, y = colour_task
-    overrides = {**QUICK, **SLOWER.get(name, {})}
+    overrides = {**QUICK, **PER_METHOD.get(name, {})}
     if "teacher_dim" in get_method(name).config_cls.field_names():
         overrides["teacher_dim"] = 48
     torch.manual_seed(0)
