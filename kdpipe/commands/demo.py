@@ -13,11 +13,10 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import typer
 
-DEFAULT_RUN_DIR = Path("runs") / "demo"
 RECIPES = {False: "demo", True: "demo-quick"}
 
 
@@ -37,8 +36,10 @@ def run_demo(run_dir: Path, quick: bool = False, sets: tuple[str, ...] = (), ech
 
     GRAPH.load_stage_modules()
     recipe = RECIPES[quick]
-    overrides: dict[str, Any] = {**demo_overrides(run_dir), **dict(map(parse_set, sets))}
-    items = [(k, v, f"--set {k}={v}" if k not in demo_overrides(run_dir) else "kdpipe demo") for k, v in overrides.items()]
+    paths = demo_overrides(run_dir)
+    given = dict(map(parse_set, sets))
+    overrides: dict[str, Any] = {**paths, **given}
+    items = [(k, v, f"--set {k}={v}" if k in given else "kdpipe demo") for k, v in overrides.items()]
     cfg = resolve_config(recipe, items, schema=GRAPH.schema)
     say = echo or (lambda msg: typer.echo(msg, err=True))
     say(f"demo: recipe {recipe}, run dir {run_dir}")
@@ -85,7 +86,7 @@ def _metrics(folder: Path) -> dict:
 
 
 def demo(
-    run_dir: Path = typer.Option(DEFAULT_RUN_DIR, "--run-dir", help="where the run goes (a second demo in it only re-runs what changed)"),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="where the run goes (default runs/demo, with --quick runs/demo-quick); a second demo in it only re-runs what changed"),
     quick: bool = typer.Option(False, "--quick", help="a much smaller budget (minutes): every stage runs and learns, numbers are rougher"),
     sets: list[str] = typer.Option([], "--set", help="override one setting, e.g. --set distill.epochs=5 (repeatable)"),
 ) -> None:
@@ -96,6 +97,8 @@ def demo(
     # tiny models on a shared CPU: OpenMP spin-waiting makes small ops many times slower
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     start = time.monotonic()
+    # quick and full runs in one folder would keep re-running each other's stages
+    run_dir = run_dir if run_dir is not None else Path("runs") / RECIPES[quick]
     result = run_demo(run_dir, quick=quick, sets=tuple(sets))
     typer.echo("")
     typer.echo(result["results"].rstrip())
