@@ -18,11 +18,15 @@ from kdpipe.world.classes import COLOURS, NUM_CLASSES, SHAPES, WORLD_CLASSES
 from kdpipe.world.shapes import SHAPE_FNS
 
 # Bump whenever the pixels for a given (labels, seed) change: it keys datasets and pretrain caches.
-RENDER_VERSION = 1
+RENDER_VERSION = 2
 IMAGE_SIZE = 32
 MAX_ROTATION_DEG = 20.0  # more would turn a square into a diamond
-SCALE_RANGE = (0.36, 0.68)  # shape radius as a fraction of the half-width of the image
-POSITION_RANGE = 1.0  # fraction of the room left by the shape over which its centre may move
+# Shape radius as a fraction of the image's half-width, and the fraction of the room left around
+# the shape over which its centre may wander. Measured on world-b (300 steps, batch 128): smaller
+# shapes anywhere in the frame (0.36-0.68, 1.0) reached 24% clean zero-shot where these reach 87%;
+# a from-scratch ViT with 8-pixel patches learns shape slowly when shapes span only 2x2 patches.
+SCALE_RANGE = (0.5, 0.85)
+POSITION_RANGE = 0.5
 _CHUNK = 1024  # images per vectorised pass: bounds memory to ~[1024, 64, 64] float32 grids
 
 _COLOUR_RGB = np.array([COLOURS[c.colour] for c in WORLD_CLASSES], dtype=np.float32)  # [64, 3]
