@@ -130,3 +130,15 @@ def test_bad_per_class_is_one_clear_error(tmp_path):
         write_world_dataset(tmp_path, per_class={"tset": 5})
     with pytest.raises(KdpipeError, match="at least 1"):
         write_world_dataset(tmp_path, per_class=0)
+
+
+def test_dataset_loads_through_the_world_loader_with_base_novel_halves(tmp_path):
+    from kdpipe.data import load_dataset, subsample
+
+    write_world_dataset(tmp_path, seed=0, per_class={"train": 1, "val": 1, "test": 2})
+    splits = load_dataset("world", tmp_path)
+    assert list(splits.classnames) == list(CLASSNAMES)
+    assert len(splits.train) == 64 and len(splits.test) == 128
+    assert all(CLASSNAMES[item.label] == item.classname for item in splits.test)
+    assert list(subsample(splits, "base").classnames) == list(CLASSNAMES[:NUM_BASE])
+    assert list(subsample(splits, "novel").classnames) == list(CLASSNAMES[NUM_BASE:])
