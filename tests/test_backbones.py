@@ -100,3 +100,19 @@ def test_random_init_is_the_same_model_on_every_load():
     b = load_backbone("kd-tiny-s").model.state_dict()
     assert torch.equal(torch.rand(1), before)  # the caller's RNG stream is untouched
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_demo_world_checkpoint_loads_in_a_fresh_process(tmp_path):
+    # a saved world-b checkpoint must load without anyone importing kdpipe.world first
+    import subprocess
+    import sys
+
+    from kdpipe.clip.backbones import BUILTIN_CONFIG_DIRS
+
+    assert any((d / "world-b.json").is_file() for d in BUILTIN_CONFIG_DIRS)
+    path = tmp_path / "world-b.safetensors"
+    save_backbone(load_backbone("world-b").model, "world-b", path)
+    code = f"from kdpipe.clip import load_backbone; print(load_backbone({str(path)!r}).arch)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "world-b"

@@ -27,6 +27,9 @@ from torch import nn
 from kdpipe.errors import KdpipeError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+# Architectures that ship with kdpipe: the tiny test configs and the demo world's CLIPs. All are
+# registered before any spec is parsed, so a saved demo checkpoint loads in a fresh process.
+BUILTIN_CONFIG_DIRS = (CONFIG_DIR, Path(__file__).parent.parent / "world" / "configs")
 
 # friendly name -> (open_clip architecture, pretrained tag)
 FRIENDLY_NAMES: dict[str, tuple[str, str]] = {
@@ -50,10 +53,16 @@ def register_config_dir(path: str | Path) -> None:
         _registered_dirs.add(path)
 
 
+def register_builtin_configs() -> None:
+    for path in BUILTIN_CONFIG_DIRS:
+        if path.is_dir():
+            register_config_dir(path)
+
+
 def known_architectures() -> list[str]:
     import open_clip
 
-    register_config_dir(CONFIG_DIR)
+    register_builtin_configs()
     return open_clip.list_models()
 
 
@@ -219,7 +228,7 @@ def load_backbone(spec: str, device: str | torch.device = "cpu", cache_dir: str 
     """Load a CLIP for prompt learning: fp32 weights, eval mode, gradients off."""
     import open_clip
 
-    register_config_dir(CONFIG_DIR)
+    register_builtin_configs()
     arch, pretrained = parse_spec(spec)
     if arch.startswith(("hf-hub:", "local-dir:")):
         _check_schema_available(arch)
@@ -279,6 +288,6 @@ def model_config(arch: str) -> dict[str, Any] | None:
     """The open_clip JSON config of an architecture, if it is a registered name."""
     import open_clip
 
-    register_config_dir(CONFIG_DIR)
+    register_builtin_configs()
     cfg = open_clip.get_model_config(arch)
     return json.loads(json.dumps(cfg)) if cfg else None

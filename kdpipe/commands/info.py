@@ -10,13 +10,13 @@ def models() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from kdpipe.clip.backbones import CONFIG_DIR, FRIENDLY_NAMES, model_config
+    from kdpipe.clip.backbones import BUILTIN_CONFIG_DIRS, FRIENDLY_NAMES, model_config
 
     table = Table(title="backbones (any open_clip NAME:TAG, hf-hub:org/repo, local-dir:PATH or a checkpoint file also works)")
     for col in ("name", "open_clip", "weights", "embed", "vision width x layers", "text width x layers", "image"):
         table.add_column(col)
     rows = [(name, arch, tag) for name, (arch, tag) in FRIENDLY_NAMES.items()]
-    rows += [(p.stem, p.stem, "random init (tests)") for p in sorted(CONFIG_DIR.glob("*.json"))]
+    rows += [(p.stem, p.stem, "random init (tests, demo)") for d in BUILTIN_CONFIG_DIRS for p in sorted(d.glob("*.json"))]
     for name, arch, tag in rows:
         cfg = model_config(arch) or {}
         v, t = cfg.get("vision_cfg", {}), cfg.get("text_cfg", {})
