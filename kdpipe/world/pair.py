@@ -18,8 +18,6 @@ from kdpipe.world.pretrain import WORLD_ARCHS, PretrainConfig, PretrainResult, c
 
 
 def _child(arch: str, out_path: str, seed: int, budget, use_cache: bool, messages) -> None:
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-
     def report(step: int, total: int, logs: dict) -> None:
         if step == total or step % 5 == 0:
             messages.put(("step", arch, step, total, float(logs["loss"])))
@@ -83,8 +81,18 @@ def _run_parallel(archs: list[str], out_dir: Path, seed: int, budget, use_cache:
     bar, tasks = _bars(archs) if progress else (None, {})
     results: dict[str, PretrainResult] = {}
     try:
-        for p in procs.values():
-            p.start()
+        # children read OMP_WAIT_POLICY when torch loads, before any of our code runs in them:
+        # passive waiting keeps idle OpenMP threads from spinning on a shared machine
+        previous = os.environ.get("OMP_WAIT_POLICY")
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+        try:
+            for p in procs.values():
+                p.start()
+        finally:
+            if previous is None:
+                os.environ.pop("OMP_WAIT_POLICY", None)
+            else:
+                os.environ["OMP_WAIT_POLICY"] = previous
         while len(results) < len(archs):
             try:
                 msg = messages.get(timeout=1.0)
