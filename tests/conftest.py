@@ -6,9 +6,15 @@ HF_HUB_OFFLINE must be set before open_clip (and huggingface_hub) are imported.
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# One thread per process: the tests run tiny models, often beside DataLoader workers, subprocesses
+# or a second xdist worker, and OpenMP spin-waiting with 2 busy processes on 2 cores slowed small
+# ops up to ~25x (test_train.py: 325 s with the default threads vs 33 s with one, measured here).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
