@@ -26,7 +26,6 @@ register_world_configs()
 
 # after the configs are registered: these resolve world-b / world-l by name
 from kdpipe.world.pretrain import PRESETS, WORLD_ARCHS, PretrainConfig, PretrainResult, cached_pretrain, pretrain  # noqa: E402
-from kdpipe.world.pair import pretrain_world  # noqa: E402
 from kdpipe.world.zeroshot import WorldZeroShot, evaluate_world_zeroshot, harmonic_mean  # noqa: E402
 
 __all__ = [
@@ -40,7 +39,6 @@ __all__ = [
     "evaluate_world_zeroshot",
     "harmonic_mean",
     "pretrain",
-    "pretrain_world",
     "CLASSNAMES",
     "COLOURS",
     "DEFAULT_SHIFT",
