@@ -16,7 +16,6 @@ from typing import Any, Callable
 from kdpipe.errors import KdpipeError
 from kdpipe.stages.outputs import write_json
 
-BACKBONE_INIT_SEED = 0
 
 TRANSDUCTIVE_NOTE = (
     "the student was distilled on unlabeled train images of ALL classes, base and novel "
@@ -162,20 +161,10 @@ def worker_init(_worker_id: int) -> None:
 
 
 def load_backbone(spec: str, device="cpu"):
-    """``kdpipe.clip.load_backbone`` with random initialisation made reproducible.
-
-    Specs without weights (the tiny test configs) are initialised from the global RNG, so two
-    stages loading the same spec would otherwise get two different CLIPs: the teacher's prompts
-    would be trained on one and used on another. A fixed seed, on a forked RNG that leaves the
-    caller's state alone, makes every stage (and every process) build the same model.
-    """
-    import torch
-
+    """The stages' one way to load a backbone (random-init specs are reproducible there already)."""
     from kdpipe.clip import load_backbone as _load
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(BACKBONE_INIT_SEED)
-        return _load(spec, device=device)
+    return _load(spec, device=device)
 
 
 def resumed_step(ckpt_dir: str | Path) -> int:
