@@ -205,3 +205,17 @@ def test_distill_killed_and_resumed_matches_uninterrupted(pipeline, tmp_path, mo
         assert torch.equal(got[k], want[k]), k
     curve = lambda d: json.loads((d / "distill-seed1" / "curves.json").read_text())["curve"]  # noqa: E731
     assert curve(run_dir) == curve(pipeline.run_dir)
+
+
+def test_changing_the_crop_scale_retrains_what_it_augments(pipeline):
+    from typer.testing import CliRunner
+
+    from kdpipe.cli import app
+
+    args = ["status", "--run-dir", str(pipeline.run_dir), "--set", "data.crop_scale=[0.5,1.0]"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    lines = {line.split()[0]: line for line in result.output.splitlines() if line.strip()}
+    for name in ("teacher:promptsrc@seed1", "baseline:coop@seed2", "distill@seed1"):
+        assert "stale" in lines[name] and "data.crop_scale" in lines[name], lines[name]
+    assert lines["shards"].split()[1] == "done"  # the unlabeled shards are stored unaugmented

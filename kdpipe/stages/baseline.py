@@ -30,7 +30,7 @@ def _members(cfg) -> list[str]:
 
 @register_stage(
     "baseline",
-    reads=["data.shots", "data.mode", "student.backbone", "baselines.{member}"],
+    reads=["data.shots", "data.mode", "data.crop_scale", "student.backbone", "baselines.{member}"],
     outputs=["method.safetensors", "method.json"],
     expand=_members,
     seeded=True,

@@ -107,6 +107,16 @@ def load_splits(cfg, source: bool = False):
     return load_dataset(d.train_dataset if source else d.dataset, data_root(cfg))
 
 
+def train_transform(cfg, backbone):
+    """The training augmentation at ``backbone``'s resolution with ``data.crop_scale``."""
+    from kdpipe.data.transforms import transform_for
+
+    scale = tuple(cfg["data"].crop_scale)
+    if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+        raise KdpipeError(f"data.crop_scale must be two area fractions 0 < low <= high <= 1, got {list(scale)}")
+    return transform_for(backbone, True, scale=scale)
+
+
 def rank_world() -> tuple[int, int]:
     """(rank, world size) of this process: the process group's under torchrun, else (0, 1)."""
     import torch.distributed as dist

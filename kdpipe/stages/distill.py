@@ -139,7 +139,7 @@ def teacher_input(teacher_backbone, student_backbone) -> Callable | None:
 
 @register_stage(
     "distill",
-    reads=["student", "distill", "data.dataset"],
+    reads=["student", "distill", "data.dataset", "data.crop_scale"],
     deps=["teacher", "text-features", "shards", "teacher-cache"],
     outputs=[f"{STEM}.safetensors", f"{STEM}.json", CURVES],
     seeded=True,
@@ -182,7 +182,7 @@ def run(ctx) -> dict:
     step = DistillStep(student, cached if cached is not None else forward, tf.features, tf.logit_scale, d.temperature, d.kd_weight, device, amp=amp_ctx)
     probe = DistillStep(student, forward, tf.features, tf.logit_scale, d.temperature, d.kd_weight, device, amp=amp_ctx)
 
-    train_tf = build_transform(True, sb.dims.image_size, sb.mean, sb.std)
+    train_tf = common.train_transform(cfg, sb)
     test_tf = build_transform(False, sb.dims.image_size, sb.mean, sb.std)
     stream = ShardStream(
         shards["train"], train_tf, seed=seed, epoch=0, batch_size=d.batch_size, workers=d.workers,

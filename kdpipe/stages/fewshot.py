@@ -61,6 +61,7 @@ def train_fewshot(
             device=device,
             amp=cfg["run"].amp,
             workers=cfg["data"].workers,
+            transform=common.train_transform(cfg, backbone),
             checkpoint_every=checkpoint_every,
             progress=common.step_reporter(bar, epochs, lambda: min(bs, len(data.train))),
         )

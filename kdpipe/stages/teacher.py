@@ -40,7 +40,7 @@ def _member(cfg) -> list[str]:
 @register_stage(
     "teacher",
     reads=[
-        "data.shots", "data.mode",
+        "data.shots", "data.mode", "data.crop_scale",
         "teacher.backbone", "teacher.batch_size", "teacher.lr", "teacher.epochs", "teacher.{member}",
     ],
     outputs=["teacher.safetensors", "teacher.json"],

@@ -27,7 +27,6 @@ def _write_cache(ctx) -> dict:
     import torch
 
     from kdpipe.data.shards import ShardStream
-    from kdpipe.data.transforms import build_transform
     from kdpipe.distill import ForwardTeacher
     from kdpipe.distill.teacher_cache import FEATURES, KEYS
     from kdpipe.stages.distill import teacher_input
@@ -44,7 +43,7 @@ def _write_cache(ctx) -> dict:
     source = ForwardTeacher(teacher, amp=(lambda: autocast(device, amp)) if amp else None, adapt=teacher_input(teacher.backbone, sb))
     shards = read_shards_info(common.upstream(ctx, "shards"))
     # the student's train transform: the cache must hold exactly the views distill will train on
-    transform = build_transform(True, sb.dims.image_size, sb.mean, sb.std)
+    transform = common.train_transform(cfg, sb)
 
     ckpt = Path(ctx.ckpt_dir)
     with ctx.progress(views * shards["images"] if shards.get("images") else None, desc="teacher-cache", unit="image") as bar:
@@ -82,7 +81,7 @@ def _write_cache(ctx) -> dict:
 
 @register_stage(
     "teacher-cache",
-    reads=["distill.cache_views", "student.backbone"],
+    reads=["distill.cache_views", "student.backbone", "data.crop_scale"],
     deps=["teacher", "shards"],
     outputs=["features.safetensors", "keys.json"],
     seeded=True,
