@@ -23,6 +23,22 @@ def test_zero_prompts_reproduce_open_clip_vit_b_16_random_init():
     _check_zero_prompt_equivalence(load_backbone("ViT-B-16"), batch=1)
 
 
+def test_trimmed_text_pass_matches_full_length(tiny_student):
+    # positions after EOT cannot reach the EOT feature under the causal mask: trimming them keeps
+    # prompted text features (context, deep prompts, names of different lengths) the same
+    clip = FrozenCLIP(tiny_student.model)
+    w = tiny_student.dims.text_width
+    tokens = tiny_student.tokenizer(["X X X X red circle.", "X X X X dark green rounded square with stripes."])
+    emb = clip.text.embed(tokens)
+    emb = torch.cat([emb[:, :1], torch.randn(2, 4, w) * 0.02, emb[:, 5:]], dim=1)
+    deep = [torch.randn(4, w) * 0.02, torch.randn(2, 4, w) * 0.02]
+    with torch.no_grad():
+        full = clip.text(emb, tokens, deep, trim=False)
+        trimmed = clip.text(emb, tokens, deep)
+    assert int(tokens.argmax(-1).max()) + 1 < tokens.shape[1]  # there is padding to trim
+    torch.testing.assert_close(trimmed, full, rtol=1e-5, atol=1e-5)
+
+
 def test_prompts_get_gradients_clip_gets_none(tiny_student):
     clip = FrozenCLIP(tiny_student.model)
     w_v, w_t = tiny_student.dims.vision_width, tiny_student.dims.text_width

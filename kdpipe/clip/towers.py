@@ -100,6 +100,25 @@ class PromptedVision(nn.Module):
         return pooled
 
 
+def _causal_prefix(clip: nn.Module, tokens: torch.Tensor) -> int:
+    """Positions up to the last EOT of ``tokens`` when the text tower is causal and pools at EOT
+    (every CLIP-style open_clip model); the full length otherwise."""
+    pool = getattr(clip, "text_pool_type", "argmax")
+    if getattr(clip, "attn_mask", None) is None or pool not in ("argmax", "eos") or tokens.numel() == 0:
+        return tokens.shape[1]
+    if pool == "argmax":
+        eot = tokens.argmax(dim=-1)
+    else:
+        eot = (tokens == getattr(clip, "text_eos_id", None)).int().argmax(dim=-1)
+    return int(eot.max()) + 1
+
+
+def _prompts_end(deep_prompts: Sequence[torch.Tensor | None] | None, ctx_start: int) -> int:
+    """One past the last position a deep text prompt replaces."""
+    sizes = [p.shape[-2] for p in (deep_prompts or ()) if p is not None]
+    return ctx_start + max(sizes, default=0)
+
+
 class PromptedText(nn.Module):
     """``encode_text`` over caller-built token embeddings, with optional deep prompts."""
 
@@ -121,18 +140,28 @@ class PromptedText(nn.Module):
         tokens: torch.Tensor,
         deep_prompts: Sequence[torch.Tensor | None] | None = None,
         ctx_start: int = 1,
+        trim: bool = True,
     ) -> torch.Tensor:
-        """Text features at the EOT token of ``tokens`` (which fixes where EOT sits), projected."""
+        """Text features at the EOT token of ``tokens`` (which fixes where EOT sits), projected.
+
+        ``trim`` drops the positions after the last EOT (same features up to float rounding, much
+        faster); ``trim=False`` runs all ``context_length`` positions like ``encode_text``."""
         from open_clip.transformer import text_global_pool
 
         c = self.clip
-        x = embeddings + c.positional_embedding.to(self.dtype)
+        mask, pos = c.attn_mask, c.positional_embedding
+        length = _causal_prefix(c, tokens)
+        if trim and length < tokens.shape[1] and _prompts_end(deep_prompts, ctx_start) <= length:
+            # Under a causal mask nothing after EOT reaches the pooled EOT feature; dropping the
+            # padding makes every text pass cheaper (77 -> ~15 positions for ViT-B/16 class prompts)
+            embeddings, tokens, pos, mask = embeddings[:, :length], tokens[:, :length], pos[:length], mask[:length, :length]
+        x = embeddings + pos.to(self.dtype)
 
         def replace(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
             p = _expand(p, x.shape[0], x.dtype)
             return torch.cat([x[:, :ctx_start], p, x[:, ctx_start + p.shape[1] :]], dim=1)
 
-        x = _run_blocks(c.transformer, x, c.attn_mask, deep_prompts, replace)
+        x = _run_blocks(c.transformer, x, mask, deep_prompts, replace)
         x = c.ln_final(x)
         x = text_global_pool(x, tokens, c.text_pool_type, eos_token_id=getattr(c, "text_eos_id", None))
         if c.text_projection is not None:
@@ -140,8 +169,8 @@ class PromptedText(nn.Module):
         return x
 
     def encode(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Plain ``encode_text`` (no prompts) through the same path."""
-        return self(self.embed(tokens), tokens)
+        """Plain ``encode_text`` (no prompts) through the same path, bit for bit (untrimmed)."""
+        return self(self.embed(tokens), tokens, trim=False)
 
 
 class FrozenCLIP(nn.Module):
