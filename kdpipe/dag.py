@@ -213,6 +213,9 @@ class StageGraph:
         self.seed_key = seed_key
         self.seeds_key = seeds_key
         self.specs: dict[str, StageSpec] = {}
+        # (Python file or module, builder name): how worker processes rebuild a graph other than
+        # the global one for ``run_stages(jobs > 1)``; builder(StageGraph()) returns the graph
+        self.source: tuple[str, str] | None = None
 
     def stage(
         self,
@@ -832,6 +835,7 @@ def run_stages(
     graph: StageGraph | None = None,
     echo: Callable[[str], None] = _echo_stderr,
     on_locked: Callable[[], None] | None = None,
+    jobs: int = 1,
 ) -> RunReport:
     """Run what is missing or stale among ``target`` (and, with ``with_deps``, what it needs).
 
@@ -839,7 +843,11 @@ def run_stages(
     A dependency outside the selection that is not done stops the run with one line saying what
     to run. ``on_locked`` runs once the run-dir lock is held (the CLI saves its settings there).
     Under ``torchrun`` every rank calls this; rank 0 decides and the others follow (see _Ranks).
+    ``jobs`` > 1 runs stages whose inputs are ready side by side in worker processes (not under
+    torchrun, where the ranks already share the machine; see :mod:`kdpipe.dag_jobs`).
     """
+    if jobs < 1:
+        raise KdpipeError(f"jobs must be at least 1, got {jobs}")
     graph = graph if graph is not None else _pipeline()
     run_dir = Path(run_dir)
     ranks = _Ranks()
@@ -892,19 +900,26 @@ def run_stages(
         if on_locked is not None:
             on_locked()
 
+    def finished(name: str, metrics: dict[str, Any], wall: float) -> None:
+        head = _headline(plan.instances[name].spec, metrics)
+        if ranks.leader:
+            echo(f"done  {name} in {format_duration(wall)}{'  ' + head if head else ''}")
+        report.ran.append(name)
+        report.metrics[name] = metrics
+
     try:
         leader_step(take_lock)
-        for name in selected:
-            if not leader_step(lambda: decide(name))["run"]:
-                report.skipped.append(name)
-                continue
-            inst = plan.instances[name]
-            metrics, wall = _execute(plan, run_dir, inst, ranks)
-            head = _headline(inst.spec, metrics)
-            if ranks.leader:
-                echo(f"done  {name} in {format_duration(wall)}{'  ' + head if head else ''}")
-            report.ran.append(name)
-            report.metrics[name] = metrics
+        if jobs > 1 and ranks.world == 1:
+            from kdpipe.dag_jobs import run_parallel
+
+            run_parallel(plan, selected, jobs, graph, cfg, run_dir, decide, finished,
+                         report.skipped.append)
+        else:
+            for name in selected:
+                if not leader_step(lambda: decide(name))["run"]:
+                    report.skipped.append(name)
+                    continue
+                finished(name, *_execute(plan, run_dir, plan.instances[name], ranks))
     finally:
         lock.__exit__(None, None, None)
     ranks.close()

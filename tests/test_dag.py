@@ -52,6 +52,19 @@ TOY_SOURCE = textwrap.dedent(
                 f.write(f"{ctx.name} {ctx.rank}/{ctx.world_size}\\n")
 
 
+    def barrier(ctx, group, members):
+        # TOY_BARRIER=dir: every member waits until all have started (proves they ran side by side)
+        where = os.environ.get("TOY_BARRIER")
+        if not where:
+            return
+        open(os.path.join(where, ctx.name), "w").close()
+        deadline = time.time() + 60
+        while not all(os.path.exists(os.path.join(where, f"{group}:{m}")) for m in members):
+            if time.time() > deadline:
+                raise KdpipeError(f"{ctx.name} ran alone")
+            time.sleep(0.05)
+
+
     def build(graph):
         schema = graph.schema
 
@@ -120,6 +133,7 @@ TOY_SOURCE = textwrap.dedent(
         @graph.stage("fam", reads=["toy.{member}", "toy.a"], deps=["prep"], expand=lambda cfg: cfg["toy"].methods,
                      outputs=["out.json"])
         def fam(ctx):
+            barrier(ctx, "fam", ctx.cfg["toy"].methods)
             write_json_atomic(ctx.dir / "out.json", {"member": ctx.member, "overrides": ctx.param("toy." + ctx.member)})
             return {"w": ctx.cfg.value("toy." + ctx.member + ".w")}
 
@@ -488,3 +502,43 @@ def test_runtime_settings_never_make_a_stage_stale(toy, tmp_path):
     assert "workers" not in json.loads((rd / "whole" / MANIFEST).read_text())["config"]["toy"]
     assert run(graph, rd, "toy.workers=8", target="whole").ran == []
     assert run(graph, rd, "toy.a=5", target="whole").ran == ["whole"]
+
+
+def _parallel_graph(toy):
+    graph = toy.build_expanded(StageGraph())
+    graph.source = (str(toy.src_dir / "toy_stages.py"), "build_expanded")
+    return graph
+
+
+def test_jobs_run_independent_stages_side_by_side(toy, tmp_path, monkeypatch):
+    graph = _parallel_graph(toy)
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    monkeypatch.setenv("TOY_BARRIER", str(barrier))  # fam:m1 and fam:m2 each wait for the other
+    report = run(graph, tmp_path / "par", "run.seeds=[1,2]", jobs=2)
+    assert sorted(report.ran) == sorted(s.name for s in stage_statuses(cfg_of(graph, "run.seeds=[1,2]"), tmp_path / "par", graph=graph))
+    monkeypatch.delenv("TOY_BARRIER")
+    assert run(graph, tmp_path / "par", "run.seeds=[1,2]").ran == []  # a sequential run finds it all done
+    run(graph, tmp_path / "seq", "run.seeds=[1,2]")
+    for name in ("agg/agg.json", "train/train.json", "fam-m2/out.json"):
+        assert (tmp_path / "par" / name).read_text() == (tmp_path / "seq" / name).read_text()
+
+
+def test_jobs_failure_keeps_the_other_stages_and_is_one_line(toy, tmp_path):
+    graph = _parallel_graph(toy)
+    with pytest.raises(KdpipeError, match="toy.fail is set") as e:
+        run(graph, tmp_path, "toy.fail=true", jobs=2)
+    assert "\n" not in str(e.value)
+    got = states(graph, tmp_path, "toy.fail=true")
+    assert got["train"].state == "failed" and got["report"].state == "missing"
+    # what ran beside train finished and is kept; nothing else is failed or half-written
+    others = {n: g.state for n, g in got.items() if n not in ("prep", "train", "report")}
+    assert got["prep"].state == "done" and "done" in others.values()
+    assert set(others.values()) <= {"done", "missing"}
+    report = run(graph, tmp_path, jobs=2)
+    assert set(report.ran) == {"train", "report"} | {n for n, s in others.items() if s == "missing"}
+
+
+def test_jobs_need_a_graph_workers_can_rebuild(toy, tmp_path):
+    with pytest.raises(KdpipeError, match="graph.source"):
+        run(toy.build(StageGraph()), tmp_path, jobs=2)

@@ -28,7 +28,7 @@ def demo_overrides(run_dir: Path) -> dict[str, str]:
     return {"data.root": str(run_dir / "data"), **world_backbone_specs(run_dir)}
 
 
-def run_demo(run_dir: Path, quick: bool = False, sets: tuple[str, ...] = (), echo=None) -> dict[str, Any]:
+def run_demo(run_dir: Path, quick: bool = False, sets: tuple[str, ...] = (), echo=None, jobs: int = 1) -> dict[str, Any]:
     """Render, run every stage and return ``{"report": folder, "results": markdown, "targets": [...]}``."""
     from kdpipe.config import parse_set, resolve_config
     from kdpipe.dag import GRAPH, run_stages, write_run_settings
@@ -45,7 +45,7 @@ def run_demo(run_dir: Path, quick: bool = False, sets: tuple[str, ...] = (), ech
     say(f"demo: recipe {recipe}, run dir {run_dir}")
     prepare_world_data(cfg, progress=True)
     report = run_stages(cfg, run_dir, target="all", graph=GRAPH, echo=say,
-                        on_locked=lambda: write_run_settings(run_dir, recipe, overrides))
+                        on_locked=lambda: write_run_settings(run_dir, recipe, overrides), jobs=jobs)
     report_dir = Path(run_dir) / "report"
     return {
         "report": report_dir,
@@ -89,6 +89,7 @@ def demo(
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="where the run goes (default runs/demo, with --quick runs/demo-quick); a second demo in it only re-runs what changed"),
     quick: bool = typer.Option(False, "--quick", help="a much smaller budget (minutes): every stage runs and learns, numbers are rougher"),
     sets: list[str] = typer.Option([], "--set", help="override one setting, e.g. --set distill.epochs=5 (repeatable)"),
+    jobs: int = typer.Option(min(2, os.cpu_count() or 1), "--jobs", "-j", min=1, help="stages side by side in this many single-threaded worker processes (default: 2 on 2+ cores)"),
 ) -> None:
     """Run the whole pipeline on the demo world (rendered shapes, tiny CLIPs pretrained here), offline on a CPU.
 
@@ -99,7 +100,7 @@ def demo(
     start = time.monotonic()
     # quick and full runs in one folder would keep re-running each other's stages
     run_dir = run_dir if run_dir is not None else Path("runs") / RECIPES[quick]
-    result = run_demo(run_dir, quick=quick, sets=tuple(sets))
+    result = run_demo(run_dir, quick=quick, sets=tuple(sets), jobs=jobs)
     typer.echo("")
     typer.echo(result["results"].rstrip())
     typer.echo("")

@@ -29,6 +29,7 @@ _data_root = typer.Option(None, "--data-root", help="folder holding the dataset 
 _seed = typer.Option(None, "--seed", help="random seed (run.seed)")
 _seeds = typer.Option(None, "--seeds", help="several seeds, e.g. 1,2,3 (run.seeds): seeded stages run once per seed")
 _sets = typer.Option([], "--set", help=SET_HELP)
+_jobs = typer.Option(1, "--jobs", "-j", min=1, help="stages run side by side in this many worker processes once their inputs are ready (2 suits a 2-core CPU: the baselines train while the teacher and student do)")
 
 
 def _settings(run_dir_opt: Optional[Path], recipe: Optional[str], sets: list[str], shortcuts: dict[str, Any]):
@@ -81,6 +82,7 @@ def run(
     seed: Optional[str] = _seed,
     seeds: Optional[str] = _seeds,
     sets: list[str] = _sets,
+    jobs: int = _jobs,
 ) -> None:
     """Run what is missing or stale, in order; finished stages are skipped, an interrupted one resumes.
 
@@ -96,7 +98,7 @@ def run(
     try:
         report = run_stages(
             cfg, rd, target=target, with_deps=with_deps, force=force, graph=GRAPH,
-            on_locked=lambda: write_run_settings(rd, rec, overrides),
+            on_locked=lambda: write_run_settings(rd, rec, overrides), jobs=jobs,
         )
     except KeyboardInterrupt:
         # typer turns Ctrl-C into a silent exit 130; say what was kept and how to go on

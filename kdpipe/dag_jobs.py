@@ -1,0 +1,147 @@
+"""Independent stages side by side: ``kdpipe run --jobs N``.
+
+The runner process keeps the lock and every decision (skip or run, preparing the folder); each
+stage that runs goes to one of N spawned worker processes as soon as everything it needs has
+finished, and writes its outputs and manifest there exactly as in a sequential run. On a small CPU
+machine, N single-threaded processes do more work than one process with N threads (tiny models
+spend much of their time in OpenMP spin-waits), so each worker gets ``cores / N`` threads.
+
+The first failure stops new stages from starting; those already running finish (their work is
+kept), then the failure is raised as one line, as a sequential run would.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from kdpipe.errors import KdpipeError
+
+if TYPE_CHECKING:
+    from kdpipe.config import Config
+    from kdpipe.dag import Plan, StageGraph
+
+
+def worker_threads(jobs: int) -> int:
+    return max(1, (os.cpu_count() or 1) // max(1, jobs))
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    # several processes drawing live bars on one terminal garble each other: plain lines instead
+    os.environ["KDPIPE_PROGRESS"] = "plain"
+
+
+def graph_source(graph: "StageGraph") -> tuple[str, str] | None:
+    """How a worker rebuilds ``graph``: None for the global pipeline, else its ``source`` (a Python
+    file or module and the name of a builder taking an empty StageGraph); KdpipeError when unknown."""
+    from kdpipe.dag import GRAPH
+
+    if graph is GRAPH:
+        return None
+    source = getattr(graph, "source", None)
+    if source is None:
+        raise KdpipeError("jobs > 1 needs a stage graph that worker processes can rebuild: set graph.source = (file or module, builder name)")
+    return source
+
+
+def _load_graph(source: tuple[str, str] | None) -> "StageGraph":
+    import importlib
+    import importlib.util
+
+    from kdpipe.dag import StageGraph, _pipeline
+
+    if source is None:
+        return _pipeline()
+    where, builder = source
+    if where.endswith(".py"):
+        spec = importlib.util.spec_from_file_location(f"kdpipe_stage_graph_{abs(hash(where))}", where)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(where)
+    return getattr(module, builder)(StageGraph())
+
+
+def _execute_in_worker(source: tuple[str, str] | None, settings: dict[str, Any], run_dir: str, name: str) -> dict[str, Any]:
+    """Run one prepared stage in this worker; errors come back as data (exceptions may not pickle).
+
+    The config travels as its flat JSON values (section classes may not pickle) and is rebuilt
+    against the worker's own copy of the graph."""
+    from kdpipe.config import resolve_config
+    from kdpipe.dag import _execute, _Ranks
+
+    graph = _load_graph(source)
+    cfg = resolve_config(None, [(k, v, "the runner") for k, v in settings.items()], schema=graph.schema)
+    plan = graph.plan(cfg)
+    try:
+        metrics, wall = _execute(plan, Path(run_dir), plan.instances[name], _Ranks())
+    except KdpipeError as e:
+        return {"error": str(e)}
+    except Exception as e:  # the stage log holds the traceback; failed.json the reason
+        return {"error": f"stage {name} failed: {type(e).__name__}: {e}"}
+    return {"metrics": metrics, "wall": wall}
+
+
+def run_parallel(
+    plan: "Plan",
+    selected: list[str],
+    jobs: int,
+    graph: "StageGraph",
+    cfg: "Config",
+    run_dir: Path,
+    decide: Callable[[str], dict[str, Any]],
+    finished: Callable[[str, dict[str, Any], float], None],
+    skipped: Callable[[str], None],
+) -> None:
+    """Run ``selected`` (in dependency order) on ``jobs`` workers."""
+    import multiprocessing as mp
+
+    source, settings = graph_source(graph), cfg.flat()
+
+    pending = list(selected)
+    settled: set[str] = set()  # done in this run or skipped
+    running: dict[Any, str] = {}
+    error: str | None = None
+
+    def ready(name: str) -> bool:
+        return all(d in settled for d in plan.instances[name].deps if d in selected)
+
+    context = mp.get_context("spawn")  # a fresh interpreter: no forked torch thread pools
+    pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker, initargs=(worker_threads(jobs),))
+    try:
+        while pending or running:
+            started = True
+            while error is None and started and len(running) < jobs:
+                started = False
+                for name in [n for n in pending if ready(n)]:
+                    if len(running) >= jobs:
+                        break
+                    pending.remove(name)
+                    started = True
+                    if not decide(name)["run"]:
+                        settled.add(name)
+                        skipped(name)
+                        break  # its dependents may be ready now: look again from the start
+                    running[pool.submit(_execute_in_worker, source, settings, str(run_dir), name)] = name
+            if not running:
+                break  # nothing left that can start (after an error, or a dependency that failed)
+            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for future in done:
+                name = running.pop(future)
+                result = future.result()
+                if "error" in result:
+                    error = error or result["error"]
+                    continue
+                settled.add(name)
+                finished(name, result["metrics"], result["wall"])
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    if error is not None:
+        raise KdpipeError(error)
