@@ -65,5 +65,48 @@ def index(
         _write_json_atomic(json_out, res)
 
 
+@bench_app.command("text")
+def text(
+    backbone: str = typer.Option("ViT-B-16", help="backbone spec (random init when no weights are given: the timing is the same)"),
+    classnames: Optional[Path] = typer.Option(None, "--classnames", help="a text file, one class name per line (default: the demo world's 64)"),
+    repeats: int = typer.Option(5, help="timed passes per measurement (after one warm-up)"),
+    device: str = typer.Option("cpu", help="cpu, cuda or auto"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the numbers here"),
+) -> None:
+    """Prompted text passes ("X X X X {class}.") trimmed at the last EOT vs the full context length."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from kdpipe.clip import load_backbone
+    from kdpipe.clip.text_bench import bench_text_trim
+    from kdpipe.errors import KdpipeError
+    from kdpipe.train.device import pick_device
+    from kdpipe.world.classes import CLASSNAMES
+
+    if classnames is not None:
+        try:
+            names = [line.strip() for line in classnames.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except OSError as e:
+            raise KdpipeError(f"--classnames {classnames}: cannot read it ({e.strerror or e})") from None
+        if not names:
+            raise KdpipeError(f"--classnames {classnames}: no class names in it (one per line)")
+    else:
+        names = list(CLASSNAMES)
+    res = bench_text_trim(load_backbone(backbone, device=str(pick_device(device))), names, repeats)
+    t = Table(title=f"{backbone}: {res['prompts']} prompts, {res['context_length']} -> {res['trimmed_length']} positions, "
+                    f"{res['device']}, torch threads {res['torch_threads']}, max |diff| {res['max_abs_diff']:.1e}")
+    for col in ("pass", "full ms", "trimmed ms", "speed-up"):
+        t.add_column(col)
+    for name in ("forward", "train_step"):
+        r = res[name]
+        t.add_row(name.replace("_", " "), f"{r['full_ms']:.1f}", f"{r['trimmed_ms']:.1f}", f"{r['speedup']:.2f}x")
+    Console().print(t)
+    if json_out:
+        from kdpipe.infer.writers import _write_json_atomic
+
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        _write_json_atomic(json_out, res)
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(bench_app, name="bench")

@@ -1,0 +1,24 @@
+from typer.testing import CliRunner
+
+from kdpipe.cli import app
+from kdpipe.clip.text_bench import bench_text_trim
+
+
+def test_text_bench_compares_the_same_prompts_trimmed_and_full(tiny_student):
+    res = bench_text_trim(tiny_student, ["red circle", "dark green rounded square"], repeats=1)
+    assert res["trimmed_length"] < res["context_length"]
+    assert res["max_abs_diff"] < 1e-4  # same features, only fewer positions
+    for name in ("forward", "train_step"):
+        assert res[name]["full_ms"] > 0 and res[name]["trimmed_ms"] > 0
+
+
+def test_text_bench_command_reads_class_names_and_refuses_an_empty_file(tmp_path):
+    names = tmp_path / "names.txt"
+    names.write_text("red circle\nblue star\n")
+    out = tmp_path / "res.json"
+    result = CliRunner().invoke(app, ["bench", "text", "--backbone", "kd-tiny-s", "--classnames", str(names), "--repeats", "1", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert '"prompts": 2' in out.read_text()
+    names.write_text("\n")
+    result = CliRunner().invoke(app, ["bench", "text", "--backbone", "kd-tiny-s", "--classnames", str(names)])
+    assert result.exit_code != 0 and "no class names" in str(result.exception)
