@@ -87,6 +87,20 @@ def _execute_in_worker(source: tuple[str, str] | None, settings: dict[str, Any],
     return {"metrics": metrics, "wall": wall}
 
 
+def chain_lengths(plan: "Plan", selected: list[str]) -> dict[str, int]:
+    """Stages on the longest path from each stage to the end of the selection, itself included."""
+    chosen = set(selected)
+    below: dict[str, list[str]] = {n: [] for n in selected}
+    for name in selected:
+        for dep in plan.instances[name].deps:
+            if dep in chosen:
+                below[dep].append(name)
+    length: dict[str, int] = {}
+    for name in reversed(selected):  # dependency order reversed: dependents come first
+        length[name] = 1 + max((length[d] for d in below[name]), default=0)
+    return length
+
+
 def run_parallel(
     plan: "Plan",
     selected: list[str],
@@ -111,6 +125,10 @@ def run_parallel(
     def ready(name: str) -> bool:
         return all(d in settled for d in plan.instances[name].deps if d in selected)
 
+    # Longest chain first: the teacher (teacher -> text-features -> distill -> evaluate) must not
+    # wait behind baselines that only feed evaluate.
+    chain = chain_lengths(plan, selected)
+
     context = mp.get_context("spawn")  # a fresh interpreter: no forked torch thread pools
     pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker, initargs=(worker_threads(jobs),))
     try:
@@ -118,7 +136,7 @@ def run_parallel(
             started = True
             while error is None and started and len(running) < jobs:
                 started = False
-                for name in [n for n in pending if ready(n)]:
+                for name in sorted((n for n in pending if ready(n)), key=lambda n: -chain[n]):
                     if len(running) >= jobs:
                         break
                     pending.remove(name)

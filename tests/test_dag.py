@@ -542,3 +542,14 @@ def test_jobs_failure_keeps_the_other_stages_and_is_one_line(toy, tmp_path):
 def test_jobs_need_a_graph_workers_can_rebuild(toy, tmp_path):
     with pytest.raises(KdpipeError, match="graph.source"):
         run(toy.build(StageGraph()), tmp_path, jobs=2)
+
+
+def test_jobs_start_the_longest_chain_first(toy):
+    from kdpipe.dag_jobs import chain_lengths
+
+    graph = toy.build_expanded(StageGraph())
+    plan = graph.plan(cfg_of(graph))
+    chain = chain_lengths(plan, plan.select("all"))
+    # stages from each one to the end of its longest chain: prep -> train -> report, fam -> agg, sd -> sd2
+    assert chain["prep"] == 3 and chain["train"] == 2 and chain["report"] == 1
+    assert chain["fam:m1"] == 2 and chain["sd"] == 2 and chain["sd2"] == 1
