@@ -46,6 +46,7 @@ def write(
     classnames: Optional[Path] = typer.Option(None, "--classnames", help="file mapping labels to class names (custom sources)"),
     workers: int = typer.Option(0, "--workers", help="encoding threads (0: up to 8, one per core)"),
     strict: bool = typer.Option(False, "--strict", help="stop at the first unreadable image instead of skipping it"),
+    keep_order: bool = typer.Option(False, "--keep-order", help="store images in the source's order (default: shuffled with a fixed seed, so that a stream's shuffle buffer sees every class)"),
 ) -> None:
     """Pack images into webdataset shards: <key>.jpg/png, plus .cls labels and .json meta when known."""
     import json
@@ -59,6 +60,7 @@ def write(
             items, out_dir, per_shard=per_shard, max_side=max_side, keep_labels=not no_labels,
             classnames=names, workers=workers or None, strict=strict,
             progress=lambda n: bar.update(n, images=n), source_name=description,
+            shuffle_seed=None if keep_order else 0,
         )
     manifest = json.loads(manifest_path.read_text())
     typer.echo(

@@ -26,6 +26,7 @@ INFO = "shards.json"
 TRAIN_DIR = "unlabeled"
 HOLDOUT_DIR = "holdout"
 HOLDOUT_SEED = 20240601  # the slice is a property of the data, not of a training seed
+ORDER_SEED = 20240602  # the stored order, likewise (the stream reshuffles shards and a buffer per epoch)
 
 
 def _identity(cfg) -> Any:
@@ -114,7 +115,7 @@ def _write_shards(ctx) -> dict:
         held_idx = set(random.Random(HOLDOUT_SEED).sample(range(len(items)), n_hold))
         train = [it for i, it in enumerate(items) if i not in held_idx]
         held = [it for i, it in enumerate(items) if i in held_idx]
-        write_shards(train, ctx.dir / TRAIN_DIR, per_shard=s.per_shard, max_side=s.max_side, keep_labels=False)
+        write_shards(train, ctx.dir / TRAIN_DIR, per_shard=s.per_shard, max_side=s.max_side, keep_labels=False, shuffle_seed=ORDER_SEED)
         if held:
             write_shards(held, ctx.dir / HOLDOUT_DIR, per_shard=s.per_shard, max_side=s.max_side, keep_labels=False)
         info = {
@@ -136,6 +137,7 @@ def _write_shards(ctx) -> dict:
     "shards",
     reads=["shards.unlabeled", "shards.per_shard", "shards.max_side", "shards.holdout", "shards.holdout_fraction"],
     outputs=[INFO],
+    version=2,  # 2: train images stored in a shuffled order (1: dataset order, class by class)
     identity=_identity,
     headline="images",
     description="pack the unlabeled images into webdataset shards (or take the user's)",

@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import random
 import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -159,21 +160,26 @@ def write_shards(
     strict: bool = False,
     progress: Callable[[int], None] | None = None,
     source_name: str = "",
+    shuffle_seed: int | None = None,
 ) -> Path:
     """Write the images as shards of ``per_shard`` samples into ``out_dir``; returns the manifest path.
 
     ``max_side`` caps the shorter side (aspect kept; 0 keeps sizes). Labels (``.cls``) and class
     names (in ``.json`` and the manifest) are stored when the source has them and ``keep_labels``.
     Unreadable images are skipped and listed in the manifest (``strict=True``: KdpipeError).
-    ``progress(n)`` is called as images are done.
+    ``progress(n)`` is called as images are done. ``shuffle_seed`` stores the images in an order
+    shuffled with that seed: a stream can only shuffle within its buffer, so shards written in
+    class order would give batches of a few classes (biased gradients and BatchNorm statistics).
     """
     if per_shard < 1:
         raise KdpipeError(f"per_shard must be at least 1, got {per_shard}")
     entries = _entries(source_items_or_paths, keep_labels)
     if not entries:
         raise KdpipeError("nothing to write: the source has no images")
+    if shuffle_seed is not None:
+        random.Random(shuffle_seed).shuffle(entries)
     labelled = any(e.label is not None for e in entries)
-    settings = {"format": FORMAT, "per_shard": per_shard, "max_side": max_side, "labels": labelled}
+    settings = {"format": FORMAT, "per_shard": per_shard, "max_side": max_side, "labels": labelled, "shuffle_seed": shuffle_seed}
     fingerprint = _fingerprint(entries, settings)
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
