@@ -9,13 +9,13 @@ prompts in one run, forward alone and forward + backward, and checks that the fe
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import torch
 
 from kdpipe.clip.backbones import Backbone
 from kdpipe.clip.towers import FrozenCLIP
+from kdpipe.timing import per_call_ms
 
 N_CTX = 4
 
@@ -24,18 +24,6 @@ def _prompt_inputs(backbone: Backbone, clip: FrozenCLIP, classnames: list[str]) 
     tokens = backbone.tokenizer([" ".join(["X"] * N_CTX) + f" {c}." for c in classnames]).to(clip.logit_scale.device)
     with torch.no_grad():
         return clip.text.embed(tokens), tokens
-
-
-def _per_call_ms(fn, repeats: int, device: torch.device) -> float:
-    fn()  # warm-up
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return 1000 * (time.perf_counter() - start) / repeats
 
 
 def bench_text_trim(backbone: Backbone, classnames: list[str], repeats: int = 5) -> dict[str, Any]:
@@ -67,7 +55,7 @@ def bench_text_trim(backbone: Backbone, classnames: list[str], repeats: int = 5)
         "device": str(device),
     }
     for name, fn in (("forward", forward), ("train_step", train_step)):
-        full_ms = _per_call_ms(lambda: fn(False), repeats, device)
-        trim_ms = _per_call_ms(lambda: fn(True), repeats, device)
+        full_ms = per_call_ms(lambda: fn(False), device, repeats)
+        trim_ms = per_call_ms(lambda: fn(True), device, repeats)
         out[name] = {"full_ms": full_ms, "trimmed_ms": trim_ms, "speedup": full_ms / trim_ms}
     return out

@@ -15,6 +15,14 @@ bench_app = typer.Typer(help="Benchmarks: each prints ratios against a plain bas
                         no_args_is_help=True)
 
 
+def _write_json_out(path: Optional[Path], res: dict) -> None:
+    if path:
+        from kdpipe.infer.writers import _write_json_atomic
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_json_atomic(path, res)
+
+
 @bench_app.command("index")
 def index(
     classes: str = typer.Option("1000,20000", help="class counts for flat search, comma-separated"),
@@ -58,11 +66,7 @@ def index(
             t.add_row(r["kind"], f"{r['build_s']:.2f}", f"{r['search_ms']:.2f}", f"{r['flat_ms']:.2f}",
                       f"{r['speedup_vs_flat']:.2f}x", f"{r['recall1']:.3f}", f"{r['recall_k']:.3f}")
         console.print(t)
-    if json_out:
-        from kdpipe.infer.writers import _write_json_atomic
-
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        _write_json_atomic(json_out, res)
+    _write_json_out(json_out, res)
 
 
 @bench_app.command("text")
@@ -101,11 +105,7 @@ def text(
         r = res[name]
         t.add_row(name.replace("_", " "), f"{r['full_ms']:.1f}", f"{r['trimmed_ms']:.1f}", f"{r['speedup']:.2f}x")
     Console().print(t)
-    if json_out:
-        from kdpipe.infer.writers import _write_json_atomic
-
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        _write_json_atomic(json_out, res)
+    _write_json_out(json_out, res)
 
 
 def register(app: typer.Typer) -> None:

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from kdpipe.infer.index import TIE_MARGIN, ClassIndex, faiss_module
+from kdpipe.timing import per_call_ms
 
 
 @dataclass
@@ -58,18 +59,6 @@ def _queries(feats: torch.Tensor, batch: int, noise: float, seed: int) -> torch.
     return F.normalize(feats[labels] + noise * F.normalize(torch.randn(batch, feats.shape[1], generator=g), dim=-1), dim=-1)
 
 
-def _per_call_ms(fn, device: torch.device, repeats: int) -> float:
-    fn()  # warm-up: thread pools, allocations
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return (time.perf_counter() - t) / repeats * 1000
-
-
 def random_classes(n: int, dim: int, seed: int, family: int = 20) -> torch.Tensor:
     """Unit rows in families of ~``family`` related classes (like breeds of one animal), so a
     query's runner-up classes are real neighbours and recall@k measures something."""
@@ -84,7 +73,7 @@ def bench_flat(classes: int, dim: int, batch: int, k: int = 5, repeats: int = 5,
     q = _queries(feats, batch, noise=1.0, seed=seed + 1)
     index = ClassIndex.build(feats, kind="flat", device=device)
     n = min(k + TIE_MARGIN, classes)
-    times = {b: _per_call_ms(lambda b=b: index._candidates(b, q, n), index.device, repeats) for b in index.flat_backends()}
+    times = {b: per_call_ms(lambda b=b: index._candidates(b, q, n), index.device, repeats) for b in index.flat_backends()}
     index.force_flat_backend(None)
     index.search(q, k)  # lets ClassIndex measure and pick, as it would in classify
     picked = index.backend_used
@@ -109,8 +98,8 @@ def bench_approx(kind: str, classes: int, dim: int, batch: int, k: int = 5, repe
     hits = sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(ids, exact_ids))
     return ApproxResult(
         kind, classes, dim, batch, build_s,
-        search_ms=_per_call_ms(lambda: approx.search(q, k), approx.device, repeats),
-        flat_ms=_per_call_ms(lambda: flat.search(q, k), flat.device, repeats),
+        search_ms=per_call_ms(lambda: approx.search(q, k), approx.device, repeats),
+        flat_ms=per_call_ms(lambda: flat.search(q, k), flat.device, repeats),
         recall1=recall1, recall_k=hits / exact_ids.numel(), k=k,
     )
 
