@@ -99,8 +99,11 @@ def test_ctrl_c_keeps_finished_stages_and_resumes(tmp_path):
     stages = tmp_path / "toy_cli_build.py"
     stages.write_text(TOY_SOURCE + "\nfrom kdpipe.dag import GRAPH\n\nbuild(GRAPH)\n")
     env = dict(os.environ, KDPIPE_STAGE_MODULES=str(stages), CI="true", TOY_SLEEP="0.3")
+    # a user's Ctrl-C: the child must not inherit an ignored SIGINT (a job started with `&` from a
+    # script ignores it, and so would every process it starts)
     proc = subprocess.Popen([sys.executable, "-m", "kdpipe", "run", "all", "--recipe", "toy.toml", "--run-dir", str(rd)],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     state_file = rd / "train" / "ckpt" / "state.json"
     deadline = time.monotonic() + 120  # generous: the machine is shared; this is not a timing assertion
     while time.monotonic() < deadline and proc.poll() is None:
