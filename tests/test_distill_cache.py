@@ -21,7 +21,8 @@ def test_distill_reads_cached_teacher_features(tmp_path):
     from kdpipe.data.transforms import build_transform
     from kdpipe.distill import ForwardTeacher
     from kdpipe.distill.step import DistillStep
-    from kdpipe.stages.common import load_backbone, load_method
+    from kdpipe.clip import load_backbone
+    from kdpipe.stages.common import load_method
     from kdpipe.stages.outputs import read_tensors
 
     root = make_fake_pets(tmp_path / "data")

@@ -170,13 +170,6 @@ def worker_init(_worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
-def load_backbone(spec: str, device="cpu"):
-    """The stages' one way to load a backbone (random-init specs are reproducible there already)."""
-    from kdpipe.clip import load_backbone as _load
-
-    return _load(spec, device=device)
-
-
 def resumed_step(ckpt_dir: str | Path) -> int:
     """Optimizer steps already done according to the training loop's last checkpoint (0: none)."""
     import json
@@ -212,6 +205,7 @@ def load_method(path_stem: str | Path, device="cpu", backbone=None, dataset: str
     ``dataset`` replaces the dataset it was trained on where the method uses it for scoring (the
     hand templates of zero-shot CLIP), for evaluation on another dataset; its settings are kept.
     """
+    from kdpipe.clip import load_backbone
     from kdpipe.methods import build_method, read_learned
 
     state, meta = read_learned(Path(path_stem).with_suffix(".safetensors"))

@@ -149,6 +149,7 @@ def teacher_input(teacher_backbone, student_backbone) -> Callable | None:
 def run(ctx) -> dict:
     import torch
 
+    from kdpipe.clip import load_backbone
     from kdpipe.data.shards import ShardStream
     from kdpipe.data.transforms import build_transform
     from kdpipe.distill import DistillStep, ForwardTeacher, measure_agreement
@@ -166,7 +167,7 @@ def run(ctx) -> dict:
 
     tf = load_text_features(features_path(common.upstream(ctx, "text-features")))
     teacher, tmeta = common.load_method(teacher_stem(common.upstream(ctx, "teacher")), device=device)
-    sb = common.load_backbone(cfg["student"].backbone, device=device)
+    sb = load_backbone(cfg["student"].backbone, device=device)
     torch.manual_seed(seed)  # the student's initial prompts and projector are part of the seeded result
     student = build_student(cfg, sb, tf.classnames, tf.features, cfg["data"].dataset).to(device)
     student.set_class_features(tf.features.to(device))

@@ -90,6 +90,7 @@ def collect_logits(scorers: list[Scorer], items, batch_size: int, workers: int, 
 
 
 def _evaluate(ctx) -> dict:
+    from kdpipe.clip import load_backbone
     from kdpipe.eval.metrics import MetricRow, split_accuracy
     from kdpipe.stages.baseline import baseline_stem
     from kdpipe.stages.distill import student_stem
@@ -109,7 +110,7 @@ def _evaluate(ctx) -> dict:
 
     teacher, tmeta = common.load_method(teacher_stem(common.upstream(ctx, "teacher")), device=device, dataset=splits.name)
     smeta = read_json(student_stem(common.upstream(ctx, "distill")).with_suffix(".json"))
-    student_bb = common.load_backbone(smeta["backbone"], device=device)
+    student_bb = load_backbone(smeta["backbone"], device=device)
     student, _ = common.load_method(student_stem(common.upstream(ctx, "distill")), device=device, backbone=student_bb)
     scorers = [method_scorer(teacher, "teacher", tf.classnames), student_scorer(student, tf.features)]
     order = list(cfg["baselines"].methods)

@@ -36,13 +36,14 @@ def train_fewshot(
     """Build, train and save one method; returns facts for the stage's metrics."""
     import torch
 
+    from kdpipe.clip import load_backbone
     from kdpipe.methods import build_method
     from kdpipe.train import train_method
 
     cfg = ctx.cfg
     device = common.device_of(cfg)
     data = train_splits(cfg, seed, common.fewshot_cache(ctx))
-    backbone = common.load_backbone(backbone_spec, device=device)
+    backbone = load_backbone(backbone_spec, device=device)
     torch.manual_seed(seed)  # prompt initialisation is part of the seeded result
     method = build_method(method_name, backbone, data.classnames, overrides=overrides, dataset=cfg["data"].train_dataset)
     method.to(device)

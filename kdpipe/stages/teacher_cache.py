@@ -26,6 +26,7 @@ def _view_files(ckpt_dir: Path, view: int) -> tuple[Path, Path]:
 def _write_cache(ctx) -> dict:
     import torch
 
+    from kdpipe.clip import load_backbone
     from kdpipe.data.shards import ShardStream
     from kdpipe.distill import ForwardTeacher
     from kdpipe.distill.teacher_cache import FEATURES, KEYS
@@ -38,7 +39,7 @@ def _write_cache(ctx) -> dict:
     views = cfg["distill"].cache_views
     device = common.device_of(cfg)
     teacher, _ = common.load_method(teacher_stem(common.upstream(ctx, "teacher")), device=device)
-    sb = common.load_backbone(cfg["student"].backbone, device=device)
+    sb = load_backbone(cfg["student"].backbone, device=device)
     amp = cfg["run"].amp
     source = ForwardTeacher(teacher, amp=(lambda: autocast(device, amp)) if amp else None, adapt=teacher_input(teacher.backbone, sb))
     shards = read_shards_info(common.upstream(ctx, "shards"))

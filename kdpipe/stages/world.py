@@ -188,6 +188,7 @@ def pretrain_world(ctx) -> dict[str, dict]:
 # ---- zero-shot on the downstream test split ---------------------------------------------------
 def downstream_zeroshot(ctx, checkpoints: dict[str, Path]) -> dict[str, dict]:
     """Each CLIP's hand-prompt zero-shot base / novel / HM on the shifted test split (percent)."""
+    from kdpipe.clip import load_backbone
     from kdpipe.eval.metrics import split_accuracy
     from kdpipe.methods import build_method
     from kdpipe.stages.evaluate import collect_logits, method_scorer
@@ -197,7 +198,7 @@ def downstream_zeroshot(ctx, checkpoints: dict[str, Path]) -> dict[str, dict]:
     splits = common.load_splits(cfg)
     scorers = []
     for arch, path in checkpoints.items():
-        method = build_method("zeroshot", common.load_backbone(str(path), device=device), splits.classnames, dataset=DATASET)
+        method = build_method("zeroshot", load_backbone(str(path), device=device), splits.classnames, dataset=DATASET)
         scorers.append(method_scorer(method.to(device).eval(), arch, splits.classnames))
     with ctx.progress(len(splits.test), desc="zero-shot on the shifted test split", unit="image") as bar:
         logits, labels = collect_logits(scorers, splits.test, 256, 0, device, False, progress=lambda n: bar.update(n, images=n))
@@ -215,9 +216,6 @@ def downstream_zeroshot(ctx, checkpoints: dict[str, Path]) -> dict[str, dict]:
     description="pretrain the demo world's tiny CLIPs (world-b student, world-l teacher)",
 )
 def run(ctx) -> dict[str, Any]:
-    from kdpipe.world import register_world_configs
-
-    register_world_configs()
     _check_data_matches(ctx.cfg)
     results = pretrain_world(ctx)
     zeroshot = downstream_zeroshot(ctx, {a: ctx.dir / f"{a}.safetensors" for a in ARCHS})

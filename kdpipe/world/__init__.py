@@ -13,13 +13,14 @@ from kdpipe.world.render import IMAGE_SIZE, RENDER_VERSION, render_batch, render
 from kdpipe.world.shift import DEFAULT_SHIFT, Shift, shift_images
 from kdpipe.world.cache import cache_root
 
-WORLD_CONFIG_DIR = Path(__file__).parent / "configs"
+WORLD_CONFIG_DIR = Path(__file__).parent / "configs"  # one of kdpipe.clip's built-in config dirs
 
 
 def register_world_configs() -> None:
-    from kdpipe.clip import register_config_dir
+    """Register world-b / world-l with open_clip (kdpipe.clip does so itself before any load)."""
+    from kdpipe.clip.backbones import register_builtin_configs
 
-    register_config_dir(WORLD_CONFIG_DIR)
+    register_builtin_configs()
 
 
 register_world_configs()
