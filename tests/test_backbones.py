@@ -6,17 +6,8 @@ import time
 import pytest
 import torch
 
-from kdpipe.clip import FRIENDLY_NAMES, load_backbone, parse_spec, save_backbone
+from kdpipe.clip import load_backbone, save_backbone
 from kdpipe.errors import KdpipeError
-
-
-def test_friendly_names_map_to_openai_weights():
-    assert parse_spec("vit-b-16") == ("ViT-B-16", "openai")
-    assert parse_spec("vit-l-14") == ("ViT-L-14", "openai")
-    assert set(FRIENDLY_NAMES) >= {"vit-b-16", "vit-b-32", "vit-l-14", "vit-l-14-336"}
-    # open_clip's own names stay random-init architectures, never silently the openai weights
-    assert parse_spec("ViT-B-16") == ("ViT-B-16", None)
-    assert parse_spec("ViT-B-16:laion2b_s34b_b88k") == ("ViT-B-16", "laion2b_s34b_b88k")
 
 
 def test_tiny_configs_registered(tiny_student, tiny_teacher):
@@ -43,7 +34,7 @@ def test_missing_weights_offline_fail_fast_with_one_line():
         load_backbone("vit-l-14")
     assert time.perf_counter() - t < 5
     msg = str(e.value)
-    assert "ViT-L-14:openai" in msg and "HF_HUB_OFFLINE" in msg and "\n" not in msg
+    assert "ViT-L-14-quickgelu:openai" in msg and "ViT-L-14-quickgelu:/path" in msg and "HF_HUB_OFFLINE" in msg and "\n" not in msg
 
 
 def test_missing_weights_cli_one_line_nonzero():
@@ -62,7 +53,7 @@ def test_missing_weights_cli_one_line_nonzero():
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert lines[-1].startswith("error: weights for ViT-B-16:openai not found")
+    assert lines[-1].startswith("error: weights for ViT-B-16-quickgelu:openai not found")
     assert "Traceback" not in proc.stderr
 
 

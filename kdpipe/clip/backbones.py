@@ -8,6 +8,11 @@ Specs, in the order they are tried:
   - ``PATH`` to a .safetensors file written by :func:`save_backbone` (it records its architecture);
   - ``NAME`` alone -> random init, as open_clip does (the tiny test/demo configs are used this way).
 
+Whatever the spelling, a pretrained tag builds the activation its weights were trained with
+(:mod:`kdpipe.clip.activation`): ``vit-b-16`` and ``ViT-B-16:openai`` build ``ViT-B-16-quickgelu``,
+and so does OpenAI's own TorchScript file given as ``ViT-B-16:/path/ViT-B-16.pt``. A plain state
+dict (``ARCH:PATH``) cannot say how it was trained: its architecture is taken as given.
+
 Weights are never fetched when ``HF_HUB_OFFLINE=1``: a missing checkpoint fails in well under a
 second with one line saying what was looked for and how to provide it, instead of open_clip's
 ~45 s of retries.
@@ -24,6 +29,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from kdpipe.clip.activation import activation_name, arch_for_openai_file, arch_for_tag, is_quick_gelu, strict_activation
+from kdpipe.clip.torchscript import is_torchscript_archive, load_torchscript_weights
 from kdpipe.errors import KdpipeError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -31,7 +38,7 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 # registered before any spec is parsed, so a saved demo checkpoint loads in a fresh process.
 BUILTIN_CONFIG_DIRS = (CONFIG_DIR, Path(__file__).parent.parent / "world" / "configs")
 
-# friendly name -> (open_clip architecture, pretrained tag)
+# friendly name -> (open_clip architecture, pretrained tag); the activation comes from the tag
 FRIENDLY_NAMES: dict[str, tuple[str, str]] = {
     "vit-b-16": ("ViT-B-16", "openai"),
     "vit-b-32": ("ViT-B-32", "openai"),
@@ -85,7 +92,7 @@ class Backbone:
     """A loaded CLIP with everything needed to feed it."""
 
     spec: str  # the spec the user gave, normalised (recorded in manifests and bundles)
-    arch: str  # open_clip architecture name (or hf-hub:/local-dir: identifier)
+    arch: str  # open_clip architecture name as built (``-quickgelu`` when the weights need it), or hf-hub:/local-dir:
     model: nn.Module  # open_clip CLIP, fp32, eval mode
     preprocess_train: Callable
     preprocess_test: Callable
@@ -95,7 +102,19 @@ class Backbone:
     std: tuple[float, float, float]
 
     def describe(self) -> dict[str, Any]:
-        return {"spec": self.spec, "arch": self.arch, **asdict(self.dims)}
+        return {"spec": self.spec, "arch": self.arch, "activation": self.activation, **asdict(self.dims)}
+
+    @property
+    def activation(self) -> str:
+        """``QuickGELU`` or ``GELU``, read from the built residual blocks."""
+        return built_activation(self.model)
+
+
+def built_activation(model: nn.Module) -> str:
+    from open_clip.transformer import QuickGELU
+
+    acts = {type(m).__name__ for m in model.modules() if isinstance(m, (QuickGELU, nn.GELU))}
+    return "QuickGELU" if acts == {"QuickGELU"} else ("GELU" if acts == {"GELU"} else "+".join(sorted(acts)) or "?")
 
 
 def read_dims(model: nn.Module) -> BackboneDims:
@@ -122,11 +141,11 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-def _missing_weights(what: str, looked: str) -> KdpipeError:
+def _missing_weights(what: str, looked: str, arch: str = "ARCH") -> KdpipeError:
     return KdpipeError(
         f"weights for {what} not found ({looked}) and HF_HUB_OFFLINE=1 forbids downloading; "
         "download them once on a machine online (they land in the Hugging Face cache, HF_HOME), "
-        "copy that cache here, or pass a local checkpoint as ARCH:/path/to/weights.(pt|safetensors)"
+        f"copy that cache here, or pass a local checkpoint as {arch}:/path/to/weights.(pt|safetensors)"
     )
 
 
@@ -139,7 +158,7 @@ def _check_tag_available(arch: str, tag: str, cache_dir: str | None) -> None:
         tags = open_clip.list_pretrained_tags_by_model(arch)
         raise KdpipeError(
             f"unknown pretrained tag {tag!r} for {arch}; known tags: {', '.join(tags) or 'none'} "
-            f"(or give a file: {arch}:/path/to/weights.pt)"
+            f"(or give a file: {arch}:/path/to/weights.pt; OpenAI weights: {_quick_name(arch)}:/path/to/weights.pt)"
         )
     if not _offline():
         return
@@ -153,12 +172,12 @@ def _check_tag_available(arch: str, tag: str, cache_dir: str | None) -> None:
             hit = try_to_load_from_cache(repo, name, cache_dir=cache_dir)
             if isinstance(hit, str):
                 return
-        raise _missing_weights(f"{arch}:{tag}", f"hf-hub {repo}, files {', '.join(filenames)}")
+        raise _missing_weights(f"{arch}:{tag}", f"hf-hub {repo}, files {', '.join(filenames)}", arch)
     url = cfg.get("url", "")
     if url:
         target = Path(cache_dir or Path.home() / ".cache" / "clip") / os.path.basename(url)
         if not target.is_file():
-            raise _missing_weights(f"{arch}:{tag}", str(target))
+            raise _missing_weights(f"{arch}:{tag}", str(target), arch)
 
 
 def _check_schema_available(spec: str) -> None:
@@ -180,7 +199,10 @@ def _arch_from_safetensors(path: Path) -> str:
         meta = f.metadata() or {}
     arch = meta.get(_ARCH_METADATA_KEY)
     if not arch:
-        raise KdpipeError(f"{path} does not record its architecture; give it as ARCH:{path} (e.g. ViT-B-16:{path})")
+        raise KdpipeError(
+            f"{path} does not record its architecture; give it as ARCH:{path} "
+            f"(OpenAI ViT-B/16 weights: ViT-B-16-quickgelu:{path})"
+        )
     return arch
 
 
@@ -190,13 +212,24 @@ def _name_seed(name: str) -> int:
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "little")
 
 
+def _quick_name(arch: str) -> str:
+    """The spelling to suggest for OpenAI weights: the QuickGELU sibling when there is one."""
+    return arch if is_quick_gelu(arch) or not is_quick_gelu(arch + "-quickgelu") else arch + "-quickgelu"
+
+
 def parse_spec(spec: str) -> tuple[str, str | None]:
-    """Split a spec into (open_clip model name, pretrained tag or file or None)."""
+    """Split a spec into (open_clip model name, pretrained tag or file or None).
+
+    With a pretrained tag the name is the architecture with the tag's activation
+    (``vit-b-16`` -> ``("ViT-B-16-quickgelu", "openai")``).
+    """
     spec = spec.strip()
     if not spec:
         raise KdpipeError("empty model spec")
     if spec in FRIENDLY_NAMES:  # case-sensitive: "ViT-B-16" is open_clip's random-init name
-        return FRIENDLY_NAMES[spec]
+        arch, tag = FRIENDLY_NAMES[spec]
+        register_builtin_configs()
+        return arch_for_tag(arch, tag), tag
     if spec.startswith(("hf-hub:", "local-dir:")):
         return spec, None
     path = Path(spec).expanduser()
@@ -204,7 +237,10 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
         if not path.is_file():
             raise KdpipeError(f"checkpoint file {path} does not exist")
         if path.suffix != ".safetensors":
-            raise KdpipeError(f"{path}: a .pt checkpoint does not record its architecture; give it as ARCH:{path}")
+            raise KdpipeError(
+                f"{path}: a .pt checkpoint does not record its architecture; give it as ARCH:{path} "
+                f"(OpenAI ViT-B/16 weights: ViT-B-16-quickgelu:{path})"
+            )
         return _arch_from_safetensors(path), str(path)
     arch, sep, pretrained = spec.partition(":")
     known = known_architectures()
@@ -214,7 +250,18 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
             f"open_clip architectures include: {', '.join(_closest(arch, known))} "
             "(or hf-hub:org/repo, local-dir:PATH, ARCH:TAG, ARCH:/path/to/weights)"
         )
-    return arch, (pretrained or None) if sep else None
+    pretrained = (pretrained or None) if sep else None
+    if pretrained is not None and not _looks_like_file(pretrained):
+        arch = arch_for_tag(arch, pretrained)
+    return arch, pretrained
+
+
+def _looks_like_file(pretrained: str) -> bool:
+    return (
+        "/" in pretrained
+        or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors"))
+        or Path(pretrained).expanduser().is_file()
+    )
 
 
 def _closest(name: str, options: list[str], n: int = 8) -> list[str]:
@@ -230,12 +277,15 @@ def load_backbone(spec: str, device: str | torch.device = "cpu", cache_dir: str 
 
     register_builtin_configs()
     arch, pretrained = parse_spec(spec)
+    torchscript = None  # OpenAI's own archive: built without weights, then filled from the archive
     if arch.startswith(("hf-hub:", "local-dir:")):
         _check_schema_available(arch)
     elif pretrained is not None:
         if Path(pretrained).expanduser().is_file():
             pretrained = str(Path(pretrained).expanduser())
-        elif "/" in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")):
+            if is_torchscript_archive(pretrained):
+                arch, torchscript, pretrained = arch_for_openai_file(arch, pretrained), pretrained, None
+        elif _looks_like_file(pretrained):
             raise KdpipeError(f"checkpoint file {pretrained} does not exist")
         else:
             _check_tag_available(arch, pretrained, cache_dir)
@@ -243,11 +293,13 @@ def load_backbone(spec: str, device: str | torch.device = "cpu", cache_dir: str 
         # Random init (an architecture without weights) must be the same model on every load, or a
         # stage that reloads the backbone (evaluate, classify) would not see the weights the
         # prompts were trained against. Seed it from the name, without touching the caller's RNG.
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), strict_activation(spec):
             torch.manual_seed(_name_seed(arch))
             model, preprocess_train, preprocess_test = open_clip.create_model_and_transforms(
                 arch, pretrained=pretrained, device=device, cache_dir=cache_dir
             )
+        if torchscript is not None:
+            load_torchscript_weights(model, torchscript)
     except KdpipeError:
         raise
     except (RuntimeError, FileNotFoundError, KeyError, ValueError, OSError) as e:
@@ -282,6 +334,14 @@ def save_backbone(model: nn.Module, arch: str, path: str | Path) -> Path:
     save_file(state, str(tmp), metadata={_ARCH_METADATA_KEY: arch})
     os.replace(tmp, path)
     return path
+
+
+def spec_activation(spec: str) -> str:
+    """The activation ``spec`` builds, from configs alone (no weights are read): QuickGELU or GELU."""
+    arch, _ = parse_spec(spec)
+    if arch.startswith(("hf-hub:", "local-dir:")):
+        return "from its open_clip_config.json"
+    return activation_name(is_quick_gelu(arch))
 
 
 def model_config(arch: str) -> dict[str, Any] | None:

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 
 def models() -> None:
-    """List the backbone names kdpipe knows, with their dimensions (no weights are loaded)."""
+    """List the backbone names kdpipe knows, with their activation and dimensions (no weights are loaded)."""
     from rich.console import Console
     from rich.table import Table
 
-    from kdpipe.clip.backbones import BUILTIN_CONFIG_DIRS, FRIENDLY_NAMES, model_config
+    from kdpipe.clip.backbones import BUILTIN_CONFIG_DIRS, FRIENDLY_NAMES, model_config, parse_spec, spec_activation
 
     table = Table(title="backbones (any open_clip NAME:TAG, hf-hub:org/repo, local-dir:PATH or a checkpoint file also works)")
-    for col in ("name", "open_clip", "weights", "embed", "vision width x layers", "text width x layers", "image"):
+    for col in ("name", "open_clip", "weights", "activation", "embed", "vision width x layers", "text width x layers", "image"):
         table.add_column(col)
-    rows = [(name, arch, tag) for name, (arch, tag) in FRIENDLY_NAMES.items()]
+    # friendly names show the architecture they build: the activation follows the tag's weights
+    rows = [(name, parse_spec(name)[0], tag) for name, (_, tag) in FRIENDLY_NAMES.items()]
     rows += [(p.stem, p.stem, "random init (tests, demo)") for d in BUILTIN_CONFIG_DIRS for p in sorted(d.glob("*.json"))]
     for name, arch, tag in rows:
         cfg = model_config(arch) or {}
@@ -24,12 +27,14 @@ def models() -> None:
             name,
             arch,
             tag,
+            spec_activation(name),
             str(cfg.get("embed_dim", "?")),
             f"{v.get('width', '?')} x {v.get('layers', '?')}",
             f"{t.get('width', '?')} x {t.get('layers', '?')}",
             str(v.get("image_size", "?")),
         )
-    Console().print(table)
+    # a pipe gets the whole table, not rich's 80 columns with the activation cut off
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
 
 
 def version() -> None:
