@@ -253,7 +253,7 @@ def _vit_b16_reference_counts():
         "coop": 4 * wt,
         "cocoop": 4 * wt + linear(d, d // 16) + linear(d // 16, wt),
         "vpt": 12 * 8 * wv,
-        "ivlp": 9 * 4 * wt + 9 * 4 * wv,
+        "ivlp": 12 * 2 * wt + 12 * 2 * wv,
         "maple": 9 * 2 * wt + 9 * linear(wt, wv),
         "mudpt": 9 * 4 * wt + 9 * 4 * wv + layernorm(wt) + block(wt) + layernorm(wt) + linear(wt, wv)
         + layernorm(wv) + block(wv) + layernorm(wv) + linear(wv, wt),
@@ -271,6 +271,41 @@ def test_learned_parameter_counts_on_vit_b_16():
         assert name in counts, f"add the reference learned-parameter count of {name!r} on ViT-B/16"
         m = build_method(name, bb, ["a", "b"])
         assert m.num_learned() == counts[name], name
+
+
+# ---- base-to-novel defaults, as the official config files set them --------------------------------------
+# method -> the settings its official config file sets (files listed by `kdpipe methods --reference`)
+REFERENCE_DEFAULTS = {
+    "coop": {"n_ctx": 4, "ctx_init": "a photo of a", "class_position": "end", "class_specific": False, "lr": 0.002, "batch_size": 32, "epochs": 200},
+    "cocoop": {"n_ctx": 4, "ctx_init": "a photo of a", "lr": 0.002, "batch_size": 1, "epochs": 10},
+    "vpt": {"n_ctx": 8, "depth": 12, "lr": 0.0025, "batch_size": 4, "epochs": 5},
+    "ivlp": {"n_ctx_text": 2, "n_ctx_vision": 2, "depth_text": 12, "depth_vision": 12, "lr": 0.0035, "batch_size": 4, "epochs": 5},
+    "maple": {"n_ctx": 2, "depth": 9, "lr": 0.0035, "batch_size": 4, "epochs": 5},
+    "mudpt": {"n_ctx": 4, "depth": 9, "lr": 0.0025, "batch_size": 4, "epochs": 10},
+    "promptsrc": {"n_ctx_text": 4, "n_ctx_vision": 4, "depth_text": 9, "depth_vision": 9, "lr": 0.0025, "batch_size": 4,
+                   "epochs": 20, "text_loss_weight": 25.0, "image_loss_weight": 10.0, "gpa_mean": 15.0, "gpa_std": 1.0},
+    "promptkd": {"n_ctx": 4, "depth": 9, "lr": 0.005, "batch_size": 8, "epochs": 20, "teacher_dim": 768},
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE_DEFAULTS))
+def test_defaults_are_the_official_base_to_novel_configs(name):
+    from kdpipe.methods import get_method
+
+    cls = get_method(name).config_cls
+    cfg = cls()
+    assert {k: getattr(cfg, k) for k in REFERENCE_DEFAULTS[name]} == REFERENCE_DEFAULTS[name]
+    assert (cfg.warmup_epochs, cfg.warmup_lr, cfg.momentum, cfg.weight_decay) == (1, 1e-5, 0.9, 5e-4)
+    assert cls.reference.endswith(")") and "configs/trainers/" in cls.reference  # the table names its source
+
+
+def test_every_trained_method_has_a_reference_row():
+    from kdpipe.commands.methods import reference_rows
+    from kdpipe.methods import list_methods
+
+    rows = {r["method"]: r for r in reference_rows()}
+    assert set(rows) == set(list_methods()) and set(REFERENCE_DEFAULTS) == set(list_methods()) - {"zeroshot"}
+    assert (rows["ivlp"]["n_ctx"], rows["ivlp"]["depth"], rows["promptsrc"]["n_ctx"], rows["promptsrc"]["depth"]) == ("2+2", "12/12", "4+4", "9/9")
 
 
 def test_dataset_defaults_and_string_overrides(tiny_student):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 import typer
 
@@ -14,6 +15,9 @@ def methods(
         DEFAULT_BACKBONE, "--backbone", "-b", help="model spec whose shapes size the prompts (no weights needed for an architecture name)"
     ),
     teacher_dim: int = typer.Option(768, help="teacher embed dim, sizes the promptkd projector (768 = ViT-L/14)"),
+    reference: bool = typer.Option(
+        False, "--reference", help="show each method's default prompts and schedule with the official config they come from"
+    ),
 ) -> None:
     """List the prompt methods with a one-line description and their learned-parameter count."""
     from rich.console import Console
@@ -21,6 +25,10 @@ def methods(
 
     from kdpipe.clip import load_backbone
     from kdpipe.methods import build_method, get_method, list_methods
+
+    if reference:
+        Console(width=None if sys.stdout.isatty() else 200).print(reference_table())
+        return
 
     # a bare architecture name is random init on purpose here: open_clip's warning about it is noise
     logging.disable(logging.WARNING)
@@ -39,6 +47,36 @@ def methods(
         row = [str(cfg.epochs), str(cfg.batch_size), f"{cfg.lr:g}"] if trains else ["-", "-", "-"]
         table.add_row(name, f"{m.num_learned():,}", *row, cfg.description)
     Console().print(table)
+
+
+def reference_rows() -> list[dict[str, str]]:
+    """Each method's base-to-novel defaults beside the official config file they are taken from."""
+    from kdpipe.methods import get_method, list_methods
+
+    rows = []
+    for name in list_methods():
+        cls = get_method(name).config_cls
+        cfg = cls()
+        ctx, depth = cfg.prompt_shape()
+        trains = cfg.epochs > 0
+        rows.append({
+            "method": name, "n_ctx": ctx, "depth": depth,
+            "lr": f"{cfg.lr:g}" if trains else "-", "batch": str(cfg.batch_size) if trains else "-",
+            "epochs": str(cfg.epochs) if trains else "-", "reference": cls.reference, "departs": cls.departs or "-",
+        })
+    return rows
+
+
+def reference_table():
+    from rich.table import Table
+
+    table = Table(title="method defaults (base-to-novel, ViT-B/16) and the official config they come from")
+    rows = reference_rows()
+    for col in rows[0]:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*row.values())
+    return table
 
 
 def register(app: typer.Typer) -> None:

@@ -20,12 +20,16 @@ _PROMPTS_PER_PASS = 2048
 @dataclass
 class CoCoOpConfig(MethodConfig):
     description = "CoOp context + Meta-Net bias from the frozen image feature (image-conditioned prompts)"
+    reference = "KaiyangZhou/CoOp configs/trainers/CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml (scripts/cocoop/base2new_train.sh)"
 
     n_ctx: int = 4
     ctx_init: str = "a photo of a"  # "" = random N(0, 0.02) init
     epochs: int = 10
     batch_size: int = 1
     lr: float = 0.002
+
+    def prompt_shape(self) -> tuple[str, str]:
+        return str(self.n_ctx), "1"
 
 
 @register_method("cocoop")

@@ -14,6 +14,9 @@ class MethodConfig:
     """Fields shared by all methods. Subclasses set the reference defaults of their paper/code."""
 
     description: ClassVar[str] = ""
+    # where the defaults come from: the official base-to-novel config of the method's own code
+    reference: ClassVar[str] = ""
+    departs: ClassVar[str] = ""  # where and why kdpipe's defaults differ from ``reference`` ("" = they don't)
     # per-dataset reference defaults applied before user overrides, e.g. CoOp's 50 epochs on ImageNet
     dataset_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
 
@@ -54,6 +57,10 @@ class MethodConfig:
             raise KdpipeError(f"lr must be positive, got {self.lr}")
         if self.warmup_epochs < 0:
             raise KdpipeError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+
+    def prompt_shape(self) -> tuple[str, str]:
+        """(context tokens, prompt depth) as the reference table shows them; methods with prompts override."""
+        return "-", "-"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

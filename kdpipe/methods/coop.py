@@ -16,6 +16,7 @@ from kdpipe.methods.registry import register_method
 class CoOpConfig(MethodConfig):
     description = "learned text context shared by classes (or per class), class at end/middle/front"
     dataset_defaults = {"imagenet": {"epochs": 50}}
+    reference = "KaiyangZhou/CoOp configs/trainers/CoOp/vit_b16_ctxv1.yaml (ImageNet: vit_b16_ep50_ctxv1.yaml; scripts/cocoop/base2new_train.sh)"
 
     n_ctx: int = 4
     ctx_init: str = "a photo of a"  # "" = random N(0, 0.02) init
@@ -24,6 +25,9 @@ class CoOpConfig(MethodConfig):
     epochs: int = 200
     batch_size: int = 32
     lr: float = 0.002
+
+    def prompt_shape(self) -> tuple[str, str]:
+        return str(self.n_ctx), "1"
 
 
 @register_method("coop")

@@ -16,15 +16,19 @@ from kdpipe.methods.registry import register_method
 @dataclass
 class IVLPConfig(MethodConfig):
     description = "independent deep text and vision prompts, no coupling between the towers"
+    reference = "muzairkhattak/multimodal-prompt-learning configs/trainers/IVLP/vit_b16_c2_ep5_batch4_2+2ctx.yaml (scripts/independent-vlp/base2new_train_ivlp.sh)"
 
-    n_ctx_text: int = 4
-    n_ctx_vision: int = 4
-    depth_text: int = 9  # input + blocks 1..depth-1; capped at the tower's depth
-    depth_vision: int = 9
+    n_ctx_text: int = 2  # replaces "a photo", "of a" stays as frozen words
+    n_ctx_vision: int = 2
+    depth_text: int = 12  # input + blocks 1..depth-1; capped at the tower's depth
+    depth_vision: int = 12
     ctx_init: str = "a photo of a"  # learned text tokens start from these words ("" = random)
-    epochs: int = 20
+    epochs: int = 5
     batch_size: int = 4
-    lr: float = 0.0025
+    lr: float = 0.0035
+
+    def prompt_shape(self) -> tuple[str, str]:
+        return f"{self.n_ctx_text}+{self.n_ctx_vision}", f"{self.depth_text}/{self.depth_vision}"
 
 
 @register_method("ivlp")

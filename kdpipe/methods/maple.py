@@ -17,6 +17,7 @@ from kdpipe.methods.registry import register_method
 @dataclass
 class MaPLeConfig(MethodConfig):
     description = "deep text prompts; vision prompts = one Linear(text->vision) per depth of the text prompts"
+    reference = "muzairkhattak/multimodal-prompt-learning configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml (scripts/maple/base2new_train_maple.sh)"
 
     n_ctx: int = 2  # replaces "a photo", "of a" stays as frozen words
     depth: int = 9  # same depth on both towers; capped at the shallower tower
@@ -24,6 +25,9 @@ class MaPLeConfig(MethodConfig):
     epochs: int = 5
     batch_size: int = 4
     lr: float = 0.0035
+
+    def prompt_shape(self) -> tuple[str, str]:
+        return f"{self.n_ctx} (vision: projected)", str(self.depth)
 
 
 @register_method("maple")

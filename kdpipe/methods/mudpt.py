@@ -23,6 +23,11 @@ from kdpipe.methods.registry import register_method
 @dataclass
 class MuDPTConfig(MethodConfig):
     description = "text and vision deep prompts fused both ways by a light transformer injection model"
+    reference = "YzM1a0/MuDPT configs/trainers/MuDPT/vit_b16_bz4_ep10_nctx4_depth9.yaml (scripts/mudpt/train_base2new.sh)"
+    departs = (
+        "n_ctx 4 as that file states; the official run used train.py's default 2, since the file sets it "
+        "under TRAINER.MAPLE, which the MuDPT trainer does not read"
+    )
 
     n_ctx: int = 4  # prompt tokens per depth on each tower
     depth: int = 9  # capped at the shallower tower
@@ -31,6 +36,9 @@ class MuDPTConfig(MethodConfig):
     epochs: int = 10
     batch_size: int = 4
     lr: float = 0.0025
+
+    def prompt_shape(self) -> tuple[str, str]:
+        return f"{self.n_ctx}+{self.n_ctx}", str(self.depth)
 
 
 def _heads(width: int) -> int:

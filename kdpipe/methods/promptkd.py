@@ -22,6 +22,11 @@ from kdpipe.methods.registry import register_method
 @dataclass
 class PromptKDConfig(MethodConfig):
     description = "PromptKD student: deep vision prompts + projector to the teacher's space; no text tower"
+    reference = "zhengli97/PromptKD configs/trainers/PromptKD/vit_b16_c2_ep20_batch8_4+4ctx.yaml + scripts/promptkd/base2new_train.sh (KD weight 1000, T 1)"
+    departs = (
+        "keeps the last epoch where the reference keeps its best-validation one (nothing is selected on "
+        "evaluation data); AMP with fp32 master weights instead of pure fp16"
+    )
 
     n_ctx: int = 4  # vision prompt tokens per depth
     depth: int = 9  # 9 base-to-novel, 3 cross-dataset; capped at the vision tower's depth
@@ -29,6 +34,9 @@ class PromptKDConfig(MethodConfig):
     epochs: int = 20
     batch_size: int = 8
     lr: float = 0.005
+
+    def prompt_shape(self) -> tuple[str, str]:
+        return f"{self.n_ctx} vision", f"{self.depth} vision"
 
     def validate(self) -> None:
         super().validate()

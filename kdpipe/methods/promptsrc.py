@@ -26,7 +26,16 @@ from kdpipe.train.gpa import GaussianAggregate, gaussian_weights
 @dataclass
 class PromptSRCConfig(IVLPConfig):
     description = "IVLP prompts + self-regularisation to frozen CLIP (text, image, KL) + Gaussian prompt aggregation"
+    reference = "muzairkhattak/PromptSRC configs/trainers/PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml (scripts/promptsrc/base2new_train.sh)"
 
+    # PromptSRC's own prompts, not IVLP's 2+2 / depth 12 (its config starts from PromptSRC's IVLP variant)
+    n_ctx_text: int = 4
+    n_ctx_vision: int = 4
+    depth_text: int = 9
+    depth_vision: int = 9
+    epochs: int = 20
+    batch_size: int = 4
+    lr: float = 0.0025
     text_loss_weight: float = 25.0
     image_loss_weight: float = 10.0
     kl_weight: float = 1.0

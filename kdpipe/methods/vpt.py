@@ -17,6 +17,7 @@ from kdpipe.methods.registry import register_method
 @dataclass
 class VPTConfig(MethodConfig):
     description = "vision-only prompts (shallow or deep) with the fixed text prompt 'a photo of a {}.'"
+    reference = "muzairkhattak/multimodal-prompt-learning configs/trainers/VPT/vit_b16_c2_ep5_batch4_4.yaml (scripts/vpt/base2new_train_vpt.sh)"
 
     n_ctx: int = 8  # vision prompt tokens per layer (0 = none: plain zero-shot CLIP)
     depth: int = 12  # 1 = shallow VPT; capped at the vision tower's depth
@@ -24,6 +25,9 @@ class VPTConfig(MethodConfig):
     epochs: int = 5
     batch_size: int = 4
     lr: float = 0.0025
+
+    def prompt_shape(self) -> tuple[str, str]:
+        return f"{self.n_ctx} vision", f"{self.depth} vision"
 
     def validate(self) -> None:
         super().validate()

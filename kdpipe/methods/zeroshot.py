@@ -17,6 +17,7 @@ from kdpipe.methods.templates import IMAGENET_TEMPLATES, template_for
 @dataclass
 class ZeroShotConfig(MethodConfig):
     description = "zero-shot CLIP with the dataset's hand template (or a template ensemble); nothing learned"
+    reference = "CLIP's hand templates per dataset, as CoOp's code lists them"
 
     template: str = ""  # "" = the dataset's reference template ("a photo of a {}." for custom data)
     # average normalised features over templates: "" = off, "imagenet" = CLIP's 60 ImageNet templates,
