@@ -11,7 +11,7 @@ from pathlib import Path
 
 from kdpipe.dag import register_stage
 from kdpipe.stages import common
-from kdpipe.stages.fewshot import train_fewshot
+from kdpipe.stages.fewshot import stage_metrics, train_fewshot
 
 STEM = "method"
 
@@ -36,6 +36,7 @@ def _members(cfg) -> list[str]:
     seeded=True,
     identity=common.source_identity,
     headline="train_loss",
+    version=2,  # 2: OpenAI weights build QuickGELU; IVLP's own reference defaults (2+2 ctx, depth 12)
     description="train a baseline prompt method few-shot on the student backbone",
 )
 def run(ctx) -> dict:
@@ -49,4 +50,4 @@ def run(ctx) -> dict:
         role="baseline",
         checkpoint_every=ctx.cfg["baselines"].checkpoint_every,
     )
-    return {"train_loss": facts["train_loss"], "learned_parameters": facts["learned"], "epochs": facts["epochs"]}
+    return stage_metrics(facts)

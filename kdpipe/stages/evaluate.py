@@ -115,6 +115,7 @@ def _evaluate(ctx) -> dict:
     scorers = [method_scorer(teacher, "teacher", tf.classnames), student_scorer(student, tf.features)]
     order = list(cfg["baselines"].methods)
     baselines = [(read_json(baseline_stem(f).with_suffix(".json")), f) for f in set(ctx.inputs_of("baseline").values())]
+    notes = [n for n in (shots_note("teacher", tmeta), *(shots_note("baseline", m) for m, _ in baselines)) if n]
     for meta, folder in sorted(baselines, key=lambda mf: order.index(mf[0]["method"]) if mf[0]["method"] in order else len(order)):
         bb = student_bb if meta["backbone"] == student_bb.spec else None
         method, _ = common.load_method(baseline_stem(folder), device=device, backbone=bb, dataset=splits.name)
@@ -136,7 +137,6 @@ def _evaluate(ctx) -> dict:
         ctx.log.info(
             f"{s.role:8s} {s.method:10s} base {_pct(m['base'])} novel {_pct(m['novel'])} HM {_pct(m['hm'])} all {_pct(m['accuracy'])}"
         )
-    notes = []
     if smeta.get("transductive"):
         notes.append(common.transductive_note(cfg))
     write_json(ctx.dir / METRICS, {
@@ -148,6 +148,15 @@ def _evaluate(ctx) -> dict:
     by_role = {r.role: getattr(r, key) for r in rows if r.role != "baseline"}
     return {"score": key, "student": by_role["student"], "teacher": by_role["teacher"],
             **{r.method: getattr(r, key) for r in rows if r.role == "baseline"}}
+
+
+def shots_note(role: str, meta: dict) -> str | None:
+    """Say so when a few-shot method trained on fewer images per class than ``data.shots`` asked."""
+    want, lo, hi = meta.get("shots_requested"), meta.get("shots"), meta.get("shots_max", meta.get("shots"))
+    if not want or lo is None or lo >= want:
+        return None
+    have = f"{lo}" if lo == hi else f"{lo}-{hi}"
+    return f"{role} {meta['method']} trained on {have} images per class, fewer than data.shots = {want} for some classes"
 
 
 def _pct(v) -> str:

@@ -22,6 +22,33 @@ def train_splits(cfg, seed: int, cache_dir: Path | None = None):
     return few_shot(part, cfg["data"].shots, seed, cache_dir=cache_dir)
 
 
+def shot_counts(items, num_classes: int, requested: int) -> dict[str, Any]:
+    """What the K-shot split really holds: classes short of ``requested`` images train on fewer."""
+    from collections import Counter
+
+    per_class = Counter(item.label for item in items)
+    counts = [per_class.get(c, 0) for c in range(num_classes)]
+    short = sum(1 for n in counts if requested > 0 and n < requested)
+    return {
+        "shots_requested": requested,
+        "shots_min": min(counts, default=0),
+        "shots_max": max(counts, default=0),
+        "classes_short": short,
+    }
+
+
+def shots_warning(facts: dict[str, Any], num_classes: int) -> str | None:
+    """One line when some classes have fewer training images than ``data.shots`` asks for."""
+    if not facts["classes_short"]:
+        return None
+    lo, hi = facts["shots_min"], facts["shots_max"]
+    have = f"{lo}" if lo == hi else f"{lo}-{hi}"
+    return (
+        f"data.shots = {facts['shots_requested']} but {facts['classes_short']} of {num_classes} classes have fewer "
+        f"training images: training on {have} per class"
+    )
+
+
 def train_fewshot(
     ctx,
     *,
@@ -47,9 +74,14 @@ def train_fewshot(
     torch.manual_seed(seed)  # prompt initialisation is part of the seeded result
     method = build_method(method_name, backbone, data.classnames, overrides=overrides, dataset=cfg["data"].train_dataset)
     method.to(device)
+    shots = shot_counts(data.train, len(data.classnames), cfg["data"].shots)
+    short = shots_warning(shots, len(data.classnames))
+    if short:
+        ctx.log.warning(short)
+    real = shots["shots_min"] if shots["shots_min"] == shots["shots_max"] else f"{shots['shots_min']}-{shots['shots_max']}"
     ctx.log.info(
         f"{role} {method_name} on {backbone_spec}, seed {seed}: {len(data.train)} images of "
-        f"{len(data.classnames)} classes ({cfg['data'].shots}-shot), {method.num_learned():,} learned parameters"
+        f"{len(data.classnames)} classes ({real}-shot), {method.num_learned():,} learned parameters"
     )
     epochs, bs = method.cfg.epochs, method.cfg.batch_size
     steps = max(1, len(data.train) // bs) if method.num_learned() else 0
@@ -72,9 +104,19 @@ def train_fewshot(
             out_stem,
             role=role,
             seed=seed,
-            shots=cfg["data"].shots,
+            shots=shots["shots_min"],  # the real K: the fewest images any class had
+            shots_max=shots["shots_max"],
+            shots_requested=shots["shots_requested"],
             train_images=len(data.train),
             history=history,
         )
     last = history[-1] if history else {}
-    return {"learned": method.num_learned(), "train_loss": last.get("loss"), "epochs": len(history)}
+    return {"learned": method.num_learned(), "train_loss": last.get("loss"), "epochs": len(history), **shots}
+
+
+def stage_metrics(facts: dict[str, Any]) -> dict[str, Any]:
+    """The manifest metrics of a few-shot stage (teacher, baseline), the real shot count included."""
+    return {
+        "train_loss": facts["train_loss"], "learned_parameters": facts["learned"], "epochs": facts["epochs"],
+        "shots": facts["shots_min"], "shots_requested": facts["shots_requested"],
+    }

@@ -13,7 +13,7 @@ from typing import Any
 
 from kdpipe.dag import register_stage
 from kdpipe.stages import common
-from kdpipe.stages.fewshot import train_fewshot
+from kdpipe.stages.fewshot import stage_metrics, train_fewshot
 
 STEM = "teacher"
 
@@ -48,6 +48,7 @@ def _member(cfg) -> list[str]:
     seeded=True,
     identity=common.source_identity,
     headline="train_loss",
+    version=2,  # 2: OpenAI weights build QuickGELU (1 built open_clip 3's GELU for vit-b-16 & co.)
     description="train the prompted teacher few-shot on the base classes",
 )
 def run(ctx) -> dict:
@@ -62,4 +63,4 @@ def run(ctx) -> dict:
         role="teacher",
         checkpoint_every=t.checkpoint_every,
     )
-    return {"train_loss": facts["train_loss"], "learned_parameters": facts["learned"], "epochs": facts["epochs"]}
+    return stage_metrics(facts)
