@@ -7,7 +7,8 @@ is built in this order, later layers winning:
 1. the dataclass defaults;
 2. the recipe (``kdpipe/recipes/NAME.toml`` or a path), after the recipes it ``extends``;
 3. the recipe's ``[dataset_overrides.NAME]`` table for the chosen dataset;
-4. CLI shortcuts (``--teacher`` ... see :data:`SHORTCUTS`) and then ``--set section.key=value``.
+4. what the run dir remembers, CLI shortcuts (``--teacher`` ... see :data:`SHORTCUTS`) and then
+   ``--set section.key=value`` (:func:`settings_from_cli`, which every command uses).
 
 A section may also accept *member tables*, ``section.member.key`` (``baselines.coop.epochs = 5``),
 checked against a dataclass chosen per member; a stage family reads them as overrides for one member.
@@ -26,7 +27,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 from kdpipe.errors import KdpipeError
 
@@ -128,7 +129,7 @@ class ConfigSchema:
             cls = self._member_cls(section, member, key, source)
         else:
             raise KdpipeError(f"bad config key {key!r}{_from(source)}: expected section.key (or section.member.key); {_suggest(key, self.keys())}")
-        hints = _field_types(cls)
+        hints = field_types(cls)
         if name not in hints:
             valid = [f"{section}.{member}.{f}" if member else f"{section}.{f}" for f in hints]
             raise KdpipeError(f"unknown config key {key!r}{_from(source)}; {_suggest(key, valid + self.keys())}")
@@ -159,7 +160,8 @@ def _suggest(key: str, valid: Iterable[str]) -> str:
     return "valid sections: " + (", ".join(sections) if sections else "(none registered)")
 
 
-def _field_types(cls: type) -> dict[str, Any]:
+def field_types(cls: type) -> dict[str, Any]:
+    """Field name -> declared type of a dataclass (annotations resolved), in field order."""
     hints = typing.get_type_hints(cls)
     return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls)}
 
@@ -388,7 +390,7 @@ def _member_default(schema: ConfigSchema, key: str) -> Any:
     # A member key that was never set reads as its dataclass default.
     section, member, name = key.split(".")
     cls = schema._member_cls(section, member, key, "")
-    hints = _field_types(cls)
+    hints = field_types(cls)
     if name not in hints:
         raise KdpipeError(f"unknown config key {key!r}; {_suggest(key, [f'{section}.{member}.{f}' for f in hints])}")
     default = {f.name: f for f in dataclasses.fields(cls)}[name]
@@ -535,9 +537,33 @@ def resolve_config(
     return cfg
 
 
-def config_from_cli(recipe: str | None, sets: Iterable[str] = (), schema: ConfigSchema | None = None, **shortcuts: Any) -> Config:
-    """What ``kdpipe run`` does with its flags: shortcuts first, ``--set`` after (so it wins)."""
-    overrides = shortcut_overrides(**shortcuts)
-    overrides += [(k, v, f"--set {k}={v}") for k, v in map(parse_set, sets)]
-    return resolve_config(recipe or DEFAULT_RECIPE, overrides, schema=schema)
+@dataclass
+class CliSettings:
+    """What a command made of its flags: the config, and what its run dir should remember."""
+
+    config: Config
+    recipe: str  # as given (a name or a path), for run.json
+    overrides: dict[str, Any]  # key -> value as given (command-line strings), for run.json
+
+
+def settings_from_cli(
+    recipe: str | None,
+    sets: Iterable[str] = (),
+    shortcuts: Mapping[str, Any] | None = None,
+    base: Mapping[str, tuple[Any, str]] | None = None,
+    schema: ConfigSchema | None = None,
+) -> CliSettings:
+    """The one way a command turns its flags into settings (``kdpipe run``, ``status``, ``demo``).
+
+    On top of the recipe (:data:`DEFAULT_RECIPE` when None) go, later winning: ``base`` (key ->
+    (value, source): what a run dir remembers, or what ``kdpipe demo`` sets), the shortcut flags
+    (None = not given), then the ``--set`` items. Each key is kept once, so the overrides saved
+    for the next command hold only the value that won.
+    """
+    given = dict(base or {})
+    given.update({key: (value, source) for key, value, source in shortcut_overrides(**(shortcuts or {}))})
+    given.update({key: (value, f"--set {key}={value}") for key, value in map(parse_set, sets)})
+    recipe = recipe or DEFAULT_RECIPE
+    cfg = resolve_config(recipe, [(key, value, source) for key, (value, source) in given.items()], schema=schema)
+    return CliSettings(cfg, recipe, {key: value for key, (value, _) in given.items()})
 

@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 PLAIN_EVERY_FRACTION = 0.05  # a plain line every 5 % of the total ...
 PLAIN_EVERY_SECONDS = 30.0  # ... or every 30 s, whichever comes first
@@ -60,7 +60,7 @@ class Progress:
         self.done = initial
         self.log = log
         self.plain = plain_mode() if plain is None else plain
-        self.quiet = quiet  # nothing on the console (other DDP ranks); the log still gets lines
+        self.quiet = quiet  # nothing on the console (other DDP ranks, or not asked for); the log still gets lines
         self.fields: dict[str, Any] = {}
         self._initial = initial
         self._images = 0
@@ -198,3 +198,12 @@ def close_logger(log: logging.Logger) -> None:
     for h in list(log.handlers):
         log.removeHandler(h)
         h.close()
+
+
+def step_reporter(bar, epochs: int, images_per_step: Callable[[], int]) -> Callable[[dict], None]:
+    """A :func:`kdpipe.train.fit` progress callback feeding a progress bar (step, images/s, epoch, loss, lr)."""
+
+    def report(info: dict) -> None:
+        bar.update(1, images=images_per_step(), epoch=f"{info['epoch'] + 1}/{epochs}", loss=info["loss"], lr=info["lr"])
+
+    return report

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from kdpipe.eval.metrics import MetricRow
-from kdpipe.stages.outputs import atomic_path, write_text
+from kdpipe.io import atomic_path, write_text
 
 COLUMNS = ("method", "role", "backbone", "dataset", "seed", "base", "novel", "hm", "accuracy")
 ROLE_ORDER = {"teacher": 0, "student": 1, "baseline": 2}

@@ -1,15 +1,20 @@
 from typer.testing import CliRunner
 
 from kdpipe.cli import app
-from kdpipe.clip.text_bench import bench_text_trim
+from kdpipe.clip.text_bench import N_CTX, bench_text_trim
 
 
 def test_text_bench_compares_the_same_prompts_trimmed_and_full(tiny_student):
-    res = bench_text_trim(tiny_student, ["red circle", "dark green rounded square"], repeats=1)
-    assert res["trimmed_length"] < res["context_length"]
+    names = ["red circle", "dark green rounded square"]
+    res = bench_text_trim(tiny_student, names, repeats=1)
+    tokens = tiny_student.tokenizer([" ".join(["X"] * N_CTX) + f" {c}." for c in names])
+    assert res["prompts"] == len(names) and res["context_length"] == tokens.shape[1]
+    # padding is token 0, so the longest prompt's EOT is its last non-zero position
+    assert res["trimmed_length"] == int((tokens != 0).sum(dim=1).max()) < res["context_length"]
     assert res["max_abs_diff"] < 1e-4  # same features, only fewer positions
     for name in ("forward", "train_step"):
-        assert res[name]["full_ms"] > 0 and res[name]["trimmed_ms"] > 0
+        r = res[name]
+        assert r["speedup"] == r["full_ms"] / r["trimmed_ms"]  # the ratio of the two timings it reports
 
 
 def test_text_bench_command_reads_class_names_and_refuses_an_empty_file(tmp_path):

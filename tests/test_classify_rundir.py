@@ -46,14 +46,15 @@ def classify_dir(cm, folder, out):
 
 def test_classify_predictions_equal_evaluate_predictions(run, tmp_path):
     from kdpipe.data import load_dataset
-    from kdpipe.stages.evaluate import collect_logits, method_scorer, student_scorer
+    from kdpipe.stages.evaluate import collect_logits, features_scorer
 
     test_items = load_dataset("oxford_pets", run / "data").test
     (tmp_path / "test.txt").write_text("\n".join(item.path for item in test_items) + "\n")
     student = load_run(run / "run", "student")
     teacher = load_run(run / "run", "teacher")
-    for cm, scorer in ((student, student_scorer(student.method, student.class_features)),
-                       (teacher, method_scorer(teacher.method, "teacher", teacher.classnames))):
+    # evaluate scores both against the stored class features, as classify does
+    for cm, scorer in ((student, features_scorer(student.method, "student", student.class_features)),
+                       (teacher, features_scorer(teacher.method, "teacher", teacher.class_features))):
         (logits,), _ = collect_logits([scorer], test_items, batch_size=8, workers=0, device=torch.device("cpu"), amp=False)
         out = tmp_path / f"{cm.method.name}.jsonl"
         classify_dir(cm, tmp_path / "test.txt", out)

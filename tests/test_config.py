@@ -9,16 +9,16 @@ from typing import Literal, Optional
 import pytest
 
 from kdpipe.config import (
+    DEFAULT_RECIPE,
     NOT_FINGERPRINTED,
     SHORTCUTS,
     ConfigSchema,
     coerce,
-    config_from_cli,
     list_recipes,
     load_recipe,
     resolve_config,
     runtime_setting,
-    shortcut_overrides,
+    settings_from_cli,
 )
 from kdpipe.errors import KdpipeError
 
@@ -83,7 +83,7 @@ def test_defaults_and_typed_values():
 def test_set_values_are_parsed_and_type_checked(empty_recipe):
     sets = ["distill.lr=0.01", "distill.epochs=3", "distill.amp=false", "run.seeds=1,2,3",
             "distill.teacher_cache=none", "distill.mode=mse", 'baselines.methods=["coop", "vpt"]']
-    cfg = config_from_cli(str(empty_recipe), sets, schema=make_schema())
+    cfg = settings_from_cli(str(empty_recipe), sets, schema=make_schema()).config
     assert cfg["distill"].lr == 0.01 and isinstance(cfg["distill"].lr, float)
     assert cfg["distill"].epochs == 3 and cfg["distill"].amp is False
     assert cfg["run"].seeds == [1, 2, 3]
@@ -119,7 +119,9 @@ def test_toml_values_are_type_checked_too(tmp_path):
 
 def test_unknown_set_key_suggests_the_closest(empty_recipe):
     with pytest.raises(KdpipeError, match=r"unknown config key 'distill.lrr' \(from --set distill.lrr=0.1\); did you mean 'distill.lr'\?"):
-        config_from_cli(str(empty_recipe), ["distill.lrr=0.1"], schema=make_schema())
+        settings_from_cli(str(empty_recipe), ["distill.lrr=0.1"], schema=make_schema())
+    with pytest.raises(KdpipeError, match=r"--set 'distill\.lr': expected key=value"):
+        settings_from_cli(str(empty_recipe), ["distill.lr"], schema=make_schema())
     with pytest.raises(KdpipeError, match=r"no section 'distil'.*did you mean 'distill\.\w+'"):
         resolve_config(None, [("distil.lr", "0.1", "--set")], schema=make_schema())
 
@@ -189,14 +191,57 @@ def test_recipe_errors_are_one_line(tmp_path):
 def test_shortcuts_map_to_keys_and_set_wins(empty_recipe):
     schema = make_schema()
     assert SHORTCUTS["dataset"] == "data.dataset" and SHORTCUTS["seeds"] == "run.seeds"
-    cfg = config_from_cli(str(empty_recipe), ["run.seed=7"], schema=schema, dataset="dtd", data_root="/d", seed=3, seeds="1,2")
+    flags = dict(dataset="dtd", data_root="/d", seed="3", seeds="1,2", teacher=None)  # None: flag not given
+    got = settings_from_cli(str(empty_recipe), ["run.seed=7"], flags, schema=schema)
+    cfg = got.config
     assert (cfg["data"].dataset, cfg["data"].root, cfg["run"].seed, cfg["run"].seeds) == ("dtd", "/d", 7, [1, 2])
+    # the run dir remembers each key once, with the value that won, as the user wrote it
+    assert got.overrides == {"data.dataset": "dtd", "data.root": "/d", "run.seed": "7", "run.seeds": "1,2"}
+    assert got.recipe == str(empty_recipe)
     # a relative --data-root is saved absolute, so the next command may start elsewhere
-    rel = config_from_cli(str(empty_recipe), schema=schema, data_root="some/data")
-    assert rel["data"].root == str(Path.cwd() / "some" / "data")
-    assert shortcut_overrides(teacher=None, seed=None) == []
+    rel = settings_from_cli(str(empty_recipe), shortcuts={"data_root": "some/data"}, schema=schema)
+    assert rel.config["data"].root == rel.overrides["data.root"] == str(Path.cwd() / "some" / "data")
     with pytest.raises(KdpipeError, match="unknown shortcut --colour"):
-        shortcut_overrides(colour="red")
+        settings_from_cli(str(empty_recipe), shortcuts={"colour": "red"}, schema=schema)
+
+
+def test_the_command_line_wins_over_what_the_run_dir_remembers(empty_recipe):
+    schema = make_schema()
+    remembered = {"distill.lr": ("0.1", "distill.lr=0.1 saved in rd/run.json"),
+                  "data.dataset": ("dtd", "data.dataset=dtd saved in rd/run.json")}
+    got = settings_from_cli(str(empty_recipe), ["distill.lr=0.2"], {"dataset": "eurosat"}, base=remembered, schema=schema)
+    assert (got.config["distill"].lr, got.config["data"].dataset) == (0.2, "eurosat")
+    assert got.overrides == {"distill.lr": "0.2", "data.dataset": "eurosat"}
+    # what is not given again is kept, and a bad remembered value names where it came from
+    kept = settings_from_cli(str(empty_recipe), base=remembered, schema=schema)
+    assert kept.config["distill"].lr == 0.1 and kept.overrides == {"distill.lr": "0.1", "data.dataset": "dtd"}
+    with pytest.raises(KdpipeError, match=r"distill.epochs: expected an integer, got 'x' \(from distill.epochs=x saved in rd/run.json\)"):
+        settings_from_cli(str(empty_recipe), base={"distill.epochs": ("x", "distill.epochs=x saved in rd/run.json")}, schema=schema)
+
+
+@pytest.fixture
+def pipeline_schema(monkeypatch):
+    """The real config sections (those of kdpipe.stages)."""
+    from kdpipe.pipeline import GRAPH, STAGE_MODULES_ENV
+
+    monkeypatch.delenv(STAGE_MODULES_ENV, raising=False)
+    GRAPH.load_stage_modules()
+    return GRAPH.schema
+
+
+def test_no_recipe_means_the_default_one(pipeline_schema):
+    got = settings_from_cli(None, schema=pipeline_schema)
+    assert got.recipe == DEFAULT_RECIPE and got.overrides == {}
+    assert got.config.flat() == resolve_config(DEFAULT_RECIPE, schema=pipeline_schema).flat()
+
+
+def test_the_students_defaults_are_its_methods_reference_values(pipeline_schema):
+    from kdpipe.methods.promptkd import PromptKDConfig
+
+    cfg, ref = pipeline_schema.defaults(), PromptKDConfig()
+    assert (cfg["student"].n_ctx, cfg["student"].depth) == (ref.n_ctx, ref.depth)
+    for name in ("lr", "epochs", "batch_size", "momentum", "weight_decay", "warmup_epochs", "warmup_lr"):
+        assert getattr(cfg["distill"], name) == getattr(ref, name), name
 
 
 def test_shipped_recipes_are_valid_toml():
@@ -215,7 +260,7 @@ def test_coerce_optional_and_lists():
 
 
 def test_shipped_recipes_resolve_against_the_pipeline(monkeypatch):
-    from kdpipe.dag import GRAPH, STAGE_MODULES_ENV
+    from kdpipe.pipeline import GRAPH, STAGE_MODULES_ENV, Plan
 
     monkeypatch.delenv(STAGE_MODULES_ENV, raising=False)
     GRAPH.load_stage_modules()  # the real config sections and stages
@@ -226,7 +271,7 @@ def test_shipped_recipes_resolve_against_the_pipeline(monkeypatch):
             # stage's weights; bare world-l/world-b are refused (tested in test_demo.py)
             cfg = resolve_config(name, [("teacher.backbone", "w/world-l.safetensors", "--teacher"),
                                         ("student.backbone", "w/world-b.safetensors", "--student")])
-        GRAPH.plan(cfg)  # the graph expands
+        Plan(GRAPH, cfg)  # the graph expands
     weights = {ds: resolve_config("default", [("data.dataset", ds, "--dataset")])["distill"].kd_weight
                for ds in ("dtd", "fgvc_aircraft", "oxford_flowers", "oxford_pets")}
     assert weights == {"dtd": 200.0, "fgvc_aircraft": 200.0, "oxford_flowers": 200.0, "oxford_pets": 1000.0}

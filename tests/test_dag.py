@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from kdpipe.config import resolve_config
-from kdpipe.dag import (
-    MANIFEST,
+from kdpipe.pipeline import (
+    Plan,
     RunLock,
     StageGraph,
     format_status,
@@ -26,6 +26,7 @@ from kdpipe.dag import (
     stage_statuses,
 )
 from kdpipe.errors import KdpipeError
+from kdpipe.pipeline.manifest import MANIFEST
 
 TOY_SOURCE = textwrap.dedent(
     '''
@@ -36,7 +37,7 @@ TOY_SOURCE = textwrap.dedent(
     from dataclasses import dataclass, field
 
     from kdpipe.config import runtime_setting
-    from kdpipe.dag import write_json_atomic
+    from kdpipe.io import write_json as write_json_atomic
     from kdpipe.errors import KdpipeError
 
 
@@ -164,7 +165,7 @@ RUN_SCRIPT = textwrap.dedent(
     """
     import sys
     from kdpipe.config import resolve_config
-    from kdpipe.dag import StageGraph, run_stages
+    from kdpipe.pipeline import StageGraph, run_stages
     sys.path.insert(0, sys.argv[2])
     import toy_stages
     graph = toy_stages.build(StageGraph())
@@ -176,7 +177,7 @@ RUN_SCRIPT = textwrap.dedent(
 LOCK_SCRIPT = textwrap.dedent(
     """
     import sys
-    from kdpipe.dag import RunLock
+    from kdpipe.pipeline import RunLock
     with RunLock(sys.argv[1]):
         print("locked", flush=True)
         sys.stdin.readline()
@@ -448,7 +449,7 @@ def test_declared_output_must_exist(tmp_path, toy):
 
 
 def test_user_input_identity_is_fingerprinted(toy, tmp_path):
-    from kdpipe.dag import dir_listing
+    from kdpipe.pipeline import dir_listing
 
     data = tmp_path / "data"
     data.mkdir()
@@ -545,10 +546,10 @@ def test_jobs_need_a_graph_workers_can_rebuild(toy, tmp_path):
 
 
 def test_jobs_start_the_longest_chain_first(toy):
-    from kdpipe.dag_jobs import chain_lengths
+    from kdpipe.pipeline.parallel import chain_lengths
 
     graph = toy.build_expanded(StageGraph())
-    plan = graph.plan(cfg_of(graph))
+    plan = Plan(graph, cfg_of(graph))
     chain = chain_lengths(plan, plan.select("all"))
     # stages from each one to the end of its longest chain: prep -> train -> report, fam -> agg, sd -> sd2
     assert chain["prep"] == 3 and chain["train"] == 2 and chain["report"] == 1

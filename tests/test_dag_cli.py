@@ -16,7 +16,7 @@ from test_dag import TOY_SOURCE
 def kdpipe(tmp_path, *args, graph="build"):
     stages = tmp_path / f"toy_cli_{graph}.py"
     if not stages.exists():
-        stages.write_text(TOY_SOURCE + f"\nfrom kdpipe.dag import GRAPH\n\n{graph}(GRAPH)\n")
+        stages.write_text(TOY_SOURCE + f"\nfrom kdpipe.pipeline import GRAPH\n\n{graph}(GRAPH)\n")
     env = dict(os.environ, KDPIPE_STAGE_MODULES=str(stages), CI="true")
     return subprocess.run([sys.executable, "-m", "kdpipe", *args], cwd=tmp_path, env=env, capture_output=True, text=True)
 
@@ -97,7 +97,7 @@ def test_ctrl_c_keeps_finished_stages_and_resumes(tmp_path):
     (tmp_path / "toy.toml").write_text("[toy]\nsteps = 12\n")
     rd = tmp_path / "r"
     stages = tmp_path / "toy_cli_build.py"
-    stages.write_text(TOY_SOURCE + "\nfrom kdpipe.dag import GRAPH\n\nbuild(GRAPH)\n")
+    stages.write_text(TOY_SOURCE + "\nfrom kdpipe.pipeline import GRAPH\n\nbuild(GRAPH)\n")
     env = dict(os.environ, KDPIPE_STAGE_MODULES=str(stages), CI="true", TOY_SLEEP="0.3")
     # a user's Ctrl-C: the child must not inherit an ignored SIGINT (a job started with `&` from a
     # script ignores it, and so would every process it starts)

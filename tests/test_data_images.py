@@ -7,8 +7,9 @@ import torch
 from PIL import Image
 
 from kdpipe.data import ImageDataset, Item, build_transform
-from kdpipe.data.images import load_rgb, worker_init
+from kdpipe.data.images import load_rgb
 from kdpipe.data.transforms import random_crop_box, sample_seed
+from kdpipe.dist import worker_init
 from kdpipe.errors import KdpipeError
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)

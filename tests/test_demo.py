@@ -122,12 +122,12 @@ def test_demo_recipe_without_the_world_weights_is_one_clear_line(tmp_path):
 def test_world_stage_exists_only_for_the_world_dataset():
     import kdpipe.stages  # noqa: F401
     from kdpipe.config import resolve_config
-    from kdpipe.dag import GRAPH
+    from kdpipe.pipeline import GRAPH, Plan
 
-    pets = GRAPH.plan(resolve_config("default", [("data.dataset", "oxford_pets", "test")], schema=GRAPH.schema))
+    pets = Plan(GRAPH, resolve_config("default", [("data.dataset", "oxford_pets", "test")], schema=GRAPH.schema))
     assert not any(n.startswith("world") for n in pets.instances)
     assert all("world" not in inst.deps for inst in pets.instances.values())
-    demo = GRAPH.plan(resolve_config("demo", [("teacher.backbone", "/x/world-l.safetensors", "test"),
+    demo = Plan(GRAPH, resolve_config("demo", [("teacher.backbone", "/x/world-l.safetensors", "test"),
                                               ("student.backbone", "/x/world-b.safetensors", "test")], schema=GRAPH.schema))
     needs_world = {n for n, inst in demo.instances.items() if "world" in inst.deps}
     assert {"teacher:promptsrc", "distill", "baseline:coop", "baseline:zeroshot"} <= needs_world
@@ -136,7 +136,7 @@ def test_world_stage_exists_only_for_the_world_dataset():
 
 def test_feeds_and_when_on_a_private_graph():
     from kdpipe.config import ConfigSchema, config_section  # noqa: F401
-    from kdpipe.dag import StageGraph
+    from kdpipe.pipeline import Plan, StageGraph
 
     graph = StageGraph(ConfigSchema())
     switch = {"on": True}
@@ -154,7 +154,7 @@ def test_feeds_and_when_on_a_private_graph():
         return {}
 
     cfg = graph.schema.defaults()
-    assert graph.plan(cfg).instances["b"].deps == ["a", "extra"]
+    assert Plan(graph, cfg).instances["b"].deps == ["a", "extra"]
     switch["on"] = False
-    plan = graph.plan(cfg)
+    plan = Plan(graph, cfg)
     assert "extra" not in plan.instances and plan.instances["b"].deps == ["a"]

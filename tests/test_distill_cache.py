@@ -22,8 +22,8 @@ def test_distill_reads_cached_teacher_features(tmp_path):
     from kdpipe.distill import ForwardTeacher
     from kdpipe.distill.step import DistillStep
     from kdpipe.clip import load_backbone
-    from kdpipe.stages.common import load_method
-    from kdpipe.stages.outputs import read_tensors
+    from kdpipe.io import read_tensors
+    from kdpipe.methods.io import load_method
 
     root = make_fake_pets(tmp_path / "data")
     teacher_width = load_backbone("kd-tiny-t").dims.vision_width

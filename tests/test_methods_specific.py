@@ -313,7 +313,7 @@ def test_dataset_defaults_and_string_overrides(tiny_student):
     assert build_method("coop", tiny_student, CLASSES, dataset="oxford_pets").cfg.epochs == 200
     m = build_method("ivlp", tiny_student, CLASSES, {"n_ctx_text": "2", "lr": "0.01", "epochs": "3"})
     assert (m.cfg.n_ctx_text, m.cfg.lr, m.cfg.epochs) == (2, 0.01, 3)
-    with pytest.raises(KdpipeError, match="expects a int"):
+    with pytest.raises(KdpipeError, match=r"IVLPConfig\.epochs: expected an integer, got 'many'"):
         build_method("ivlp", tiny_student, CLASSES, {"epochs": "many"})
     with pytest.raises(KdpipeError, match="at least one class"):
         build_method("coop", tiny_student, [])

@@ -49,20 +49,23 @@ def kdpipe_run(run_dir: Path, data_root: Path, *extra: str):
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
-    """Run everything once, counting prompted-text-encoder calls per stage."""
+    """Run everything once, counting prompted-text-encoder calls per stage, and per (stage, text width)
+    (the teacher's and the student's text towers differ in width, which tells whose text ran)."""
     import kdpipe.stages  # noqa: F401  (register the stages before wrapping them)
     from kdpipe.clip.towers import PromptedText
-    from kdpipe.dag import GRAPH
+    from kdpipe.pipeline import GRAPH
 
     tmp = tmp_path_factory.mktemp("pipeline")
     data_root = make_fake_pets(tmp / "data")
     run_dir = tmp / "run"
     calls: Counter = Counter()
+    calls_by_width: Counter = Counter()
     current = ["none"]
     original = PromptedText.forward
 
     def counting_forward(self, *args, **kwargs):
         calls[current[0]] += 1
+        calls_by_width[(current[0], self.clip.transformer.width)] += 1
         return original(self, *args, **kwargs)
 
     def tagged(name, fn):
@@ -77,11 +80,11 @@ def pipeline(tmp_path_factory):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(PromptedText, "forward", counting_forward)
-        for name in ("distill", "text-features", "teacher"):
+        for name in ("distill", "text-features", "teacher", "evaluate"):
             mp.setitem(GRAPH.specs, name, dataclasses.replace(GRAPH.specs[name], fn=tagged(name, GRAPH.specs[name].fn)))
         result = kdpipe_run(run_dir, data_root, "all")
     assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
-    return SimpleNamespace(run_dir=run_dir, data_root=data_root, calls=calls, output=result.output)
+    return SimpleNamespace(run_dir=run_dir, data_root=data_root, calls=calls, calls_by_width=calls_by_width, output=result.output)
 
 
 def test_run_all_writes_every_stage_output(pipeline):
@@ -131,14 +134,25 @@ def test_distill_never_calls_the_teacher_text_encoder(pipeline):
     assert pipeline.calls["distill"] == 0
 
 
+def test_evaluate_scores_the_teacher_with_stored_class_features(pipeline):
+    from kdpipe.clip import load_backbone
+
+    teacher_width = load_backbone("kd-tiny-t").dims.text_width
+    assert teacher_width != load_backbone("kd-tiny-s").dims.text_width  # the baselines' text runs on the student's
+    assert pipeline.calls_by_width[("text-features", teacher_width)] >= len(SEEDS)  # the counter sees the teacher
+    # the baselines (CoOp, zero-shot) still encode their own class names in evaluate; the teacher never
+    assert pipeline.calls["evaluate"] > 0
+    assert pipeline.calls_by_width[("evaluate", teacher_width)] == 0
+
+
 def test_student_is_scored_against_stored_class_features(pipeline):
     from kdpipe.data import ImageDataset, load_dataset
     from kdpipe.data.transforms import transform_for
-    from kdpipe.stages.common import load_method
-    from kdpipe.stages.text_features import load_text_features
+    from kdpipe.artefacts.class_features import read_class_features
+    from kdpipe.methods.io import load_method
 
     rd = pipeline.run_dir
-    tf = load_text_features(rd / "text-features-seed1" / "text_features.safetensors")
+    tf = read_class_features(rd / "text-features-seed1" / "text_features.safetensors")
     assert tf.num_base == math.ceil(6 / 2) and tf.classnames[:3] == ["red fox", "green frog", "blue jay"]
     student, _ = load_method(rd / "distill-seed1" / "student")
     test = load_dataset("oxford_pets", pipeline.data_root).test

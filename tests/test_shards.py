@@ -71,10 +71,19 @@ def test_every_sample_once_per_epoch_with_two_workers_and_order_changes(three_sh
     assert read_pass(stream)[0] == orders[0]  # same (seed, epoch): same order
 
 
-def test_passes_without_set_epoch_still_differ(three_shards):
+def test_order_is_a_function_of_seed_and_epoch_and_a_pass_without_set_epoch_reads_the_next_epoch(three_shards):
     out, _ = three_shards
-    stream = ShardStream(out, TEST_T, seed=0, batch_size=5)
-    assert read_pass(stream)[0] != read_pass(stream)[0]
+
+    def order(seed, epoch):
+        return read_pass(ShardStream(out, TEST_T, seed=seed, epoch=epoch, batch_size=5))[0]
+
+    epoch0, epoch1 = order(0, 0), order(0, 1)
+    assert sorted(epoch0) == sorted(epoch1) and epoch0 != epoch1  # another epoch: another order
+    assert order(1, 0) != epoch0  # another seed: another order
+    assert order(0, 0) == epoch0  # the same (seed, epoch): the same order
+    stream = ShardStream(out, TEST_T, seed=0, epoch=0, batch_size=5)
+    assert read_pass(stream)[0] == epoch0
+    assert read_pass(stream)[0] == epoch1  # no set_epoch: the second pass is epoch 1, as documented
 
 
 @pytest.mark.filterwarnings("ignore:This DataLoader will create")  # 3 workers on a 2-core CI machine

@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 from kdpipe.errors import KdpipeError
-from kdpipe.stages import common
+from kdpipe.stages import inputs
 from kdpipe.data.transforms import apply_seeded, transform_for
 
 
@@ -16,7 +16,7 @@ def _cfg(scale):
 def test_full_crop_scale_keeps_the_whole_image(tiny_student):
     img = Image.fromarray((torch.rand(40, 40, 3) * 255).byte().numpy())
     whole = transform_for(tiny_student, False)(img)
-    train = common.train_transform(_cfg([1.0, 1.0]), tiny_student)
+    train = inputs.train_transform(_cfg([1.0, 1.0]), tiny_student)
     for seed in range(8):
         out = apply_seeded(train, img, seed)
         assert torch.equal(out, whole) or torch.equal(out, whole.flip(-1))
@@ -25,5 +25,5 @@ def test_full_crop_scale_keeps_the_whole_image(tiny_student):
 @pytest.mark.parametrize("scale", [[0.0, 1.0], [0.9, 0.5], [0.5, 1.5], [0.5]])
 def test_bad_crop_scale_is_one_line(tiny_student, scale):
     with pytest.raises(KdpipeError, match="data.crop_scale") as e:
-        common.train_transform(_cfg(scale), tiny_student)
+        inputs.train_transform(_cfg(scale), tiny_student)
     assert "\n" not in str(e.value)

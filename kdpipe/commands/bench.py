@@ -17,10 +17,9 @@ bench_app = typer.Typer(help="Benchmarks: each prints ratios against a plain bas
 
 def _write_json_out(path: Optional[Path], res: dict) -> None:
     if path:
-        from kdpipe.infer.writers import _write_json_atomic
+        from kdpipe.io import write_json
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _write_json_atomic(path, res)
+        write_json(path, res)
 
 
 @bench_app.command("index")

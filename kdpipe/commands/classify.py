@@ -33,7 +33,7 @@ def classify(
     import torch
 
     from kdpipe.infer.classify import classify as run_classify
-    from kdpipe.infer.ranks import rank_world
+    from kdpipe.dist import rank_world
     from kdpipe.infer.runs import load_model
     from kdpipe.infer.sources import open_source
     from kdpipe.train.device import pick_device

@@ -30,22 +30,18 @@ def demo_overrides(run_dir: Path) -> dict[str, str]:
 
 def run_demo(run_dir: Path, quick: bool = False, sets: tuple[str, ...] = (), echo=None, jobs: int = 1) -> dict[str, Any]:
     """Render, run every stage and return ``{"report": folder, "results": markdown, "targets": [...]}``."""
-    from kdpipe.config import parse_set, resolve_config
-    from kdpipe.dag import GRAPH, run_stages, write_run_settings
+    from kdpipe.config import settings_from_cli
+    from kdpipe.pipeline import GRAPH, run_stages, write_run_settings
     from kdpipe.stages.world import prepare_world_data
 
     GRAPH.load_stage_modules()
-    recipe = RECIPES[quick]
-    paths = demo_overrides(run_dir)
-    given = dict(map(parse_set, sets))
-    overrides: dict[str, Any] = {**paths, **given}
-    items = [(k, v, f"--set {k}={v}" if k in given else "kdpipe demo") for k, v in overrides.items()]
-    cfg = resolve_config(recipe, items, schema=GRAPH.schema)
+    paths = {key: (value, "kdpipe demo") for key, value in demo_overrides(run_dir).items()}
+    settings = settings_from_cli(RECIPES[quick], sets, base=paths, schema=GRAPH.schema)
     say = echo or (lambda msg: typer.echo(msg, err=True))
-    say(f"demo: recipe {recipe}, run dir {run_dir}")
-    prepare_world_data(cfg, progress=True)
-    report = run_stages(cfg, run_dir, target="all", graph=GRAPH, echo=say,
-                        on_locked=lambda: write_run_settings(run_dir, recipe, overrides), jobs=jobs)
+    say(f"demo: recipe {settings.recipe}, run dir {run_dir}")
+    prepare_world_data(settings.config, progress=True)
+    report = run_stages(settings.config, run_dir, target="all", graph=GRAPH, echo=say,
+                        on_locked=lambda: write_run_settings(run_dir, settings.recipe, settings.overrides), jobs=jobs)
     report_dir = Path(run_dir) / "report"
     return {
         "report": report_dir,

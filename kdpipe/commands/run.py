@@ -32,29 +32,21 @@ _sets = typer.Option([], "--set", help=SET_HELP)
 _jobs = typer.Option(1, "--jobs", "-j", min=1, help="stages run side by side in this many worker processes once their inputs are ready (2 suits a 2-core CPU: the baselines train while the teacher and student do)")
 
 
-def _settings(run_dir_opt: Optional[Path], recipe: Optional[str], sets: list[str], shortcuts: dict[str, Any]):
-    """Merge the flags with what the run dir remembers; return (config, run dir, recipe, overrides)."""
-    from kdpipe.config import DEFAULT_RECIPE, parse_set, resolve_config, shortcut_overrides
-    from kdpipe.dag import GRAPH, read_run_settings
+def _settings(run_dir: Optional[Path], recipe: Optional[str], sets: list[str], shortcuts: dict[str, Any]):
+    """The flags on top of what the run dir remembers; return (settings, run dir, whether it remembered any)."""
+    from kdpipe.config import settings_from_cli
+    from kdpipe.pipeline import GRAPH, read_run_settings
 
     GRAPH.load_stage_modules()
-    # key -> (value, where it came from): shortcuts first, --set after, so --set wins
-    given = {key: (value, source) for key, value, source in shortcut_overrides(**shortcuts)}
-    given.update({k: (v, f"--set {k}={v}") for k, v in map(parse_set, sets)})
-
-    def resolve(rec: Optional[str], overrides: dict[str, tuple[Any, str]]):
-        items = [(k, v, source) for k, (v, source) in overrides.items()]
-        return resolve_config(rec or DEFAULT_RECIPE, items, schema=GRAPH.schema)
-
-    run_dir = run_dir_opt
     if run_dir is None:
-        run_dir = default_run_dir(resolve(recipe, given), recipe or DEFAULT_RECIPE)
+        # the flags alone name the run dir, whose run.json then fills in what they leave out
+        flags_only = settings_from_cli(recipe, sets, shortcuts, schema=GRAPH.schema)
+        run_dir = default_run_dir(flags_only.config, flags_only.recipe)
     saved = read_run_settings(run_dir) or {}
-    merged_recipe = recipe or saved.get("recipe") or DEFAULT_RECIPE
-    remembered = {k: (v, f"{k}={v} saved in {Path(run_dir) / 'run.json'}") for k, v in saved.get("overrides", {}).items()}
-    merged = {**remembered, **given}
-    cfg = resolve(merged_recipe, merged)
-    return cfg, run_dir, merged_recipe, {k: v for k, (v, _) in merged.items()}, bool(saved)
+    where = Path(run_dir) / "run.json"
+    remembered = {k: (v, f"{k}={v} saved in {where}") for k, v in saved.get("overrides", {}).items()}
+    settings = settings_from_cli(recipe or saved.get("recipe"), sets, shortcuts, base=remembered, schema=GRAPH.schema)
+    return settings, run_dir, bool(saved)
 
 
 def default_run_dir(cfg, recipe: str) -> Path:
@@ -89,16 +81,16 @@ def run(
     The run dir remembers its settings (run.json): a later command on it reuses them, and any
     recipe, shortcut or --set given then changes just those settings.
     """
-    from kdpipe.dag import GRAPH, run_stages, write_run_settings
+    from kdpipe.pipeline import GRAPH, run_stages, write_run_settings
 
     shortcuts = dict(teacher=teacher, student=student, dataset=dataset, data_root=data_root, seed=seed, seeds=seeds)
-    cfg, rd, rec, overrides, had_saved = _settings(run_dir, recipe, sets, shortcuts)
-    shown = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "none"
-    typer.echo(f"run dir {rd}  recipe {rec}  overrides: {shown}{'  (merged with run.json)' if had_saved else ''}", err=True)
+    settings, rd, had_saved = _settings(run_dir, recipe, sets, shortcuts)
+    shown = ", ".join(f"{k}={v}" for k, v in settings.overrides.items()) or "none"
+    typer.echo(f"run dir {rd}  recipe {settings.recipe}  overrides: {shown}{'  (merged with run.json)' if had_saved else ''}", err=True)
     try:
         report = run_stages(
-            cfg, rd, target=target, with_deps=with_deps, force=force, graph=GRAPH,
-            on_locked=lambda: write_run_settings(rd, rec, overrides), jobs=jobs,
+            settings.config, rd, target=target, with_deps=with_deps, force=force, graph=GRAPH,
+            on_locked=lambda: write_run_settings(rd, settings.recipe, settings.overrides), jobs=jobs,
         )
     except KeyboardInterrupt:
         # typer turns Ctrl-C into a silent exit 130; say what was kept and how to go on
@@ -125,10 +117,11 @@ def status(
     Flags work as for 'kdpipe run' without changing anything, so 'kdpipe status --set distill.lr=0.01'
     previews what that change would re-run.
     """
-    from kdpipe.dag import GRAPH, format_status, stage_statuses, summarize
+    from kdpipe.pipeline import GRAPH, format_status, stage_statuses, summarize
 
     shortcuts = dict(teacher=teacher, student=student, dataset=dataset, data_root=data_root, seed=seed, seeds=seeds)
-    cfg, rd, rec, overrides, _ = _settings(run_dir, recipe, sets, shortcuts)
+    settings, rd, _ = _settings(run_dir, recipe, sets, shortcuts)
+    cfg = settings.config
     rows = stage_statuses(cfg, rd, graph=GRAPH)
     if show_config:
         for key, value in sorted(cfg.flat().items()):
@@ -140,7 +133,7 @@ def status(
     if sys.stdout.isatty():
         _print_rich(rows, rd)
     else:
-        typer.echo(f"run dir {rd}  recipe {rec}")
+        typer.echo(f"run dir {rd}  recipe {settings.recipe}")
         typer.echo(format_status(rows))
     typer.echo(summarize(rows))
 

@@ -13,7 +13,6 @@ from kdpipe.data.splits import base_novel_labels, few_shot, subsample
 _LAZY = {
     "ImageDataset": ("kdpipe.data.images", "ImageDataset"),
     "load_rgb": ("kdpipe.data.images", "load_rgb"),
-    "worker_init": ("kdpipe.data.images", "worker_init"),
     "build_transform": ("kdpipe.data.transforms", "build_transform"),
     "transform_for": ("kdpipe.data.transforms", "transform_for"),
 }

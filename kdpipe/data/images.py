@@ -12,7 +12,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from kdpipe.data.items import Item
-from kdpipe.data.transforms import apply_seeded, sample_seed
+from kdpipe.data.transforms import apply_seeded, sample_seed, to_rgb
 from kdpipe.errors import KdpipeError
 
 log = logging.getLogger("kdpipe.data")
@@ -24,19 +24,14 @@ DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, EOFEr
 def load_rgb(source: str | bytes) -> Image.Image:
     """Open a path or encoded bytes and fully decode to RGB (so truncation fails here, not later).
 
-    Transparent images are flattened onto white rather than black, which is what the pixels look
-    like in a browser.
+    The one decoder of training, evaluation, shards and classify: the same file gives the same
+    pixels everywhere.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # PIL's palette-transparency and EXIF warnings, per image
         with Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source) as img:
             img.load()
-            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-                rgba = img.convert("RGBA")
-                background = Image.new("RGB", rgba.size, (255, 255, 255))
-                background.paste(rgba, mask=rgba.getchannel("A"))
-                return background
-            return img.convert("RGB")
+            return to_rgb(img)
 
 
 def describe_error(e: BaseException) -> str:
@@ -44,15 +39,6 @@ def describe_error(e: BaseException) -> str:
     text = str(e).strip().splitlines()[0] if str(e).strip() else ""
     text = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", text)
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
-
-
-def worker_init(_worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: one intra-op thread per worker.
-
-    With several decoding processes, OpenMP threads spin-waiting against each other made small
-    tensor ops an order of magnitude slower on few-core machines.
-    """
-    torch.set_num_threads(1)
 
 
 class ImageDataset(torch.utils.data.Dataset):

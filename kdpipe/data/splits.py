@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-import os
 import random
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 from kdpipe.data.items import DatasetSplits, Item
 from kdpipe.errors import KdpipeError
+from kdpipe.io import read_json_or_none, write_json
 
 SUBSETS = ("base", "novel", "all")
 FEWSHOT_FORMAT = "kdpipe-fewshot/1"
@@ -67,22 +65,9 @@ def _fingerprint(splits: DatasetSplits) -> str:
     return h.hexdigest()[:16]
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _load_cached(path: Path, splits: DatasetSplits, fingerprint: str) -> DatasetSplits | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    data = read_json_or_none(path)
+    if not isinstance(data, dict):
         return None
     if data.get("format") != FEWSHOT_FORMAT or data.get("fingerprint") != fingerprint:
         return None
@@ -115,7 +100,7 @@ def few_shot(splits: DatasetSplits, shots: int, seed: int, cache_dir: str | Path
     val = _sample_per_class(splits.val, min(shots, 4), rng)
     result = replace(splits, train=train, val=val)
     if cache_path is not None:
-        _write_json_atomic(
+        write_json(
             cache_path,
             {
                 "format": FEWSHOT_FORMAT,

@@ -62,6 +62,18 @@ def random_crop_box(
     return (height - h) // 2, (width - w) // 2, h, w
 
 
+def to_rgb(img: Image.Image) -> Image.Image:
+    """``img`` as RGB, transparent pixels flattened onto white: what the image looks like in a
+    browser. (PIL's ``convert("RGB")`` drops alpha and shows whatever colour the transparent pixels
+    store, usually black.)"""
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return img.convert("RGB")
+
+
 class ImageTransform:
     """PIL image -> normalised float tensor [3, size, size]; ``generator`` drives the random parts."""
 
@@ -87,7 +99,7 @@ class ImageTransform:
 
     def __call__(self, img: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
         if img.mode != "RGB":
-            img = img.convert("RGB")
+            img = to_rgb(img)  # transparency onto white, as every image kdpipe decodes
         size = self.image_size
         if self.train:
             top, left, h, w = random_crop_box(img.width, img.height, self.scale, self.ratio, generator)

@@ -18,6 +18,7 @@ from typing import Sequence
 import torch
 
 from kdpipe.errors import KdpipeError
+from kdpipe.io import read_json, read_tensors
 
 FEATURES = "features.safetensors"
 KEYS = "keys.json"
@@ -43,8 +44,6 @@ class CachedTeacher:
 
     @classmethod
     def load(cls, folder: str | Path, device: str | torch.device = "cpu") -> "CachedTeacher":
-        from kdpipe.stages.outputs import read_json, read_tensors
-
         folder = Path(folder)
         if not (folder / FEATURES).is_file() or not (folder / KEYS).is_file():
             raise KdpipeError(f"teacher cache in {folder} is missing; run the teacher-cache stage (kdpipe run teacher-cache)")

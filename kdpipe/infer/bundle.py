@@ -6,7 +6,8 @@ A bundle folder holds:
   - ``backbone.safetensors``: the frozen CLIP weights the method runs on (so neither a download nor
     the run directory is needed; it records its architecture);
   - ``method.safetensors``: the learned state (prompts, projector ...) with the method's meta;
-  - ``class_features.safetensors``: ``[C, D]`` unit rows the images are scored against;
+  - ``class_features.safetensors``: ``[C, D]`` unit rows the images are scored against
+    (:mod:`kdpipe.artefacts.class_features`);
   - ``classes.index`` + ``classes.index.json``: the class index over those rows;
   - optionally ``teacher/backbone.safetensors`` + ``teacher/method.safetensors``: the teacher's
     text side, so ``--classes FILE`` can compute features for class names never seen.
@@ -29,6 +30,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from kdpipe.artefacts.class_features import ClassFeatures, read_class_features, write_class_features
 from kdpipe.errors import KdpipeError
 
 BUNDLE_FILE = "bundle.json"
@@ -109,10 +111,10 @@ class ClassModel:
 
     def index(self, kind: str | None = None, device: str | torch.device = "cpu"):
         """The class index: the stored one when it fits the request, else built from the features."""
-        from kdpipe.infer.index import ClassIndex, faiss_module, sidecar_path
+        from kdpipe.infer.index import ClassIndex, faiss_module, read_sidecar, sidecar_path
 
         stored_needs_faiss = self.index_path is not None and sidecar_path(self.index_path).is_file() and \
-            json.loads(sidecar_path(self.index_path).read_text()).get("storage") == "faiss"
+            read_sidecar(self.index_path).get("storage") == "faiss"
         if stored_needs_faiss and faiss_module() is None:  # flat then runs as an exact torch search
             return ClassIndex.build(self.class_features, kind or "flat", device=str(device))
         if self.index_path is not None and self.index_path.is_file():
@@ -183,7 +185,7 @@ def export_bundle(model: ClassModel, out: str | Path, *, index_kind: str = "flat
     import kdpipe
     from kdpipe.clip import save_backbone
     from kdpipe.infer.index import ClassIndex
-    from kdpipe.methods import save_learned
+    from kdpipe.methods.io import save_learned
 
     out = Path(out)
     if out.exists() and not overwrite:
@@ -201,8 +203,7 @@ def export_bundle(model: ClassModel, out: str | Path, *, index_kind: str = "flat
         method = model.method
         save_backbone(method.backbone.model, method.backbone.arch, tmp / BACKBONE_FILE)
         save_learned(method, tmp / METHOD_FILE)
-        save_class_features(tmp / FEATURES_FILE, model.class_features,
-                            {"classnames": model.classnames, "logit_scale": model.logit_scale, "num_base": model.num_base})
+        write_class_features(tmp / FEATURES_FILE, ClassFeatures(model.class_features, model.classnames, model.logit_scale, model.num_base))
         ClassIndex.build(model.class_features, index_kind).save(tmp / INDEX_FILE)
         if teacher is not None:
             (tmp / TEACHER_DIR).mkdir()
@@ -241,27 +242,6 @@ def _replace_dir(new: Path, target: Path) -> None:
         shutil.rmtree(old) if old.is_dir() else old.unlink()
 
 
-def save_class_features(path: Path, features: torch.Tensor, meta: dict[str, Any]) -> None:
-    """``features`` [C, D] with JSON-encoded metadata (safetensors metadata is str -> str)."""
-    from safetensors.torch import save_file
-
-    save_file({"features": features.detach().float().cpu().contiguous()}, str(path),
-              metadata={k: json.dumps(v) for k, v in meta.items()})
-
-
-def load_class_features(path: Path) -> tuple[torch.Tensor, dict[str, Any]]:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
-            features = f.get_tensor("features")
-        meta["classnames"], meta["logit_scale"]
-    except (OSError, ValueError, KeyError) as e:
-        raise KdpipeError(f"{path} is not a readable kdpipe class-feature file ({type(e).__name__}: {e}); re-export the bundle") from None
-    return features, meta
-
-
 # ---------------------------------------------------------------------------------- read
 def is_bundle(path: str | Path) -> bool:
     return (Path(path) / BUNDLE_FILE).is_file()
@@ -284,32 +264,23 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> ClassMo
     for name in (BACKBONE_FILE, METHOD_FILE, FEATURES_FILE):
         if not (path / name).is_file():
             raise KdpipeError(f"bundle {path} is incomplete: {name} is missing; re-export it")
-    method = _rebuild(path / BACKBONE_FILE, path / METHOD_FILE, device)
-    features, meta = load_class_features(path / FEATURES_FILE)
+    method = _load_method(path, device)
+    cf = read_class_features(path / FEATURES_FILE)
     teacher_loader = None
     if (path / TEACHER_DIR / METHOD_FILE).is_file():
         def teacher_loader(d=path / TEACHER_DIR):
-            return _rebuild(d / BACKBONE_FILE, d / METHOD_FILE, device)
+            return _load_method(d, device)
     return ClassModel(
-        method, meta["classnames"], features, float(meta["logit_scale"]), meta.get("num_base"),
+        method, cf.classnames, cf.features, cf.logit_scale, cf.num_base,
         source=f"bundle {path}", provenance={**info.get("provenance", {}), "backbone": info["backbone"]["spec"]},
         teacher_loader=teacher_loader, index_path=path / INDEX_FILE,
     )
 
 
-def _rebuild(backbone_file: Path, method_file: Path, device):
-    """A method from its saved state on a backbone loaded from a weights file (no download)."""
+def _load_method(folder: Path, device):
+    """The method saved in ``folder`` on the backbone weights saved beside it (no download)."""
     from kdpipe.clip import load_backbone
+    from kdpipe.methods.io import load_method
 
-    backbone = load_backbone(str(backbone_file), device=device)
-    return rebuild_method(method_file, backbone, device)
-
-
-def rebuild_method(method_file: Path, backbone, device):
-    from kdpipe.methods import build_method, read_learned
-
-    state, meta = read_learned(method_file)
-    method = build_method(meta["method"], backbone, meta["classnames"], overrides=meta["config"], dataset=meta.get("dataset"))
-    method.to(device)
-    method.load_learned_state_dict({k: v.to(device) for k, v in state.items()}, meta)
-    return method.eval()
+    backbone = load_backbone(str(folder / BACKBONE_FILE), device=device)
+    return load_method(folder / METHOD_FILE, device=device, backbone=backbone)[0]

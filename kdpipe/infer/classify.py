@@ -17,8 +17,10 @@ from typing import Any, Callable
 import torch
 
 from kdpipe.errors import KdpipeError
+from kdpipe.progress import Progress
 from kdpipe.infer.index import ClassIndex
-from kdpipe.infer.ranks import classify_ranked, rank_world
+from kdpipe.dist import rank_world
+from kdpipe.infer.ranks import classify_ranked
 from kdpipe.infer.sources import ImageSource
 from kdpipe.infer.writers import ResultWriter, Row, skipped_path
 
@@ -111,7 +113,9 @@ def classify(
     def run(writer: ResultWriter, done: set[str]) -> ClassifySummary:
         total = source.count()
         todo = None if total is None or world > 1 else max(0, total - len(done & _count_keys(source)))
-        bar = _Bar(progress, todo, f"classify {Path(out).name}" + (f" [rank {rank}/{world}]" if world > 1 else ""))
+        # a bar on a terminal, a line with images/s and ETA every few seconds in a log
+        bar = Progress(todo, f"classify {Path(out).name}" + (f" [rank {rank}/{world}]" if world > 1 else ""),
+                       unit="image", quiet=not progress)
         start = time.perf_counter()
         with torch.inference_mode(), bar:
             for batch in source.batches(transform, batch_size, workers, done, pin_memory=dev.type == "cuda", rank=rank, world=world):
@@ -122,7 +126,8 @@ def classify(
                     scores, ids = class_index.search(feats.float(), top_k)
                     rows = [_row(k, s, i, classnames) for k, s, i in zip(batch.keys, scores.tolist(), ids.tolist())]
                 writer.append(rows, batch.skipped)
-                bar.advance(len(batch.keys) + len(batch.skipped))
+                seen = len(batch.keys) + len(batch.skipped)
+                bar.update(seen, images=seen)
         writer.close()
         return ClassifySummary(
             out=writer.out, source=source.describe(), rows_total=len(writer.rows_done) + writer.written,
@@ -144,35 +149,3 @@ def _count_keys(source: ImageSource) -> set[str]:
 def _row(key: str, scores: list[float], ids: list[int], classnames: list[str]) -> Row:
     keep = [j for j, i in enumerate(ids) if i >= 0]  # approximate indexes may find fewer than k
     return Row(key, [classnames[ids[j]] for j in keep], [round(scores[j], 6) for j in keep], [ids[j] for j in keep])
-
-
-class _Bar:
-    """A rich progress bar with images/s, or nothing when ``progress`` is off."""
-
-    def __init__(self, enabled: bool, total: int | None, desc: str):
-        self.enabled, self.total, self.desc = enabled, total, desc
-        self.progress = None
-
-    def __enter__(self):
-        if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
-
-            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
-                                     TextColumn("{task.fields[rate]} images/s"),
-                                     TimeRemainingColumn())
-            self.progress.__enter__()
-            self.task = self.progress.add_task(self.desc, total=self.total, rate="-")
-            self.t0 = time.perf_counter()
-            self.n = 0
-        return self
-
-    def advance(self, n: int) -> None:
-        if self.progress is not None:
-            self.n += n
-            rate = self.n / max(time.perf_counter() - self.t0, 1e-9)
-            self.progress.update(self.task, advance=n, rate=f"{rate:.1f}")
-
-    def __exit__(self, *exc):
-        if self.progress is not None:
-            self.progress.__exit__(*exc)
-        return False

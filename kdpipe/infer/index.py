@@ -19,9 +19,7 @@ index is saved as safetensors instead. Nothing is ever pickled.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +29,7 @@ import numpy as np
 import torch
 
 from kdpipe.errors import KdpipeError
+from kdpipe.io import atomic_path, read_json, read_tensors, write_json, write_tensors
 
 KINDS = ("flat", "ivf", "hnsw", "auto")
 # Flat search costs B*C*D per batch, far less than encoding B images, until C gets very large.
@@ -238,16 +237,12 @@ class ClassIndex:
     def save(self, path: str | Path) -> Path:
         """Write the index to ``path`` and its description to ``path.json``, both atomically."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
         if self._faiss_cpu is not None:
-            faiss_module().write_index(self._faiss_cpu, str(tmp))
+            with atomic_path(path) as tmp:
+                faiss_module().write_index(self._faiss_cpu, str(tmp))
         else:
-            from safetensors.torch import save_file
-
-            save_file({"features": self.features}, str(tmp))
-        os.replace(tmp, path)
-        _write_json_atomic(sidecar_path(path), self.describe())
+            write_tensors(path, {"features": self.features})
+        write_json(sidecar_path(path), self.describe())
         return path
 
     @classmethod
@@ -256,17 +251,10 @@ class ClassIndex:
         side = sidecar_path(path)
         if not path.is_file() or not side.is_file():
             raise KdpipeError(f"class index {path} (and its sidecar {side.name}) not found; build one with ClassIndex.build(...).save(path)")
-        try:
-            meta = json.loads(side.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise KdpipeError(f"{side} is not a readable class-index sidecar ({e})") from e
-        if meta.get("format") != SIDECAR_FORMAT or int(meta.get("version", 0)) > SIDECAR_VERSION:
-            raise KdpipeError(f"{side} is not a kdpipe class index of a version this kdpipe reads (found {meta.get('format')} v{meta.get('version')})")
+        meta = read_sidecar(path)
         params = IndexParams(**{k: v for k, v in meta.get("params", {}).items() if k in IndexParams.__dataclass_fields__})
         if meta["storage"] == "safetensors":
-            from safetensors.torch import load_file
-
-            feats = load_file(str(path))["features"]
+            feats = read_tensors(path)[0]["features"]
             return cls(feats, meta["kind"], params, None, device)
         faiss = faiss_module()
         if faiss is None:
@@ -291,6 +279,19 @@ def resolve_kind(kind: str, n_classes: int) -> str:
 def sidecar_path(path: str | Path) -> Path:
     path = Path(path)
     return path.with_name(path.name + ".json")
+
+
+def read_sidecar(path: str | Path) -> dict[str, Any]:
+    """The description :meth:`ClassIndex.save` wrote beside the index at ``path`` (kind, storage, sizes)."""
+    side = sidecar_path(path)
+    try:
+        meta = read_json(side)
+    except (OSError, ValueError) as e:
+        raise KdpipeError(f"{side} is not a readable class-index sidecar ({e})") from e
+    if not isinstance(meta, dict) or meta.get("format") != SIDECAR_FORMAT or int(meta.get("version", 0)) > SIDECAR_VERSION:
+        found = meta if isinstance(meta, dict) else {}
+        raise KdpipeError(f"{side} is not a kdpipe class index of a version this kdpipe reads (found {found.get('format')} v{found.get('version')})")
+    return meta
 
 
 def _build_faiss(faiss, feats: np.ndarray, kind: str, params: IndexParams):
@@ -337,8 +338,3 @@ def _best_times(fns: dict[str, "callable"], device: torch.device, repeats: int =
             best[name] = min(best[name], time.perf_counter() - t)
     return best
 
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)

@@ -11,71 +11,25 @@ single-process run, each image exactly once.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any, Callable
 
+from kdpipe.dist import Ranks
 from kdpipe.errors import KdpipeError
 from kdpipe.infer.writers import JsonlFile, ResultWriter, Row, skipped_path
-
-
-def rank_world() -> tuple[int, int]:
-    """(rank, world size) as torchrun sets them; (0, 1) in a plain process."""
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def parts_dir(out: Path) -> Path:
     return out.with_name(out.name + ".ranks")
 
 
-class Group:
-    """The default process group (made here when torchrun started us without one), for tiny messages."""
-
-    def __init__(self, rank: int, world: int):
-        import torch
-        import torch.distributed as dist
-
-        self.rank, self.world = rank, world
-        self.created = False
-        if not dist.is_initialized():
-            dist.init_process_group(backend="cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
-            self.created = True
-
-    def share(self, obj: Any) -> Any:
-        """Rank 0's JSON-able ``obj`` on every rank (JSON bytes over a CPU tensor: nothing unpickled)."""
-        import torch
-        import torch.distributed as dist
-
-        data = json.dumps(obj).encode() if self.rank == 0 else b""
-        size = torch.tensor([len(data)], dtype=torch.long)
-        dist.broadcast(size, src=0)
-        buf = torch.frombuffer(bytearray(data), dtype=torch.uint8) if self.rank == 0 and data else torch.empty(int(size), dtype=torch.uint8)
-        dist.broadcast(buf, src=0)
-        return json.loads(bytes(buf.tolist()).decode())
-
-    def any_failed(self, failed: bool) -> bool:
-        """Whether any rank failed, known to every rank, so none waits forever for a dead peer's work."""
-        import torch
-        import torch.distributed as dist
-
-        flag = torch.tensor([1 if failed else 0], dtype=torch.long)
-        dist.all_reduce(flag)
-        return int(flag) > 0
-
-    def settle(self, error: BaseException | None) -> None:
-        """Raise this rank's own error, or a one-line one when only another rank failed."""
-        if self.any_failed(error is not None):
-            if error is not None:
-                raise error
-            raise KdpipeError("another classify process failed; its error is in its output")
-
-    def close(self) -> None:
-        import torch.distributed as dist
-
-        dist.barrier()
-        if self.created:
-            dist.destroy_process_group()
+def settle(ranks: Ranks, error: BaseException | None) -> None:
+    """Raise this rank's own error, or a one-line one when only another rank failed."""
+    if ranks.any_failed(error is not None):
+        if error is not None:
+            raise error
+        raise KdpipeError("another classify process failed; its error is in its output")
 
 
 def merge_parts(writer: ResultWriter) -> int:
@@ -101,7 +55,7 @@ def merge_parts(writer: ResultWriter) -> int:
 def classify_ranked(run: Callable[[ResultWriter, set[str]], Any], out: Path, writer_args: dict[str, Any],
                     overwrite: bool, rank: int, world: int):
     """Run ``run(part_writer, done)`` on every rank; rank 0 owns ``out`` and merges the parts."""
-    group = Group(rank, world)
+    ranks = Ranks()
     try:
         main, error = None, None
         if rank == 0:
@@ -112,8 +66,8 @@ def classify_ranked(run: Callable[[ResultWriter, set[str]], Any], out: Path, wri
                 merge_parts(main)  # parts a killed run left behind
             except Exception as e:  # noqa: BLE001  (re-raised by settle, after telling the others)
                 error = e
-        group.settle(error)
-        done = set(group.share(sorted(main.done) if rank == 0 else None))
+        settle(ranks, error)
+        done = set(ranks.share(sorted(main.done) if rank == 0 else None))
         part = parts_dir(out) / f"rank-{rank}.jsonl"
         part.parent.mkdir(parents=True, exist_ok=True)
         summary, error = None, None
@@ -123,7 +77,7 @@ def classify_ranked(run: Callable[[ResultWriter, set[str]], Any], out: Path, wri
             summary = run(part_writer, done)
         except Exception as e:  # noqa: BLE001
             error = e
-        group.settle(error)
+        settle(ranks, error)
         if rank == 0:
             merged = merge_parts(main)
             main.close()
@@ -133,4 +87,4 @@ def classify_ranked(run: Callable[[ResultWriter, set[str]], Any], out: Path, wri
             summary.skipped_total = len(main.skipped_done) + len(main.newly_skipped)
         return summary
     finally:
-        group.close()
+        ranks.close()

@@ -9,37 +9,38 @@ side for ``--classes`` with new names.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
+from typing import Callable
 
+from kdpipe.artefacts import run_layout as layout
 from kdpipe.errors import KdpipeError
-from kdpipe.infer.bundle import ClassModel, is_bundle, load_bundle, rebuild_method
+from kdpipe.infer.bundle import ClassModel, is_bundle, load_bundle
 
-# role -> (folder-name pattern before the optional -seedN, the method-state file in it)
-ROLES = {
-    "student": (r"distill", "student.safetensors"),
-    "teacher": (r"teacher-[A-Za-z0-9_]+", "teacher.safetensors"),
+# role -> (folder-name pattern before the optional -seedN, where the method's files are in it)
+ROLES: dict[str, tuple[str, Callable[[Path], Path]]] = {
+    "student": (layout.STUDENT_FOLDER, layout.student_stem),
+    "teacher": (layout.TEACHER_FOLDER, layout.teacher_stem),
 }
-TEXT_FEATURES = (r"text-features", "text_features.safetensors", "classes.index")
 
 
-def _role_pattern(role: str) -> tuple[str, str]:
+def _role_pattern(role: str) -> tuple[str, Callable[[Path], Path]]:
     if role in ROLES:
         return ROLES[role]
-    if role.startswith("baseline:") and re.fullmatch(r"[A-Za-z0-9_]+", role.split(":", 1)[1] or "-"):
-        return re.escape(f"baseline-{role.split(':', 1)[1]}"), "method.safetensors"
+    method = role.split(":", 1)[1] if role.startswith("baseline:") else ""
+    if layout.is_method_name(method):
+        return layout.baseline_folder(method), layout.baseline_stem
     raise KdpipeError(f"unknown --stage {role!r}; expected student, teacher or baseline:METHOD (e.g. baseline:coop)")
 
 
 def stage_folders(run_dir: Path, pattern: str) -> dict[int | None, Path]:
     """Done folders matching ``pattern`` (plus an optional ``-seedN``), by seed."""
-    from kdpipe.dag import read_manifest
+    from kdpipe.pipeline import read_manifest
 
     found: dict[int | None, Path] = {}
     for d in sorted(p for p in run_dir.iterdir() if p.is_dir()):
-        m = re.fullmatch(rf"({pattern})(?:-seed(\d+))?", d.name)
-        if m and read_manifest(d) is not None:
-            found[int(m.group(2)) if m.group(2) else None] = d
+        matches, seed = layout.folder_seed(pattern, d.name)
+        if matches and read_manifest(d) is not None:
+            found[seed] = d
     return found
 
 
@@ -59,31 +60,28 @@ def _pick(run_dir: Path, role: str, pattern: str, seed: int | None) -> tuple[Pat
 
 def load_run(run_dir: str | Path, role: str = "student", seed: int | None = None, device="cpu") -> ClassModel:
     """The model of one finished stage of a run directory, ready for :func:`classify`."""
-    from kdpipe.clip import load_backbone
-    from kdpipe.methods import read_learned
-    from kdpipe.stages.text_features import load_text_features
+    from kdpipe.artefacts.class_features import read_class_features
+    from kdpipe.methods.io import load_method
 
     run_dir = Path(run_dir)
-    pattern, state_file = _role_pattern(role)
+    pattern, stem = _role_pattern(role)
     folder, seed = _pick(run_dir, role, pattern, seed)
-    tf_folder, _ = _pick(run_dir, "text-features", TEXT_FEATURES[0], seed)
-    tf = load_text_features(tf_folder / TEXT_FEATURES[1])
-    _, meta = read_learned(folder / state_file)
-    method = rebuild_method(folder / state_file, load_backbone(meta["backbone"], device=device), device)
+    tf_folder, _ = _pick(run_dir, layout.TEXT_FEATURES, layout.TEXT_FEATURES_FOLDER, seed)
+    tf = read_class_features(layout.features_path(tf_folder))
+    method, meta = load_method(stem(folder), device=device)
     source = f"{role} of run {run_dir}" + (f" (seed {seed})" if seed is not None else "")
     if role in ("student", "teacher"):
         feats = tf.features
-        index_path = tf_folder / TEXT_FEATURES[2]
+        index_path = layout.index_path(tf_folder)
     else:
         feats = image_independent_class_features(method, tf.classnames)
         index_path = None
     teacher_loader = None
     if role == "student":
-        teacher_folder, _ = _pick(run_dir, "teacher", ROLES["teacher"][0], seed)
+        teacher_folder, _ = _pick(run_dir, "teacher", layout.TEACHER_FOLDER, seed)
 
         def teacher_loader():
-            _, tmeta = read_learned(teacher_folder / ROLES["teacher"][1])
-            return rebuild_method(teacher_folder / ROLES["teacher"][1], load_backbone(tmeta["backbone"], device=device), device)
+            return load_method(layout.teacher_stem(teacher_folder), device=device)[0]
 
     return ClassModel(method, tf.classnames, feats, float(method.clip.logit_scale), tf.num_base, source=source,
                       provenance={"run_dir": str(run_dir.resolve()), "stage": folder.name, "seed": seed, "backbone": meta["backbone"]},

@@ -26,6 +26,8 @@ from typing import Callable, Iterator
 
 import torch
 
+from kdpipe.data.images import DECODE_ERRORS, describe_error, load_rgb
+from kdpipe.dist import worker_init
 from kdpipe.errors import KdpipeError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
@@ -68,27 +70,13 @@ class ImageSource(ABC):
 
 
 # --------------------------------------------------------------------------- decoding (workers)
-class UnreadableImage(Exception):
-    """Raised inside workers; becomes a skipped entry, never a crash."""
-
-
-def load_rgb(path: str):
-    """Open an image fully (PIL is lazy: truncated files only fail on ``load``) as RGB."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        if os.path.getsize(path) == 0:
-            raise UnreadableImage("empty file (0 bytes)")
-        with Image.open(path) as im:
-            im.load()
-            return im.convert("RGB")
-    except UnreadableImage:
-        raise
-    except FileNotFoundError:
-        raise UnreadableImage("file not found") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise UnreadableImage(f"not a readable image ({type(e).__name__}{': ' + msg if msg else ''})") from None
+def unreadable_reason(path: str, error: BaseException) -> str:
+    """Why ``path`` could not be decoded, in words for the skipped list."""
+    if isinstance(error, FileNotFoundError):
+        return "file not found"
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        return "empty file (0 bytes)"
+    return f"not a readable image ({describe_error(error)})"
 
 
 class _PathDataset(torch.utils.data.Dataset):
@@ -102,9 +90,10 @@ class _PathDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         key, path = self.entries[i]
         try:
-            return key, self.transform(load_rgb(path)), None
-        except UnreadableImage as e:
-            return key, None, str(e)
+            img = load_rgb(path)  # training's decoder: the same file gives the same pixels here
+        except DECODE_ERRORS as e:
+            return key, None, unreadable_reason(path, e)
+        return key, self.transform(img), None
 
 
 def _collate(items) -> Batch:
@@ -112,11 +101,6 @@ def _collate(items) -> Batch:
     images = [img for _, img, _ in items if img is not None]
     skipped = [(k, why) for k, img, why in items if img is None]
     return Batch(torch.stack(images) if images else None, keys, skipped)
-
-
-def worker_init(_: int) -> None:
-    # One BLAS/OpenMP thread per worker: several spinning thread pools on few cores slow everything.
-    torch.set_num_threads(1)
 
 
 def loader_kwargs(workers: int, pin_memory: bool) -> dict:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from kdpipe.errors import KdpipeError
+from kdpipe.io import atomic_path, read_json_or_none, write_text
 
 META_FORMAT = "kdpipe-classify-output"
 META_VERSION = 1
@@ -231,11 +232,9 @@ class ParquetFile(RowFile):
         self.parts.mkdir(parents=True, exist_ok=True)
         # after the first number in use: parts merged before a kill may be gone from the middle
         n = max((int(p.stem.split("-")[1]) for p in self.parts.glob("part-*.parquet")), default=-1) + 1
-        final = self.parts / f"part-{n:06d}.parquet"
-        tmp = final.with_name(final.name + ".tmp")
-        pq.write_table(self._table(self.buffer), tmp)
-        _fsync_file(tmp)
-        os.replace(tmp, final)
+        with atomic_path(self.parts / f"part-{n:06d}.parquet") as tmp:
+            pq.write_table(self._table(self.buffer), tmp)
+            _fsync_file(tmp)
         self.buffer = []
 
     def finish(self) -> None:
@@ -245,14 +244,13 @@ class ParquetFile(RowFile):
         parts = sorted(self.parts.glob("part-*.parquet")) if self.parts.exists() else []
         if not parts:
             return
-        tmp = self.path.with_name(self.path.name + ".tmp")
         sources = ([self.path] if self.path.exists() else []) + parts
         schema = pq.read_schema(sources[0])  # as written (list field names can differ from in-memory ones)
-        with pq.ParquetWriter(tmp, schema) as w:
-            for src in sources:
-                w.write_table(pq.read_table(src).cast(schema))
-        _fsync_file(tmp)
-        os.replace(tmp, self.path)
+        with atomic_path(self.path) as tmp:
+            with pq.ParquetWriter(tmp, schema) as w:
+                for src in sources:
+                    w.write_table(pq.read_table(src).cast(schema))
+            _fsync_file(tmp)
         shutil.rmtree(self.parts)
 
 
@@ -279,7 +277,7 @@ class ResultWriter:
         self.skipped_done = self.skipped.recover()
         self.done = self.rows_done | self.skipped_done
         self.resumed = len(self.done)
-        _write_json_atomic(meta_path(self.out), self.meta)
+        _write_meta(meta_path(self.out), self.meta)
         self.written = 0
         self.newly_skipped: list[tuple[str, str]] = []
 
@@ -297,10 +295,9 @@ class ResultWriter:
             if self.out.exists():
                 raise KdpipeError(f"{self.out} exists but was not written by kdpipe classify (no {mp.name}); pass --overwrite to replace it")
             return
-        try:
-            prev = json.loads(mp.read_text())
-        except (OSError, json.JSONDecodeError):
-            raise KdpipeError(f"{mp} is unreadable, so {self.out} cannot be resumed safely; pass --overwrite to start over") from None
+        prev = read_json_or_none(mp)
+        if not isinstance(prev, dict):
+            raise KdpipeError(f"{mp} is unreadable, so {self.out} cannot be resumed safely; pass --overwrite to start over")
         prev_model = (prev.get("model") or {}).get("id")
         if prev_model != self.meta["model"]["id"]:
             raise KdpipeError(
@@ -391,7 +388,6 @@ def _fsync_file(path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+def _write_meta(path: Path, meta: dict) -> None:
+    # ensure_ascii=False: class names and paths stay readable in the file people open
+    write_text(path, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")

@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
+from kdpipe.config import coerce, field_types
 from kdpipe.errors import KdpipeError
 
 
@@ -38,13 +39,14 @@ class MethodConfig:
         if dataset is not None:
             values.update(cls.dataset_defaults.get(dataset.lower(), {}))
         values.update(overrides or {})
-        known = {f.name: f for f in fields(cls)}
+        known = field_types(cls)
         unknown = sorted(set(values) - set(known))
         if unknown:
             raise KdpipeError(
                 f"unknown setting(s) {', '.join(unknown)} for {cls.__name__}; known: {', '.join(known)}"
             )
-        cfg = cls(**{k: _coerce(cls, known[k], v) for k, v in values.items()})
+        # the same checks as the pipeline's config: strings from a command line are parsed
+        cfg = cls(**{k: coerce(v, known[k], f"{cls.__name__}.{k}") for k, v in values.items()})
         cfg.validate()
         return cfg
 
@@ -64,28 +66,3 @@ class MethodConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def _coerce(cls: type, field: dataclasses.Field, value: Any) -> Any:
-    """Accept strings from the command line for scalar fields ("4", "0.002", "true")."""
-    default = field.default
-    if default is dataclasses.MISSING or default is None or not isinstance(value, str):
-        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-            return float(value)
-        return value
-    try:
-        if isinstance(default, bool):
-            if value.lower() in {"1", "true", "yes", "on"}:
-                return True
-            if value.lower() in {"0", "false", "no", "off"}:
-                return False
-            raise ValueError(value)
-        if isinstance(default, int):
-            return int(value)
-        if isinstance(default, float):
-            return float(value)
-    except ValueError:
-        raise KdpipeError(
-            f"{cls.__name__}.{field.name} expects a {type(default).__name__}, got {value!r}"
-        ) from None
-    return value

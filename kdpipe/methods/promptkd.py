@@ -28,6 +28,7 @@ class PromptKDConfig(MethodConfig):
         "evaluation data); AMP with fp32 master weights instead of pure fp16"
     )
 
+    # the pipeline's student and distill sections take their defaults from these (one source)
     n_ctx: int = 4  # vision prompt tokens per depth
     depth: int = 9  # 9 base-to-novel, 3 cross-dataset; capped at the vision tower's depth
     teacher_dim: int = 768  # the teacher's embed dim (768 for ViT-L/14)

@@ -7,17 +7,10 @@ reference settings (and are part of that member's fingerprint only).
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from kdpipe.dag import register_stage
-from kdpipe.stages import common
+from kdpipe.artefacts.run_layout import BASELINE, BASELINE_STEM, baseline_stem
+from kdpipe.pipeline import register_stage
+from kdpipe.stages import inputs
 from kdpipe.stages.fewshot import stage_metrics, train_fewshot
-
-STEM = "method"
-
-
-def baseline_stem(stage_dir: str | Path) -> Path:
-    return Path(stage_dir) / STEM
 
 
 def _members(cfg) -> list[str]:
@@ -29,12 +22,12 @@ def _members(cfg) -> list[str]:
 
 
 @register_stage(
-    "baseline",
+    BASELINE,
     reads=["data.shots", "data.mode", "data.crop_scale", "student.backbone", "baselines.{member}"],
-    outputs=["method.safetensors", "method.json"],
+    outputs=[f"{BASELINE_STEM}.safetensors", f"{BASELINE_STEM}.json"],
     expand=_members,
     seeded=True,
-    identity=common.source_identity,
+    identity=inputs.source_identity,
     headline="train_loss",
     version=2,  # 2: OpenAI weights build QuickGELU; IVLP's own reference defaults (2+2 ctx, depth 12)
     description="train a baseline prompt method few-shot on the student backbone",

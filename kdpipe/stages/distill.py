@@ -19,19 +19,18 @@ import math
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from kdpipe.dag import register_stage
+from kdpipe.artefacts.run_layout import DISTILL, STUDENT_STEM, features_path, student_stem, teacher_stem
+from kdpipe.dist import rank_world
+from kdpipe.io import read_json, write_json
+from kdpipe.pipeline import register_stage
 from kdpipe.errors import KdpipeError
-from kdpipe.stages import common
+from kdpipe.progress import step_reporter
+from kdpipe.stages import inputs
+from kdpipe.train.checkpoint import resumed_step
 from kdpipe.stages import teacher_cache  # noqa: F401  (registers the optional stage distill may read from)
-from kdpipe.stages.outputs import read_json, write_json
 
-STEM = "student"
 CURVES = "curves.json"
 MIN_BATCH = 2  # the projector's BatchNorm cannot train on a single image
-
-
-def student_stem(stage_dir: str | Path) -> Path:
-    return Path(stage_dir) / STEM
 
 
 class AgreementLog:
@@ -138,10 +137,10 @@ def teacher_input(teacher_backbone, student_backbone) -> Callable | None:
 
 
 @register_stage(
-    "distill",
+    DISTILL,
     reads=["student", "distill", "data.dataset", "data.crop_scale"],
     deps=["teacher", "text-features", "shards", "teacher-cache"],
-    outputs=[f"{STEM}.safetensors", f"{STEM}.json", CURVES],
+    outputs=[f"{STUDENT_STEM}.safetensors", f"{STUDENT_STEM}.json", CURVES],
     seeded=True,
     headline="agreement",
     description="distil the teacher into the prompted student on the unlabeled shards",
@@ -149,41 +148,41 @@ def teacher_input(teacher_backbone, student_backbone) -> Callable | None:
 def run(ctx) -> dict:
     import torch
 
+    from kdpipe.artefacts.class_features import read_class_features
     from kdpipe.clip import load_backbone
     from kdpipe.data.shards import ShardStream
     from kdpipe.data.transforms import build_transform
     from kdpipe.distill import DistillStep, ForwardTeacher, measure_agreement
     from kdpipe.distill.teacher_cache import CachedTeacher
+    from kdpipe.methods.io import load_method, save_method
     from kdpipe.stages.shards import read_shards_info
-    from kdpipe.stages.teacher import teacher_stem
-    from kdpipe.stages.text_features import features_path, load_text_features
     from kdpipe.train import OptimConfig, autocast, fit
 
     cfg, d, seed = ctx.cfg, ctx.cfg["distill"], ctx.seed
-    device = common.device_of(cfg)
+    device = inputs.device_of(cfg)
     amp = cfg["run"].amp
     # under torchrun each rank streams its own shards and fit averages the gradients
-    rank, world = common.rank_world()
+    rank, world = rank_world()
 
-    tf = load_text_features(features_path(common.upstream(ctx, "text-features")))
-    teacher, tmeta = common.load_method(teacher_stem(common.upstream(ctx, "teacher")), device=device)
+    tf = read_class_features(features_path(inputs.upstream(ctx, "text-features")))
+    teacher, tmeta = load_method(teacher_stem(inputs.upstream(ctx, "teacher")), device=device)
     sb = load_backbone(cfg["student"].backbone, device=device)
     torch.manual_seed(seed)  # the student's initial prompts and projector are part of the seeded result
     student = build_student(cfg, sb, tf.classnames, tf.features, cfg["data"].dataset).to(device)
     student.set_class_features(tf.features.to(device))
 
-    shards = read_shards_info(common.upstream(ctx, "shards"))
+    shards = read_shards_info(inputs.upstream(ctx, "shards"))
     exclude = frozenset(shards["holdout_keys"]) if shards.get("filter_holdout") else frozenset()
     adapt = teacher_input(teacher.backbone, sb)
     amp_ctx = (lambda: autocast(device, amp)) if amp else None
     forward = ForwardTeacher(teacher, amp=amp_ctx, adapt=adapt)
     # the held-out probe always runs the teacher (those images are in no cache); training reads
     # the teacher-cache stage's features when there is one
-    cached = CachedTeacher.load(common.upstream(ctx, "teacher-cache"), device) if d.cache_views > 0 else None
+    cached = CachedTeacher.load(inputs.upstream(ctx, "teacher-cache"), device) if d.cache_views > 0 else None
     step = DistillStep(student, cached if cached is not None else forward, tf.features, tf.logit_scale, d.temperature, d.kd_weight, device, amp=amp_ctx)
     probe = DistillStep(student, forward, tf.features, tf.logit_scale, d.temperature, d.kd_weight, device, amp=amp_ctx)
 
-    train_tf = common.train_transform(cfg, sb)
+    train_tf = inputs.train_transform(cfg, sb)
     test_tf = build_transform(False, sb.dims.image_size, sb.mean, sb.std)
     stream = ShardStream(
         shards["train"], train_tf, seed=seed, epoch=0, batch_size=d.batch_size, workers=d.workers,
@@ -212,10 +211,13 @@ def run(ctx) -> dict:
         for i, batch in enumerate(in_step_with_other_ranks(filtered_batches(stream, exclude), world)):
             if i >= skip:
                 yield batch
-        # the epoch's last step is done once the loop asks past the last batch
-        last = epoch + 1 == d.epochs
-        if last or (d.agreement_every and (epoch + 1) % d.agreement_every == 0):
-            probes.record(epoch + 1, measure_agreement(probe, holdout()))
+
+    def probe_after(row: dict) -> None:
+        """``fit``'s epoch-end callback: the held-out probe every ``agreement_every`` epochs and after
+        the last one (before the epoch's checkpoint, so a resumed run never misses one)."""
+        done = row["epoch"]
+        if done == d.epochs or (d.agreement_every and done % d.agreement_every == 0):
+            probes.record(done, measure_agreement(probe, holdout()))
 
     ctx.log.info(
         f"student {cfg['student'].method} on {sb.spec}: {student.num_learned():,} learned parameters; teacher "
@@ -223,7 +225,7 @@ def run(ctx) -> dict:
     )
     # steps per epoch are known for shards built here; a user's shard set is counted as it streams
     per_epoch = math.ceil(shards["images"] / world / d.batch_size) if shards.get("images") else None
-    with ctx.progress(per_epoch * d.epochs if per_epoch else None, desc="distill", initial=common.resumed_step(ctx.ckpt_dir)) as bar:
+    with ctx.progress(per_epoch * d.epochs if per_epoch else None, desc="distill", initial=resumed_step(ctx.ckpt_dir)) as bar:
         history = fit(
             student,
             student.learned_parameters(),
@@ -236,7 +238,8 @@ def run(ctx) -> dict:
             seed=seed,
             device=device,
             amp=amp,
-            progress=common.step_reporter(bar, d.epochs, lambda: step.last_batch_size),
+            progress=step_reporter(bar, d.epochs, lambda: step.last_batch_size),
+            after_epoch=probe_after,
         )
     curve = []
     for epoch, point in sorted(probes.points.items()):
@@ -246,7 +249,7 @@ def run(ctx) -> dict:
             row.update(train_loss=train.get("kd_loss"), train_agreement=train.get("agreement"), lr=train.get("lr"))
         curve.append(row)
     if rank == 0:
-        common.save_method(student, student_stem(ctx.dir), role="student", seed=seed, teacher=tmeta["method"],
+        save_method(student, student_stem(ctx.dir), role="student", seed=seed, teacher=tmeta["method"],
                            teacher_backbone=tmeta["backbone"], transductive=shards.get("transductive", False))
         write_json(ctx.dir / CURVES, {"seed": seed, "curve": curve, "history": history})
     start, end = curve[0], curve[-1]

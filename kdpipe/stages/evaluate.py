@@ -3,9 +3,12 @@ baseline (one instance per seed); in cross-dataset mode, accuracy over all class
 
 Every method scores the test images against ALL classes (base rows first); base accuracy is read
 on base-class images over the base columns ``[:ceil(C/2)]``, novel on novel-class images over the
-rest. The student scores against the class features the ``text-features`` stage stored (it has no
-text side). Writes ``metrics.json``: ``rows`` of ``{method, role, backbone, dataset, seed, base,
-novel, hm, accuracy}`` in percent, and notes (the student saw unlabeled images of all classes).
+rest. The student (it has no text side) and the teacher score against the class features the
+``text-features`` stage stored: the teacher's text side computed them once there and is not run
+again here, unless the teacher conditions its class features on each image (CoCoOp), which no
+stored rows can stand for. Baselines encode their own class names. Writes ``metrics.json``:
+``rows`` of ``{method, role, backbone, dataset, seed, base, novel, hm, accuracy}`` in percent, and
+notes (the student saw unlabeled images of all classes).
 """
 
 from __future__ import annotations
@@ -14,10 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from kdpipe.dag import register_stage
+from kdpipe.artefacts.run_layout import baseline_stem, features_path, student_stem, teacher_stem
+from kdpipe.dist import leader_only, worker_init
+from kdpipe.io import read_json, write_json
+from kdpipe.pipeline import register_stage
 from kdpipe.errors import KdpipeError
-from kdpipe.stages import common
-from kdpipe.stages.outputs import read_json, write_json
+from kdpipe.stages import inputs
 
 METRICS = "metrics.json"
 
@@ -32,24 +37,38 @@ class Scorer:
     logits: Callable
 
 
+def features_scorer(method, role: str, class_features) -> Scorer:
+    """``method`` scoring against given class features ``[C, D]`` (moved to its device once)."""
+    feats = class_features.to(method.device)
+    return Scorer(method.name, role, method.backbone, lambda images: method.logits(images, class_features=feats))
+
+
 def method_scorer(method, role: str, classnames: list[str]) -> Scorer:
-    """Class features computed once for text methods; image-conditioned ones (CoCoOp) per batch."""
+    """``method`` scoring with its own text side: class features computed once for text methods,
+    per batch for image-conditioned ones (CoCoOp)."""
     import torch
 
+    if conditions_on_image(method):
+        return Scorer(method.name, role, method.backbone, lambda images: method.logits(images, classnames=classnames))
+    with torch.no_grad(), torch.autocast(method.device.type, enabled=False):
+        feats = method.class_features(classnames).float()
+    return features_scorer(method, role, feats)
+
+
+def teacher_scorer(teacher, tf) -> Scorer:
+    """The teacher against the rows its text side gave in ``text-features`` (``tf``, a
+    :class:`~kdpipe.artefacts.class_features.ClassFeatures`): the same numbers without a second text
+    pass. Its own logit scale applies, the one stored with the rows."""
+    if conditions_on_image(teacher):
+        return method_scorer(teacher, "teacher", tf.classnames)
+    return features_scorer(teacher, "teacher", tf.features)
+
+
+def conditions_on_image(method) -> bool:
+    """Whether ``method``'s class features depend on the image (its own ``logits``, e.g. CoCoOp)."""
     from kdpipe.methods import PromptMethod
 
-    if type(method).logits is PromptMethod.logits:
-        with torch.no_grad(), torch.autocast(method.device.type, enabled=False):
-            feats = method.class_features(classnames).float()
-        fn = lambda images: method.logits(images, class_features=feats)  # noqa: E731
-    else:
-        fn = lambda images: method.logits(images, classnames=classnames)  # noqa: E731
-    return Scorer(method.name, role, method.backbone, fn)
-
-
-def student_scorer(student, class_features) -> Scorer:
-    feats = class_features.to(student.device)
-    return Scorer(student.name, "student", student.backbone, lambda images: student.logits(images, class_features=feats))
+    return type(method).logits is not PromptMethod.logits
 
 
 def collect_logits(scorers: list[Scorer], items, batch_size: int, workers: int, device, amp: bool, progress=None):
@@ -71,7 +90,7 @@ def collect_logits(scorers: list[Scorer], items, batch_size: int, workers: int, 
         dataset = ImageDataset(items, build_transform(False, size, mean, std))
         loader = DataLoader(
             dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-            worker_init_fn=common.worker_init if workers else None, pin_memory=torch.cuda.is_available(),
+            worker_init_fn=worker_init if workers else None, pin_memory=torch.cuda.is_available(),
         )
         labels = []
         with torch.no_grad():
@@ -90,35 +109,33 @@ def collect_logits(scorers: list[Scorer], items, batch_size: int, workers: int, 
 
 
 def _evaluate(ctx) -> dict:
+    from kdpipe.artefacts.class_features import read_class_features
     from kdpipe.clip import load_backbone
     from kdpipe.eval.metrics import MetricRow, split_accuracy
-    from kdpipe.stages.baseline import baseline_stem
-    from kdpipe.stages.distill import student_stem
-    from kdpipe.stages.teacher import teacher_stem
-    from kdpipe.stages.text_features import features_path, load_text_features
+    from kdpipe.methods.io import load_method
 
     cfg, seed = ctx.cfg, ctx.seed
-    device = common.device_of(cfg)
-    splits = common.load_splits(cfg)
+    device = inputs.device_of(cfg)
+    splits = inputs.load_splits(cfg)
     items = splits.split(cfg["evaluate"].split)
     if not items:
         raise KdpipeError(f"the {cfg['evaluate'].split} split of {splits.name} is empty; nothing to evaluate")
-    tf = load_text_features(features_path(common.upstream(ctx, "text-features")))
+    tf = read_class_features(features_path(inputs.upstream(ctx, "text-features")))
     if list(tf.classnames) != list(splits.classnames):
         raise KdpipeError("the stored class features name other classes than the dataset; re-run text-features")
     cross = cfg["data"].mode == "cross"
 
-    teacher, tmeta = common.load_method(teacher_stem(common.upstream(ctx, "teacher")), device=device, dataset=splits.name)
-    smeta = read_json(student_stem(common.upstream(ctx, "distill")).with_suffix(".json"))
+    teacher, tmeta = load_method(teacher_stem(inputs.upstream(ctx, "teacher")), device=device, dataset=splits.name)
+    smeta = read_json(student_stem(inputs.upstream(ctx, "distill")).with_suffix(".json"))
     student_bb = load_backbone(smeta["backbone"], device=device)
-    student, _ = common.load_method(student_stem(common.upstream(ctx, "distill")), device=device, backbone=student_bb)
-    scorers = [method_scorer(teacher, "teacher", tf.classnames), student_scorer(student, tf.features)]
+    student, _ = load_method(student_stem(inputs.upstream(ctx, "distill")), device=device, backbone=student_bb)
+    scorers = [teacher_scorer(teacher, tf), features_scorer(student, "student", tf.features)]
     order = list(cfg["baselines"].methods)
     baselines = [(read_json(baseline_stem(f).with_suffix(".json")), f) for f in set(ctx.inputs_of("baseline").values())]
     notes = [n for n in (shots_note("teacher", tmeta), *(shots_note("baseline", m) for m, _ in baselines)) if n]
     for meta, folder in sorted(baselines, key=lambda mf: order.index(mf[0]["method"]) if mf[0]["method"] in order else len(order)):
         bb = student_bb if meta["backbone"] == student_bb.spec else None
-        method, _ = common.load_method(baseline_stem(folder), device=device, backbone=bb, dataset=splits.name)
+        method, _ = load_method(baseline_stem(folder), device=device, backbone=bb, dataset=splits.name)
         scorers.append(method_scorer(method, "baseline", tf.classnames))
 
     e = cfg["evaluate"]
@@ -138,7 +155,7 @@ def _evaluate(ctx) -> dict:
             f"{s.role:8s} {s.method:10s} base {_pct(m['base'])} novel {_pct(m['novel'])} HM {_pct(m['hm'])} all {_pct(m['accuracy'])}"
         )
     if smeta.get("transductive"):
-        notes.append(common.transductive_note(cfg))
+        notes.append(transductive_note(cfg))
     write_json(ctx.dir / METRICS, {
         "split": e.split, "mode": cfg["data"].mode, "images": len(items), "classes": len(tf.classnames),
         "base_classes": tf.num_base, "rows": [r.to_dict() for r in rows], "notes": notes,
@@ -148,6 +165,21 @@ def _evaluate(ctx) -> dict:
     by_role = {r.role: getattr(r, key) for r in rows if r.role != "baseline"}
     return {"score": key, "student": by_role["student"], "teacher": by_role["teacher"],
             **{r.method: getattr(r, key) for r in rows if r.role == "baseline"}}
+
+
+TRANSDUCTIVE_NOTE = (
+    "the student was distilled on unlabeled train images of ALL classes, base and novel "
+    "(PromptKD's transductive setting); teacher and baselines saw labelled base classes only"
+)
+TRANSDUCTIVE_NOTE_CROSS = (
+    "the student was distilled on unlabeled train images of every class of the evaluated dataset "
+    "(PromptKD's transductive setting); teacher and baselines learned few-shot from {source}"
+)
+
+
+def transductive_note(cfg) -> str:
+    d = cfg["data"]
+    return TRANSDUCTIVE_NOTE if d.mode == "base2novel" else TRANSDUCTIVE_NOTE_CROSS.format(source=d.train_dataset)
 
 
 def shots_note(role: str, meta: dict) -> str | None:
@@ -176,10 +208,10 @@ def read_rows(stage_dir: str | Path) -> tuple[list, list[str]]:
     deps=["teacher", "text-features", "distill", "baseline"],
     outputs=[METRICS],
     seeded=True,
-    identity=common.data_identity,
+    identity=inputs.data_identity,
     headline="student",
     description="base / novel / HM of teacher, student and baselines on the test split",
 )
 def run(ctx) -> dict:
     # writes shared files: under torchrun rank 0 does it and the other ranks wait for it
-    return common.leader_only(lambda: _evaluate(ctx))
+    return leader_only(lambda: _evaluate(ctx))

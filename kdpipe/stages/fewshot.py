@@ -10,14 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kdpipe.stages import common
+from kdpipe.progress import step_reporter
+from kdpipe.stages import inputs
+from kdpipe.train.checkpoint import resumed_step
 
 
 def train_splits(cfg, seed: int, cache_dir: Path | None = None):
     """The K-shot training split for ``seed`` (relabelled 0..k-1 over the training classes)."""
     from kdpipe.data import few_shot, subsample
 
-    splits = common.load_splits(cfg, source=True)
+    splits = inputs.load_splits(cfg, source=True)
     part = subsample(splits, cfg["data"].train_subset)
     return few_shot(part, cfg["data"].shots, seed, cache_dir=cache_dir)
 
@@ -65,11 +67,12 @@ def train_fewshot(
 
     from kdpipe.clip import load_backbone
     from kdpipe.methods import build_method
+    from kdpipe.methods.io import save_method
     from kdpipe.train import train_method
 
     cfg = ctx.cfg
-    device = common.device_of(cfg)
-    data = train_splits(cfg, seed, common.fewshot_cache(ctx))
+    device = inputs.device_of(cfg)
+    data = train_splits(cfg, seed, inputs.fewshot_cache(ctx))
     backbone = load_backbone(backbone_spec, device=device)
     torch.manual_seed(seed)  # prompt initialisation is part of the seeded result
     method = build_method(method_name, backbone, data.classnames, overrides=overrides, dataset=cfg["data"].train_dataset)
@@ -85,7 +88,7 @@ def train_fewshot(
     )
     epochs, bs = method.cfg.epochs, method.cfg.batch_size
     steps = max(1, len(data.train) // bs) if method.num_learned() else 0
-    with ctx.progress(epochs * steps, desc=f"{role} {method_name}", initial=common.resumed_step(ctx.ckpt_dir)) as bar:
+    with ctx.progress(epochs * steps, desc=f"{role} {method_name}", initial=resumed_step(ctx.ckpt_dir)) as bar:
         history = train_method(
             method,
             data.train,
@@ -94,12 +97,12 @@ def train_fewshot(
             device=device,
             amp=cfg["run"].amp,
             workers=cfg["data"].workers,
-            transform=common.train_transform(cfg, backbone),
+            transform=inputs.train_transform(cfg, backbone),
             checkpoint_every=checkpoint_every,
-            progress=common.step_reporter(bar, epochs, lambda: min(bs, len(data.train))),
+            progress=step_reporter(bar, epochs, lambda: min(bs, len(data.train))),
         )
     if ctx.rank == 0:  # under torchrun every rank holds the same averaged result
-        common.save_method(
+        save_method(
             method,
             out_stem,
             role=role,

@@ -6,9 +6,9 @@ Mean rows average base and novel over seeds and take the HM of those averages, a
 
 from __future__ import annotations
 
-from kdpipe.dag import register_stage
-from kdpipe.stages import common
-from kdpipe.stages.outputs import read_json, write_json
+from kdpipe.dist import leader_only
+from kdpipe.io import read_json, write_json
+from kdpipe.pipeline import register_stage
 
 BARS = "base_novel_hm.png"
 CURVES = "distill_curves.png"
@@ -68,4 +68,4 @@ def _write_report(ctx) -> dict:
 )
 def run(ctx) -> dict:
     # writes shared files: under torchrun rank 0 does it and the other ranks wait for it
-    return common.leader_only(lambda: _write_report(ctx))
+    return leader_only(lambda: _write_report(ctx))

@@ -19,6 +19,7 @@ from typing import Literal
 
 from kdpipe.config import config_section, runtime_setting
 from kdpipe.errors import KdpipeError
+from kdpipe.methods.promptkd import PromptKDConfig
 
 
 def method_config(name: str) -> type:
@@ -89,8 +90,9 @@ class TeacherConfig:
 class StudentConfig:
     backbone: str = "vit-b-16"
     method: str = "promptkd"
-    n_ctx: int = 4  # vision prompt tokens
-    depth: int = 9  # prompted layers (9 base-to-novel, 3 cross-dataset in the reference)
+    # defaults: the PromptKD method's reference values, their one source (as for distill's optimiser)
+    n_ctx: int = PromptKDConfig.n_ctx  # vision prompt tokens
+    depth: int = PromptKDConfig.depth  # prompted layers (9 base-to-novel, 3 cross-dataset in the reference)
 
 
 @config_section("distill")
@@ -98,13 +100,14 @@ class StudentConfig:
 class DistillConfig:
     kd_weight: float = 1000.0  # loss weight w (200 on fgvc_aircraft, oxford_flowers, dtd via recipe)
     temperature: float = 1.0  # tau
-    lr: float = 0.005
-    batch_size: int = 8
-    epochs: int = 20
-    warmup_epochs: int = 1  # at constant warmup_lr, then cosine
-    warmup_lr: float = 1e-5
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    # the student's optimiser and schedule; defaults: the PromptKD method's reference values
+    lr: float = PromptKDConfig.lr
+    batch_size: int = PromptKDConfig.batch_size
+    epochs: int = PromptKDConfig.epochs
+    warmup_epochs: int = PromptKDConfig.warmup_epochs  # at constant warmup_lr, then cosine
+    warmup_lr: float = PromptKDConfig.warmup_lr
+    momentum: float = PromptKDConfig.momentum
+    weight_decay: float = PromptKDConfig.weight_decay
     checkpoint_every: int = runtime_setting(200)  # steps between atomic checkpoints (resume point after a crash)
     # shard decoding workers per process; fingerprinted: each worker streams its own shards, so the
     # count decides which images share a batch

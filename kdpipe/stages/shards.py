@@ -17,10 +17,11 @@ import random
 from pathlib import Path
 from typing import Any
 
-from kdpipe.dag import dir_listing, register_stage
+from kdpipe.dist import leader_only
+from kdpipe.io import read_json, write_json
+from kdpipe.pipeline import dir_listing, register_stage
 from kdpipe.errors import KdpipeError
-from kdpipe.stages import common
-from kdpipe.stages.outputs import read_json, write_json
+from kdpipe.stages import inputs
 
 INFO = "shards.json"
 TRAIN_DIR = "unlabeled"
@@ -32,7 +33,7 @@ ORDER_SEED = 20240602  # the stored order, likewise (the stream reshuffles shard
 def _identity(cfg) -> Any:
     pattern = cfg["shards"].unlabeled
     if not pattern:
-        return common.data_identity(cfg)
+        return inputs.data_identity(cfg)
     if pattern.startswith("pipe:"):
         return {"pattern": pattern}
     from kdpipe.data.shards import expand_pattern
@@ -107,7 +108,7 @@ def _write_shards(ctx) -> dict:
         }
         ctx.log.info(f"using the user's shards {s.unlabeled}; {len(keys)} images held out for agreement")
     else:
-        splits = common.load_splits(ctx.cfg)
+        splits = inputs.load_splits(ctx.cfg)
         items = list(splits.train)
         if len(items) < 2:
             raise KdpipeError(f"{splits.name} has {len(items)} train images; distillation needs unlabeled images")
@@ -144,4 +145,4 @@ def _write_shards(ctx) -> dict:
 )
 def run(ctx) -> dict:
     # writes shared files: under torchrun rank 0 does it and the other ranks wait for it
-    return common.leader_only(lambda: _write_shards(ctx))
+    return leader_only(lambda: _write_shards(ctx))

@@ -8,18 +8,12 @@ table is part of its fingerprint. Writes ``teacher.safetensors`` (learned prompt
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from kdpipe.dag import register_stage
-from kdpipe.stages import common
+from kdpipe.artefacts.run_layout import TEACHER, TEACHER_STEM, teacher_stem
+from kdpipe.pipeline import register_stage
+from kdpipe.stages import inputs
 from kdpipe.stages.fewshot import stage_metrics, train_fewshot
-
-STEM = "teacher"
-
-
-def teacher_stem(stage_dir: str | Path) -> Path:
-    return Path(stage_dir) / STEM
 
 
 def teacher_overrides(cfg) -> dict[str, Any]:
@@ -38,15 +32,15 @@ def _member(cfg) -> list[str]:
 
 
 @register_stage(
-    "teacher",
+    TEACHER,
     reads=[
         "data.shots", "data.mode", "data.crop_scale",
         "teacher.backbone", "teacher.batch_size", "teacher.lr", "teacher.epochs", "teacher.{member}",
     ],
-    outputs=["teacher.safetensors", "teacher.json"],
+    outputs=[f"{TEACHER_STEM}.safetensors", f"{TEACHER_STEM}.json"],
     expand=_member,
     seeded=True,
-    identity=common.source_identity,
+    identity=inputs.source_identity,
     headline="train_loss",
     version=2,  # 2: OpenAI weights build QuickGELU (1 built open_clip 3's GELU for vit-b-16 & co.)
     description="train the prompted teacher few-shot on the base classes",

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kdpipe.dag import register_stage
+from kdpipe.artefacts.run_layout import teacher_stem
+from kdpipe.dist import leader_only
+from kdpipe.io import read_json, read_tensors, write_json, write_tensors
+from kdpipe.pipeline import register_stage
 from kdpipe.errors import KdpipeError
-from kdpipe.stages import common
-from kdpipe.stages.outputs import read_json, read_tensors, write_json, write_tensors
+from kdpipe.stages import inputs
 
 BATCH = 64  # features do not depend on batching; a larger batch only runs the teacher faster
 
@@ -30,21 +32,21 @@ def _write_cache(ctx) -> dict:
     from kdpipe.data.shards import ShardStream
     from kdpipe.distill import ForwardTeacher
     from kdpipe.distill.teacher_cache import FEATURES, KEYS
+    from kdpipe.methods.io import load_method
     from kdpipe.stages.distill import teacher_input
     from kdpipe.stages.shards import read_shards_info
-    from kdpipe.stages.teacher import teacher_stem
     from kdpipe.train import autocast
 
     cfg, seed = ctx.cfg, ctx.seed
     views = cfg["distill"].cache_views
-    device = common.device_of(cfg)
-    teacher, _ = common.load_method(teacher_stem(common.upstream(ctx, "teacher")), device=device)
+    device = inputs.device_of(cfg)
+    teacher, _ = load_method(teacher_stem(inputs.upstream(ctx, "teacher")), device=device)
     sb = load_backbone(cfg["student"].backbone, device=device)
     amp = cfg["run"].amp
     source = ForwardTeacher(teacher, amp=(lambda: autocast(device, amp)) if amp else None, adapt=teacher_input(teacher.backbone, sb))
-    shards = read_shards_info(common.upstream(ctx, "shards"))
+    shards = read_shards_info(inputs.upstream(ctx, "shards"))
     # the student's train transform: the cache must hold exactly the views distill will train on
-    transform = common.train_transform(cfg, sb)
+    transform = inputs.train_transform(cfg, sb)
 
     ckpt = Path(ctx.ckpt_dir)
     with ctx.progress(views * shards["images"] if shards.get("images") else None, desc="teacher-cache", unit="image") as bar:
@@ -92,4 +94,4 @@ def _write_cache(ctx) -> dict:
 )
 def run(ctx) -> dict:
     # writes shared files: under torchrun rank 0 does it and the other ranks wait for it
-    return common.leader_only(lambda: _write_cache(ctx))
+    return leader_only(lambda: _write_cache(ctx))

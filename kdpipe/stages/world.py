@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from kdpipe.config import config_section, runtime_setting
-from kdpipe.dag import register_stage
+from kdpipe.io import write_json
+from kdpipe.pipeline import register_stage
 from kdpipe.errors import KdpipeError
-from kdpipe.stages import common
-from kdpipe.stages.outputs import write_json
+from kdpipe.stages import inputs
 
 DATASET = "world"
 STAGE_FOLDER = "world"
@@ -83,7 +83,7 @@ def prepare_world_data(cfg, progress: bool = False) -> Path:
     from kdpipe.world import write_world_dataset
 
     w = cfg["world"]
-    return write_world_dataset(common.data_root(cfg), seed=w.seed, per_class=w.per_class(), progress=progress)
+    return write_world_dataset(inputs.data_root(cfg), seed=w.seed, per_class=w.per_class(), progress=progress)
 
 
 def _enabled(cfg) -> bool:
@@ -107,7 +107,7 @@ def _check_data_matches(cfg) -> None:
     from kdpipe.world.dataset import META_FILE, world_meta
 
     w = cfg["world"]
-    folder = common.data_root(cfg) / DATASET
+    folder = inputs.data_root(cfg) / DATASET
     try:
         found = json.loads((folder / META_FILE).read_text())
     except (OSError, ValueError):
@@ -194,8 +194,8 @@ def downstream_zeroshot(ctx, checkpoints: dict[str, Path]) -> dict[str, dict]:
     from kdpipe.stages.evaluate import collect_logits, method_scorer
 
     cfg = ctx.cfg
-    device = common.device_of(cfg)
-    splits = common.load_splits(cfg)
+    device = inputs.device_of(cfg)
+    splits = inputs.load_splits(cfg)
     scorers = []
     for arch, path in checkpoints.items():
         method = build_method("zeroshot", load_backbone(str(path), device=device), splits.classnames, dataset=DATASET)
@@ -211,7 +211,7 @@ def downstream_zeroshot(ctx, checkpoints: dict[str, Path]) -> dict[str, dict]:
     outputs=[f"{a}.safetensors" for a in ARCHS] + [ZEROSHOT],
     feeds=["teacher", "baseline", "distill"],
     when=_enabled,
-    identity=common.data_identity,
+    identity=inputs.data_identity,
     headline="teacher_gain",
     description="pretrain the demo world's tiny CLIPs (world-b student, world-l teacher)",
 )

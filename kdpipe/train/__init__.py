@@ -1,6 +1,6 @@
 """The one training loop (``fit``), its schedule, checkpoints, devices and Gaussian prompt aggregation."""
 
-from kdpipe.train.batches import EpochBatches, worker_init
+from kdpipe.train.batches import EpochBatches
 from kdpipe.train.checkpoint import load_checkpoint, save_checkpoint
 from kdpipe.train.device import amp_dtype, autocast, pick_device
 from kdpipe.train.gpa import GaussianAggregate, gaussian_weights
@@ -22,5 +22,4 @@ __all__ = [
     "pick_device",
     "save_checkpoint",
     "train_method",
-    "worker_init",
 ]

@@ -7,10 +7,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-
-def worker_init(_: int) -> None:
-    # several busy processes on few cores: OpenMP spin-waiting in every worker slows small ops a lot
-    torch.set_num_threads(1)
+from kdpipe.dist import worker_init
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

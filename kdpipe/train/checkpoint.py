@@ -7,35 +7,24 @@ then older tensor files are removed, so a kill at any moment leaves a complete, 
 
 from __future__ import annotations
 
-import json
-import os
 import random
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
 from kdpipe.errors import KdpipeError
+from kdpipe.io import read_json, read_tensors, write_json, write_tensors
 
 POINTER = "last.json"
 
 
-def _atomic_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(tmp, path)
-
-
 def save_checkpoint(ckpt_dir: str | Path, step: int, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
     ckpt_dir = Path(ckpt_dir)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
     name = f"ckpt-{step:09d}.safetensors"
-    tmp = ckpt_dir / f".{name}.{os.getpid()}.tmp"
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
-    os.replace(tmp, ckpt_dir / name)
-    _atomic_json(ckpt_dir / POINTER, {**meta, "tensors": name})
+    write_tensors(ckpt_dir / name, tensors)
+    write_json(ckpt_dir / POINTER, {**meta, "tensors": name}, sort_keys=True)
     for old in ckpt_dir.glob("ckpt-*.safetensors"):
         if old.name != name:
             old.unlink(missing_ok=True)
@@ -48,8 +37,8 @@ def load_checkpoint(ckpt_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict
     if not pointer.is_file():
         return None
     try:
-        meta = json.loads(pointer.read_text())
-        tensors = load_file(str(Path(ckpt_dir) / meta["tensors"]))
+        meta = read_json(pointer)
+        tensors, _ = read_tensors(Path(ckpt_dir) / meta["tensors"])
     except (OSError, ValueError, KeyError) as e:
         raise KdpipeError(f"checkpoint in {ckpt_dir} is unreadable ({type(e).__name__}: {e}); delete the folder to start over") from None
     return tensors, meta
@@ -87,3 +76,11 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def resumed_step(ckpt_dir: str | Path) -> int:
+    """Optimizer steps already done according to the last checkpoint in ``ckpt_dir`` (0: none)."""
+    try:
+        return int(read_json(Path(ckpt_dir) / POINTER)["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0

@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import nn
 
+from kdpipe.dist import rank_world
 from kdpipe.errors import KdpipeError
 from kdpipe.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
 from kdpipe.train.device import autocast, needs_grad_scaler, pick_device
@@ -55,8 +56,7 @@ def fit(
     device: str | torch.device = "cpu",
     amp: bool = True,
     progress: Callable[[dict[str, Any]], None] | None = None,
-    steps_per_epoch: int | None = None,
-    show_progress: bool = False,
+    after_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> list[dict[str, float]]:
     """Train ``learned_params`` of ``module``; returns one dict of mean logs per epoch.
 
@@ -65,9 +65,12 @@ def fit(
     ``train_state_dict``/``load_train_state_dict`` (every PromptMethod) checkpoint through them, so
     buffers and training-only state (BatchNorm statistics, GPA sums) survive a resume; their
     ``on_epoch_end(epoch, epochs)`` and ``finalize()`` hooks are called when present.
+    ``progress(info)`` is called after every step; ``after_epoch(row)`` once each epoch is trained,
+    with its history row (``row["epoch"]`` counts from 1), after the module's hook and before the
+    epoch's checkpoint, so a run stopped in between calls it again when it resumes.
     """
     device = pick_device(device)
-    rank, world = _rank_world()
+    rank, world = rank_world()
     core = _unwrap(module)  # hooks and state live on the wrapped module under DDP
     named = _named(core, learned_params)
     learned_ids = {id(p) for _, p in named}
@@ -88,44 +91,39 @@ def fit(
         if ckpt_dir is not None and rank == 0:
             _save(ckpt_dir, core, named, opt, scaler, identity, pos)
 
-    bar = _Bar(epochs, steps_per_epoch, pos) if show_progress else None
-    try:
-        for epoch in range(pos.epoch, epochs):
-            lr = lr_at(epoch, epochs, optim)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            module.train()
-            for batch in batches(epoch, pos.batch):
-                batch = _to_device(batch, device)
-                with autocast(device, amp):
-                    loss, logs = step(batch)
-                value = float(loss.detach())
-                if not math.isfinite(value) and scaler is None:  # fp16 overflows are the scaler's to skip
-                    raise KdpipeError(
-                        f"loss became {value} at epoch {epoch + 1}, step {pos.step + 1}; lower the learning rate (now {lr:g})"
-                    )
-                _optimizer_step(loss, opt, scaler, [p for _, p in named], world)
-                pos.batch += 1
-                pos.step += 1
-                _accumulate(pos.sums, {"loss": value, **logs})
-                info = {"epoch": epoch, "epochs": epochs, "batch": pos.batch, "step": pos.step, "lr": lr, "loss": value, **logs}
-                if progress is not None:
-                    progress(info)
-                if bar is not None:
-                    bar.advance(info)
-                if checkpoint_every and pos.step % checkpoint_every == 0:
-                    checkpoint()
-            if pos.batch == 0 and not pos.sums:
-                raise KdpipeError(f"epoch {epoch + 1} produced no batches; is the training set empty or smaller than the batch?")
-            n = pos.sums.pop("_count", 1)
-            pos.history.append({"epoch": epoch + 1, "lr": lr, "steps": int(n), **{k: v / n for k, v in pos.sums.items()}})
-            if hasattr(core, "on_epoch_end"):
-                core.on_epoch_end(epoch, epochs)
-            pos.epoch, pos.batch, pos.sums = epoch + 1, 0, {}
-            checkpoint()
-    finally:
-        if bar is not None:
-            bar.close()
+    for epoch in range(pos.epoch, epochs):
+        lr = lr_at(epoch, epochs, optim)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        module.train()
+        for batch in batches(epoch, pos.batch):
+            batch = _to_device(batch, device)
+            with autocast(device, amp):
+                loss, logs = step(batch)
+            value = float(loss.detach())
+            if not math.isfinite(value) and scaler is None:  # fp16 overflows are the scaler's to skip
+                raise KdpipeError(
+                    f"loss became {value} at epoch {epoch + 1}, step {pos.step + 1}; lower the learning rate (now {lr:g})"
+                )
+            _optimizer_step(loss, opt, scaler, [p for _, p in named], world)
+            pos.batch += 1
+            pos.step += 1
+            _accumulate(pos.sums, {"loss": value, **logs})
+            if progress is not None:
+                progress({"epoch": epoch, "epochs": epochs, "batch": pos.batch, "step": pos.step, "lr": lr, "loss": value, **logs})
+            if checkpoint_every and pos.step % checkpoint_every == 0:
+                checkpoint()
+        if pos.batch == 0 and not pos.sums:
+            raise KdpipeError(f"epoch {epoch + 1} produced no batches; is the training set empty or smaller than the batch?")
+        n = pos.sums.pop("_count", 1)
+        row = {"epoch": epoch + 1, "lr": lr, "steps": int(n), **{k: v / n for k, v in pos.sums.items()}}
+        pos.history.append(row)
+        if hasattr(core, "on_epoch_end"):
+            core.on_epoch_end(epoch, epochs)
+        if after_epoch is not None:
+            after_epoch(dict(row))  # a copy: the callback cannot alter the recorded history
+        pos.epoch, pos.batch, pos.sums = epoch + 1, 0, {}
+        checkpoint()
     if hasattr(core, "finalize"):
         core.finalize()
     module.eval()
@@ -142,14 +140,6 @@ def _optimizer_step(loss: torch.Tensor, opt: torch.optim.Optimizer, scaler, para
     else:
         scaler.step(opt)
         scaler.update()
-
-
-def _rank_world() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def _average_gradients(params: list[nn.Parameter], world: int) -> None:
@@ -254,26 +244,3 @@ def _restore(module, named, opt, scaler, identity, ckpt_dir, tensors, meta) -> _
         scaler.load_state_dict(meta["scaler"])
     set_rng_state(tensors, meta["rng"])
     return _Position(meta["epoch"], meta["batch"], meta["step"], meta["history"], meta["sums"])
-
-
-class _Bar:
-    """A rich progress bar over all steps of the run (resumed runs start part-way)."""
-
-    def __init__(self, epochs: int, steps_per_epoch: int | None, pos: _Position):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.progress = Progress(
-            TextColumn("[bold]train[/] {task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()
-        )
-        total = epochs * steps_per_epoch if steps_per_epoch else None
-        done = pos.epoch * steps_per_epoch + pos.batch if steps_per_epoch else 0
-        self.task = self.progress.add_task("", total=total, completed=done)
-        self.progress.start()
-
-    def advance(self, info: dict[str, Any]) -> None:
-        loss = info["loss"]
-        text = f"epoch {info['epoch'] + 1}/{info['epochs']} loss {loss:.4f}" if math.isfinite(loss) else ""
-        self.progress.update(self.task, advance=1, description=text)
-
-    def close(self) -> None:
-        self.progress.stop()

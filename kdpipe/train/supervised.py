@@ -28,7 +28,6 @@ def train_method(
     checkpoint_every: int = 0,
     transform: Callable | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
-    show_progress: bool = False,
 ) -> list[dict[str, float]]:
     """Train ``method`` on labelled items (``kdpipe.data.Item``) or a ready dataset of (image, label).
 
@@ -66,8 +65,6 @@ def train_method(
         device=device,
         amp=amp,
         progress=progress,
-        steps_per_epoch=len(batches),
-        show_progress=show_progress,
     )
 
 

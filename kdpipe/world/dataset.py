@@ -13,7 +13,6 @@ existing folder is kept) and atomic (built in a temporary sibling folder, then r
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -23,6 +22,8 @@ from typing import Mapping
 import numpy as np
 
 from kdpipe.errors import KdpipeError
+from kdpipe.io import read_json_or_none, write_json
+from kdpipe.progress import Progress
 from kdpipe.world.classes import CLASSNAMES, NUM_CLASSES
 from kdpipe.world.render import IMAGE_SIZE, RENDER_VERSION, render_batch
 from kdpipe.world.shift import DEFAULT_SHIFT, Shift, shift_images
@@ -103,7 +104,8 @@ def write_world_dataset(
     """Render the shifted downstream world into ``<root>/world`` and return that folder.
 
     ``per_class``: images per class, one int for every split or a mapping by split (missing splits
-    keep the defaults {train: 100, val: 50, test: 50}).
+    keep the defaults {train: 100, val: 50, test: 50}). ``progress``: show how rendering goes (a
+    bar on a terminal, plain lines otherwise).
     """
     root = Path(root).expanduser()
     target = root / "world"
@@ -121,10 +123,10 @@ def write_world_dataset(
     tmp = Path(tempfile.mkdtemp(prefix=".world.tmp-", dir=root))
     try:
         total = sum(meta["per_class"].values()) * NUM_CLASSES
-        with _progress(progress, total) as advance:
-            split_rows = {s: _write_split(tmp, s, meta["per_class"][s], seed, shift, advance) for s in SPLITS}
-        _write_json(tmp / SPLIT_FILE, split_rows)
-        _write_json(tmp / META_FILE, meta)
+        with Progress(total, "render the demo world", unit="image", quiet=not progress) as bar:
+            split_rows = {s: _write_split(tmp, s, meta["per_class"][s], seed, shift, bar.update) for s in SPLITS}
+        write_json(tmp / SPLIT_FILE, split_rows)
+        write_json(tmp / META_FILE, meta)
         if target.exists():  # a kdpipe world with other settings: replace it whole
             old = Path(tempfile.mkdtemp(prefix=".world.old-", dir=root))
             os.replace(target, old / "world")
@@ -137,35 +139,5 @@ def write_world_dataset(
 
 
 def _read_meta(folder: Path) -> dict | None:
-    try:
-        return json.loads((folder / META_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj))
-    os.replace(tmp, path)
-
-
-class _progress:
-    """A rich progress bar (or nothing) that yields an ``advance(n)`` callable."""
-
-    def __init__(self, enabled: bool, total: int):
-        self.enabled, self.total, self.bar = enabled, total, None
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda n: None
-        from rich.progress import Progress
-
-        self.bar = Progress(transient=True)
-        self.bar.start()
-        task = self.bar.add_task("rendering the demo world", total=self.total)
-        return lambda n: self.bar.advance(task, n)
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.stop()
-        return False
+    data = read_json_or_none(folder / META_FILE)
+    return data if isinstance(data, dict) else None

@@ -18,21 +18,22 @@ minute per model.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from kdpipe.errors import KdpipeError
+from kdpipe.io import atomic_path, read_json, write_json
+from kdpipe.progress import Progress
 from kdpipe.world.cache import fingerprint, world_cache_dir
 from kdpipe.world.captions import caption_table
 from kdpipe.world.classes import NUM_CLASSES
@@ -241,30 +242,20 @@ def train_world_clip(arch: str, seed: int, cfg: PretrainConfig, progress: Progre
     return model, {"seconds": seconds, "final_loss": loss_ema or 0.0, "zeroshot": zs.as_dict()}
 
 
-def _rich_progress(arch: str):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    bar = Progress(TextColumn(f"pretraining {arch}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=True)
-    task = bar.add_task(arch, total=None, info="")
-
-    def update(step: int, total: int, logs: dict) -> None:
-        bar.update(task, completed=step, total=total, info=f"loss {logs['loss']:.3f}")
-
-    return bar, update
+@contextmanager
+def _progress(arch: str, steps: int, progress: bool | ProgressFn) -> Iterator[ProgressFn | None]:
+    """The step callback ``pretrain`` was given; with ``progress=True`` one feeding kdpipe's
+    progress display (a bar on a terminal, plain lines in logs)."""
+    if progress is not True:
+        yield progress or None
+        return
+    with Progress(steps, f"pretrain {arch}") as bar:
+        yield lambda step, total, logs: bar.update(step - bar.done, loss=logs["loss"])
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".tmp")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
-
-
-def _write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
 
 
 def pretrain(
@@ -307,17 +298,10 @@ def pretrain(
     previous_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
-    bar = None
-    if progress is True:
-        bar, callback = _rich_progress(arch)
-        bar.start()
-    else:
-        callback = progress or None
     try:
-        model, summary = train_world_clip(arch, seed, cfg, callback)
+        with _progress(arch, cfg.steps, progress) as callback:
+            model, summary = train_world_clip(arch, seed, cfg, callback)
     finally:
-        if bar is not None:
-            bar.stop()
         torch.set_num_threads(previous_threads)
 
     meta = {
@@ -333,22 +317,22 @@ def pretrain(
     target = out if out is not None else cached_ckpt
     save_backbone(model, arch, target)
     if out is not None:
-        _write_json(out.with_name(out.name + ".json"), {**meta, "cached": False})
+        write_json(out.with_name(out.name + ".json"), {**meta, "cached": False})
     if cached_ckpt is not None:
         if target != cached_ckpt:
             _copy_atomic(target, cached_ckpt)
-        _write_json(cached_meta, meta)  # last: its presence marks a complete cache entry
+        write_json(cached_meta, meta)  # last: its presence marks a complete cache entry
     return PretrainResult(path=target, **{**_result_fields(meta), "cached": False})
 
 
 def _from_cache(cached_ckpt: Path | None, cached_meta: Path | None, out: Path | None) -> PretrainResult | None:
     if cached_ckpt is None or not (cached_ckpt.is_file() and cached_meta.is_file()):
         return None
-    meta = json.loads(cached_meta.read_text())
+    meta = read_json(cached_meta)
     path = cached_ckpt
     if out is not None:
         _copy_atomic(cached_ckpt, out)
-        _write_json(out.with_name(out.name + ".json"), {**meta, "cached": True})
+        write_json(out.with_name(out.name + ".json"), {**meta, "cached": True})
         path = out
     return PretrainResult(path=path, **{**_result_fields(meta), "cached": True})
 

@@ -22,11 +22,11 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-from kdpipe.data.images import worker_init
 from kdpipe.data.shards.patterns import expand_pattern, expected_counts
 from kdpipe.data.shards.samples import BadSample, decode_sample
 from kdpipe.data.shards.tarread import iter_samples
 from kdpipe.data.transforms import apply_seeded, sample_seed
+from kdpipe.dist import worker_init
 from kdpipe.errors import KdpipeError
 
 log = logging.getLogger("kdpipe.data")

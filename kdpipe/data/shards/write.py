@@ -13,7 +13,6 @@ import io
 import json
 import os
 import random
-import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,9 +22,11 @@ from typing import Callable, Sequence
 from PIL import Image
 
 from kdpipe.data.images import DECODE_ERRORS, describe_error
+from kdpipe.data.transforms import to_rgb
 from kdpipe.data.items import Item
 from kdpipe.data.shards.patterns import MANIFEST
 from kdpipe.errors import KdpipeError
+from kdpipe.io import atomic_path, read_json, write_json
 
 FORMAT = "kdpipe-shards/1"
 KEY_FORMAT = "{:08d}"
@@ -80,7 +81,7 @@ def encode_image(path: str, max_side: int, quality: int = JPEG_QUALITY) -> tuple
                 size = (max(1, round(w * scale)), max(1, round(h * scale)))
                 img.draft("RGB", size)  # JPEG: decode at a reduced scale first (much faster)
                 img.load()
-            rgb = img.convert("RGB")
+            rgb = to_rgb(img)  # a JPEG has no alpha: flatten the way training decodes the original
     if rgb.size != size:
         rgb = rgb.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
     buf = io.BytesIO()
@@ -88,34 +89,17 @@ def encode_image(path: str, max_side: int, quality: int = JPEG_QUALITY) -> tuple
     return buf.getvalue(), "jpg", w, h
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _write_shard(path: Path, samples: list[dict]) -> int:
     """Write ``samples`` to ``path`` via a temporary file + rename; returns the file size."""
     from webdataset import TarWriter
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            writer = TarWriter(f, mtime=0)  # fixed mtime: the same source gives byte-identical shards
-            for sample in samples:
-                writer.write(sample)
-            writer.close()
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        writer = TarWriter(f, mtime=0)  # fixed mtime: the same source gives byte-identical shards
+        for sample in samples:
+            writer.write(sample)
+        writer.close()
+        f.flush()
+        os.fsync(f.fileno())
     return path.stat().st_size
 
 
@@ -139,7 +123,7 @@ def _load_resumable(manifest_path: Path, fingerprint: str, out_dir: Path) -> dic
     if not manifest_path.is_file():
         return None
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        manifest = read_json(manifest_path)
     except (OSError, ValueError) as e:
         raise KdpipeError(f"cannot read {manifest_path}: {e}; delete it or write to another folder") from None
     if manifest.get("fingerprint") != fingerprint:
@@ -202,7 +186,7 @@ def write_shards(
             ],
             "skipped": [],
         }
-        _write_json_atomic(manifest_path, manifest)
+        write_json(manifest_path, manifest)
     elif manifest.get("complete") and all((out / s["name"]).is_file() for s in manifest["shards"]):
         if progress is not None:
             progress(len(entries))
@@ -235,7 +219,7 @@ def write_shards(
             shard["bytes"] = _write_shard(path, samples)
             shard["count"] = len(samples)
             manifest["skipped"] = sorted(skipped)
-            _write_json_atomic(manifest_path, manifest)
+            write_json(manifest_path, manifest)
 
     manifest["count"] = sum(s["count"] for s in manifest["shards"])
     manifest["bytes"] = sum(s["bytes"] for s in manifest["shards"])
@@ -247,9 +231,9 @@ def write_shards(
                 counts[e.label] = counts.get(e.label, 0) + 1
         manifest["class_counts"] = {str(k): v for k, v in sorted(counts.items())}
     if manifest["count"] == 0:
-        _write_json_atomic(manifest_path, manifest)
+        write_json(manifest_path, manifest)
         first_bad = manifest["skipped"][0] if manifest["skipped"] else ("?", "?")
         raise KdpipeError(f"none of the {len(entries)} images could be read, e.g. {first_bad[0]} ({first_bad[1]})")
     manifest["complete"] = True
-    _write_json_atomic(manifest_path, manifest)
+    write_json(manifest_path, manifest)
     return manifest_path

@@ -17,11 +17,14 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from kdpipe.dist import Ranks
 from kdpipe.errors import KdpipeError
+from kdpipe.pipeline.execute import execute_instance
+from kdpipe.pipeline.graph import GRAPH, StageGraph, pipeline
+from kdpipe.pipeline.plan import Plan
 
 if TYPE_CHECKING:
     from kdpipe.config import Config
-    from kdpipe.dag import Plan, StageGraph
 
 
 def worker_threads(jobs: int) -> int:
@@ -36,11 +39,9 @@ def _init_worker(threads: int) -> None:
     os.environ["KDPIPE_PROGRESS"] = "plain"
 
 
-def graph_source(graph: "StageGraph") -> tuple[str, str] | None:
+def graph_source(graph: StageGraph) -> tuple[str, str] | None:
     """How a worker rebuilds ``graph``: None for the global pipeline, else its ``source`` (a Python
     file or module and the name of a builder taking an empty StageGraph); KdpipeError when unknown."""
-    from kdpipe.dag import GRAPH
-
     if graph is GRAPH:
         return None
     source = getattr(graph, "source", None)
@@ -49,14 +50,12 @@ def graph_source(graph: "StageGraph") -> tuple[str, str] | None:
     return source
 
 
-def _load_graph(source: tuple[str, str] | None) -> "StageGraph":
+def _load_graph(source: tuple[str, str] | None) -> StageGraph:
     import importlib
     import importlib.util
 
-    from kdpipe.dag import StageGraph, _pipeline
-
     if source is None:
-        return _pipeline()
+        return pipeline()
     where, builder = source
     if where.endswith(".py"):
         spec = importlib.util.spec_from_file_location(f"kdpipe_stage_graph_{abs(hash(where))}", where)
@@ -73,13 +72,12 @@ def _execute_in_worker(source: tuple[str, str] | None, settings: dict[str, Any],
     The config travels as its flat JSON values (section classes may not pickle) and is rebuilt
     against the worker's own copy of the graph."""
     from kdpipe.config import resolve_config
-    from kdpipe.dag import _execute, _Ranks
 
     graph = _load_graph(source)
     cfg = resolve_config(None, [(k, v, "the runner") for k, v in settings.items()], schema=graph.schema)
-    plan = graph.plan(cfg)
+    plan = Plan(graph, cfg)
     try:
-        metrics, wall = _execute(plan, Path(run_dir), plan.instances[name], _Ranks())
+        metrics, wall = execute_instance(plan, Path(run_dir), plan.instances[name], Ranks())
     except KdpipeError as e:
         return {"error": str(e)}
     except Exception as e:  # the stage log holds the traceback; failed.json the reason
@@ -87,7 +85,7 @@ def _execute_in_worker(source: tuple[str, str] | None, settings: dict[str, Any],
     return {"metrics": metrics, "wall": wall}
 
 
-def chain_lengths(plan: "Plan", selected: list[str]) -> dict[str, int]:
+def chain_lengths(plan: Plan, selected: list[str]) -> dict[str, int]:
     """Stages on the longest path from each stage to the end of the selection, itself included."""
     chosen = set(selected)
     below: dict[str, list[str]] = {n: [] for n in selected}
@@ -102,10 +100,10 @@ def chain_lengths(plan: "Plan", selected: list[str]) -> dict[str, int]:
 
 
 def run_parallel(
-    plan: "Plan",
+    plan: Plan,
     selected: list[str],
     jobs: int,
-    graph: "StageGraph",
+    graph: StageGraph,
     cfg: "Config",
     run_dir: Path,
     decide: Callable[[str], dict[str, Any]],

@@ -1,0 +1,115 @@
+"""The few things kdpipe needs from torch.distributed, in one place.
+
+Under ``torchrun`` every process runs the same code; rank 0 decides and writes, the others follow.
+Decisions travel as JSON bytes in a CPU tensor (``Ranks.share``): nothing is ever unpickled from
+another process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable
+
+from kdpipe.errors import KdpipeError
+
+
+def rank_world() -> tuple[int, int]:
+    """(rank, world size): the process group's when one is up, else torchrun's environment, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def worker_init(_worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: one intra-op thread per worker.
+
+    With several busy processes on few cores, OpenMP threads spin-waiting against each other made
+    small tensor ops an order of magnitude slower.
+    """
+    import torch
+
+    torch.set_num_threads(1)
+
+
+class Ranks:
+    """This process's place under torchrun, and the default process group for tiny messages.
+
+    The group is made on first use when torchrun started us without one (and torn down by
+    :meth:`close`: a process that exits with a live gloo group aborts). In a plain process every
+    call is a no-op that returns its input.
+    """
+
+    def __init__(self) -> None:
+        self.rank, self.world = rank_world()
+        self.leader = self.rank == 0
+        self.created_group = False
+
+    def _group(self) -> None:
+        import torch
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            # cpu:gloo carries these small messages; cuda:nccl is there for the stages' own DDP
+            dist.init_process_group(backend="cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
+            self.created_group = True
+
+    def share(self, obj: Any) -> Any:
+        """Rank 0's JSON-able ``obj`` on every rank."""
+        if self.world == 1:
+            return obj
+        import torch
+        import torch.distributed as dist
+
+        self._group()
+        data = json.dumps(obj).encode() if self.leader else b""
+        size = torch.tensor([len(data)], dtype=torch.long)
+        dist.broadcast(size, src=0)
+        buf = torch.frombuffer(bytearray(data), dtype=torch.uint8) if self.leader and data else torch.empty(int(size), dtype=torch.uint8)
+        dist.broadcast(buf, src=0)
+        return json.loads(bytes(buf.tolist()).decode())
+
+    def any_failed(self, failed: bool) -> bool:
+        """Whether any rank failed, known to every rank, so none waits forever for a dead peer's work."""
+        if self.world == 1:
+            return failed
+        import torch
+        import torch.distributed as dist
+
+        self._group()
+        flag = torch.tensor([1 if failed else 0], dtype=torch.long)
+        dist.all_reduce(flag)
+        return int(flag) > 0
+
+    def close(self) -> None:
+        """Leave together; tear the group down if this object made it."""
+        if self.world == 1:
+            return
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.barrier()
+            if self.created_group:
+                dist.destroy_process_group()
+                self.created_group = False
+
+
+def leader_only(fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` on rank 0 only; the other ranks wait and get its (JSON-able) result, or its error
+    as their own. For work that writes shared files and gains nothing from more processes."""
+    ranks = Ranks()
+    if ranks.world == 1:
+        return fn()
+    if ranks.leader:
+        try:
+            result = fn()
+        except BaseException as e:
+            ranks.share({"error": f"rank 0 failed: {e}" if isinstance(e, KdpipeError) else f"rank 0 failed: {type(e).__name__}: {e}"})
+            raise
+        return ranks.share({"result": result})["result"]
+    shared = ranks.share(None)
+    if "error" in shared:
+        raise KdpipeError(shared["error"])
+    return shared["result"]

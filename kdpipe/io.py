@@ -1,0 +1,101 @@
+"""Files written so that a reader never sees half of one: the one atomic writer kdpipe uses.
+
+Everything goes through a temporary sibling and ``os.replace``: a crash, a kill or a full disk
+leaves the old file or none, never a torn one. JSON and safetensors (tensors with JSON metadata,
+never pickle) are the only formats kdpipe writes for itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path``; it replaces ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def json_default(obj: Any) -> Any:
+    """What ``json.dumps`` cannot encode by itself: numpy/torch scalars and arrays, paths, sets, dataclasses."""
+    if hasattr(obj, "item") and getattr(obj, "ndim", 0) == 0:
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if hasattr(obj, "__fspath__"):
+        return os.fspath(obj)
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def write_text(path: str | os.PathLike, text: str, *, fsync: bool = False) -> Path:
+    """Write ``text`` atomically; ``fsync`` also forces it to disk (manifests, run state)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+    return Path(path)
+
+
+def write_json(path: str | os.PathLike, obj: Any, *, sort_keys: bool = False, fsync: bool = False) -> Path:
+    """Indented JSON, written atomically."""
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=sort_keys, default=json_default) + "\n", fsync=fsync)
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def read_json_or_none(path: str | os.PathLike) -> Any:
+    """The parsed file, or None when it is missing or unreadable (a corrupt file counts as absent)."""
+    try:
+        return read_json(path)
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+
+
+def write_tensors(path: str | os.PathLike, tensors: dict, metadata: dict[str, Any] | None = None) -> Path:
+    """safetensors with every metadata value JSON-encoded (safetensors metadata must be str -> str)."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    meta = {k: json.dumps(v, default=json_default) for k, v in (metadata or {}).items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=meta)
+    return Path(path)
+
+
+def read_tensors(path: str | os.PathLike) -> tuple[dict, dict[str, Any]]:
+    """Tensors and decoded metadata of a file written by :func:`write_tensors`."""
+    from safetensors import safe_open
+
+    tensors = {}
+    with safe_open(str(path), framework="pt") as f:
+        raw = dict(f.metadata() or {})
+        for k in f.keys():
+            tensors[k] = f.get_tensor(k)
+    meta = {}
+    for k, v in raw.items():
+        try:
+            meta[k] = json.loads(v)
+        except ValueError:
+            meta[k] = v  # written by another tool
+    return tensors, meta

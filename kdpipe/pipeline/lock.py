@@ -1,0 +1,106 @@
+"""One run at a time per run directory (an OS lock), and ``run.json``: the settings it was last run with."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+from typing import Any
+
+from kdpipe.errors import KdpipeError
+from kdpipe.io import read_json_or_none, write_json
+from kdpipe.pipeline.manifest import MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, check_format, library_versions, now
+
+LOCK = ".kdpipe.lock"
+RUN_SETTINGS = "run.json"
+
+
+class RunLock:
+    """An exclusive lock on a run directory (flock: released by the OS when its process dies, so
+    a lock file left by a killed run never blocks the next one)."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / LOCK
+        self.fd: int | None = None
+
+    def __enter__(self) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = _read_pid(fd)
+            os.close(fd)
+            who = f" (pid {pid})" if pid else ""
+            raise KdpipeError(
+                f"run dir {self.path.parent} is in use by another kdpipe run{who}; wait for it to finish or use another --run-dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+    @staticmethod
+    def holder(run_dir: Path) -> int | None:
+        """The pid of the process holding the lock, None when nobody does."""
+        path = Path(run_dir) / LOCK
+        if not path.exists():
+            return None
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _read_pid(fd) or -1
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        return int(os.read(fd, 32).decode().strip() or 0) or None
+    except (OSError, ValueError):
+        return None
+
+
+# ---- run settings (what the run dir was last run with) ------------------------------------------
+def read_run_settings(run_dir: Path) -> dict | None:
+    """``run.json``: the recipe and overrides the run dir was last run with; None when absent."""
+    data = read_json_or_none(Path(run_dir) / RUN_SETTINGS)
+    if data is None:
+        if (Path(run_dir) / RUN_SETTINGS).exists():
+            raise KdpipeError(f"{Path(run_dir) / RUN_SETTINGS} is unreadable; fix or delete it")
+        return None
+    check_format(data, Path(run_dir) / RUN_SETTINGS)
+    return data
+
+
+def write_run_settings(run_dir: Path, recipe: str | None, overrides: dict[str, Any]) -> None:
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    write_json(Path(run_dir) / RUN_SETTINGS, {
+        "format_version": MANIFEST_VERSION, "kdpipe_version": library_versions()["kdpipe"],
+        "recipe": recipe, "overrides": overrides, "updated_at": now(),
+    }, sort_keys=True, fsync=True)
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """Fail in one line when the run dir was written by an incompatible kdpipe."""
+    run_dir = Path(run_dir)
+    read_run_settings(run_dir)
+    if run_dir.is_dir():
+        for child in sorted(run_dir.iterdir()):
+            data = read_json_or_none(child / MANIFEST) if child.is_dir() else None
+            if isinstance(data, dict) and data.get("format") == MANIFEST_FORMAT:
+                check_format(data, child / MANIFEST)
+
+

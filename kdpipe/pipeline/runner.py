@@ -1,0 +1,131 @@
+"""``run_stages``: what ``kdpipe run`` does — decide, under the run-dir lock, which instances to
+skip and which to run, in order (or side by side with ``jobs``), rank 0 deciding under torchrun."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from kdpipe.config import Config
+from kdpipe.dist import Ranks
+from kdpipe.errors import KdpipeError
+from kdpipe.pipeline.execute import execute_instance, prepare
+from kdpipe.pipeline.graph import StageGraph, pipeline
+from kdpipe.pipeline.lock import RunLock, check_run_dir
+from kdpipe.pipeline.plan import Plan, headline
+from kdpipe.progress import format_duration
+
+
+@dataclass
+class RunReport:
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def _echo_stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run_stages(
+    cfg: Config,
+    run_dir: str | Path,
+    target: str = "all",
+    with_deps: bool = False,
+    force: bool = False,
+    graph: StageGraph | None = None,
+    echo: Callable[[str], None] = _echo_stderr,
+    on_locked: Callable[[], None] | None = None,
+    jobs: int = 1,
+) -> RunReport:
+    """Run what is missing or stale among ``target`` (and, with ``with_deps``, what it needs).
+
+    ``force`` re-runs the targets even when done (not the dependencies pulled in by ``with_deps``).
+    A dependency outside the selection that is not done stops the run with one line saying what
+    to run. ``on_locked`` runs once the run-dir lock is held (the CLI saves its settings there).
+    Under ``torchrun`` every rank calls this; rank 0 decides and the others follow (:class:`kdpipe.dist.Ranks`).
+    ``jobs`` > 1 runs stages whose inputs are ready side by side in worker processes (not under
+    torchrun, where the ranks already share the machine; see :mod:`kdpipe.pipeline.parallel`).
+    """
+    if jobs < 1:
+        raise KdpipeError(f"jobs must be at least 1, got {jobs}")
+    graph = graph if graph is not None else pipeline()
+    run_dir = Path(run_dir)
+    ranks = Ranks()
+    plan = Plan(graph, cfg)
+    selected = plan.select(target, with_deps)
+    targets = set(plan.select(target, False))
+    for name in selected:
+        plan.expected(name)  # bad inputs (a missing data root ...) fail here, before anything is touched
+    report = RunReport()
+    lock = RunLock(run_dir)
+
+    def decide(name: str) -> dict[str, Any]:
+        """Rank 0: skip or run ``name`` (and prepare its folder when running)."""
+        inst = plan.instances[name]
+        for dep in inst.deps:
+            if dep not in selected and dep not in report.ran:
+                st = plan.status(run_dir, dep)
+                if st.state != "done":
+                    raise KdpipeError(
+                        f"stage {name} needs {dep}, which is {st.state}{' (' + st.reason + ')' if st.reason else ''}; "
+                        f"run `kdpipe run {target} --with-deps` or `kdpipe run {dep}` first"
+                    )
+        st = plan.status(run_dir, name)
+        if st.state == "done" and not (force and name in targets):
+            echo(f"skip  {name}: done{'  ' + st.headline if st.headline else ''}")
+            return {"run": False}
+        why = "forced" if st.state == "done" else (f"{st.state}: {st.reason}" if st.reason else st.state)
+        echo(f"run   {name} ({why})")
+        prepare(run_dir / inst.folder, plan.expected(name).fingerprint, fresh=force and name in targets)
+        return {"run": True}
+
+    def leader_step(step: Callable[[], Any]) -> Any:
+        # Rank 0 runs ``step``; an error there reaches the other ranks as the same one line.
+        if not ranks.leader:
+            msg = ranks.share(None)
+        else:
+            try:
+                msg = {"ok": step()}
+            except KdpipeError as e:
+                ranks.share({"error": str(e)})
+                raise
+            ranks.share(msg)
+        if "error" in msg:
+            raise KdpipeError(msg["error"])
+        return msg["ok"]
+
+    def take_lock() -> None:
+        lock.__enter__()
+        check_run_dir(run_dir)
+        if on_locked is not None:
+            on_locked()
+
+    def finished(name: str, metrics: dict[str, Any], wall: float) -> None:
+        head = headline(plan.instances[name].spec, metrics)
+        if ranks.leader:
+            echo(f"done  {name} in {format_duration(wall)}{'  ' + head if head else ''}")
+        report.ran.append(name)
+        report.metrics[name] = metrics
+
+    try:
+        leader_step(take_lock)
+        if jobs > 1 and ranks.world == 1:
+            from kdpipe.pipeline.parallel import run_parallel
+
+            run_parallel(plan, selected, jobs, graph, cfg, run_dir, decide, finished,
+                         report.skipped.append)
+        else:
+            for name in selected:
+                if not leader_step(lambda: decide(name))["run"]:
+                    report.skipped.append(name)
+                    continue
+                finished(name, *execute_instance(plan, run_dir, plan.instances[name], ranks))
+    finally:
+        lock.__exit__(None, None, None)
+    ranks.close()
+    return report
+
+

@@ -1,0 +1,38 @@
+"""``kdpipe status``: every instance of a config and its state, as rows and as plain text."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kdpipe.config import Config
+from kdpipe.pipeline.graph import StageGraph, pipeline
+from kdpipe.pipeline.lock import check_run_dir
+from kdpipe.pipeline.plan import Plan, StageStatus
+from kdpipe.progress import format_duration
+
+
+def stage_statuses(cfg: Config, run_dir: str | Path, graph: StageGraph | None = None) -> list[StageStatus]:
+    """What ``kdpipe status`` shows: every instance of the current config and its state."""
+    graph = graph if graph is not None else pipeline()
+    check_run_dir(Path(run_dir))
+    return Plan(graph, cfg).statuses(Path(run_dir))
+
+
+def summarize(rows: list[StageStatus]) -> str:
+    """``3 done, 1 stale, 2 missing``."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r.state] = counts.get(r.state, 0) + 1
+    return ", ".join(f"{n} {state}" for state, n in counts.items())
+
+
+def format_status(rows: list[StageStatus]) -> str:
+    """Plain aligned text (also what CI logs get)."""
+    table = [("stage", "state", "time", "metric", "why")]
+    for r in rows:
+        table.append((r.name, r.state, format_duration(r.wall_time_s) if r.wall_time_s is not None else "-", r.headline or "-", r.reason or ""))
+    widths = [max(len(row[i]) for row in table) for i in range(4)]
+    return "\n".join(
+        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + ("  " + row[4] if row[4] else "")
+        for row in table
+    ).rstrip()
