@@ -107,5 +107,32 @@ def text(
     _write_json_out(json_out, res)
 
 
+@bench_app.command("classify")
+def classify(
+    backbone: str = typer.Option("ViT-B-16", help="backbone spec (random init when no weights are given: the timing is the same)"),
+    images: int = typer.Option(256, help="synthetic 500x375 JPEG photos to classify"),
+    classes: int = typer.Option(1000, help="classes in the index"),
+    batch: int = typer.Option(64, "--batch-size", help="images per model call"),
+    top_k: int = typer.Option(5, "--top-k"),
+    workers: int = typer.Option(2, help="classify's decoding processes"),
+    device: str = typer.Option("cpu", help="cpu, cuda or auto"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the numbers here"),
+) -> None:
+    """End-to-end classify (JPEG files, shards) vs open_clip encode_image on preprocessed batches."""
+    from kdpipe.errors import KdpipeError
+    from kdpipe.infer.bench_classify import bench_classify, summary_lines
+    from kdpipe.train.device import pick_device
+
+    if images < 1 or classes < top_k or batch < 1 or workers < 0:
+        raise KdpipeError("--images and --batch-size must be >= 1, --classes >= --top-k, --workers >= 0")
+    res = bench_classify(backbone, images, classes, batch, top_k, workers, str(pick_device(device)),
+                         progress=lambda msg: typer.echo(msg, err=True))
+    typer.echo(f"{backbone}, {res.images} images, {res.classes} classes, batch {res.batch}, {res.workers} workers, "
+               f"{res.device}, torch threads {res.torch_threads}")
+    for line in summary_lines(res):
+        typer.echo(line)
+    _write_json_out(json_out, res.as_dict())
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(bench_app, name="bench")

@@ -1,0 +1,158 @@
+"""``kdpipe bench classify``: end-to-end ``classify`` against the model alone, in one run.
+
+Baseline: open_clip's own ``encode_image`` on batches decoded and preprocessed beforehand, i.e. the
+model's speed and nothing else. Measured: ``classify`` over the same images as JPEG files and as
+webdataset shards (written by ``kdpipe shards write``), with its decoding workers, index search and
+output writing. The ratio is baseline time / classify time: 1.0 means the pipeline costs nothing
+beyond the model. Where the time goes: decode, preprocess, model, search and write, each timed on
+its own in this process (in ``classify`` decoding and preprocessing run in workers beside the model).
+
+The model is zero-shot CLIP on the backbone (its image encoder is ``encode_image`` block by block),
+with random unit class features: the weights do not change the timing, and no text pass is needed.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from kdpipe.progress import format_duration
+
+
+@dataclass
+class ClassifyBench:
+    images: int
+    classes: int
+    batch: int
+    workers: int
+    device: str
+    torch_threads: int
+    baseline_s: float  # open_clip encode_image on preprocessed batches
+    files_s: float  # classify from JPEG files, end to end
+    shards_s: float  # classify from shards, end to end
+    stages_s: dict[str, float]  # decode, preprocess, model, search, write, each alone
+    rows: dict[str, int]  # rows each classify run wrote (every image, or the timing is of less work)
+
+    @property
+    def files_ratio(self) -> float:
+        return self.baseline_s / self.files_s
+
+    @property
+    def shards_ratio(self) -> float:
+        return self.baseline_s / self.shards_s
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "files_ratio": self.files_ratio, "shards_ratio": self.shards_ratio}
+
+
+def synthetic_photos(folder: Path, count: int, size: tuple[int, int] = (500, 375), seed: int = 0) -> list[Path]:
+    """JPEGs of photo size with smooth colour fields and shapes (they compress and decode like photos)."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    paths = []
+    for i in range(count):
+        a, b, c = rng.uniform(0.2, 1.0, 3)
+        base = np.stack([(xx / w) * 255 * a, (yy / h) * 255 * b, np.full_like(xx, 128 * c, dtype=float)], -1)
+        img = Image.fromarray((base + rng.normal(0, 6, base.shape)).clip(0, 255).astype(np.uint8))
+        draw = ImageDraw.Draw(img)
+        for _ in range(3):
+            x0, y0 = int(rng.integers(0, w - 60)), int(rng.integers(0, h - 60))
+            draw.ellipse((x0, y0, x0 + 60, y0 + 60), fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
+        path = folder / f"photo-{i:05d}.jpg"
+        img.save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def _batches(tensors: list[torch.Tensor], batch: int) -> list[torch.Tensor]:
+    return [torch.stack(tensors[i:i + batch]) for i in range(0, len(tensors), batch)]
+
+
+def _timed(fn) -> tuple[Any, float]:
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def bench_classify(backbone_spec: str, images: int, classes: int, batch: int, top_k: int, workers: int,
+                   device: str, progress=None) -> ClassifyBench:
+    from kdpipe.clip import load_backbone
+    from kdpipe.data.images import load_rgb
+    from kdpipe.data.shards import write_shards
+    from kdpipe.infer.bundle import ClassModel
+    from kdpipe.infer.classify import classify
+    from kdpipe.infer.sources import open_source
+    from kdpipe.infer.writers import ResultWriter, Row
+    from kdpipe.methods import build_method
+
+    say = progress or (lambda msg: None)
+    dev = torch.device(device)
+    backbone = load_backbone(backbone_spec, device=dev)
+    names = [f"class {i}" for i in range(classes)]
+    method = build_method("zeroshot", backbone, names).to(dev).eval()
+    feats = F.normalize(torch.randn(classes, backbone.dims.embed_dim, generator=torch.Generator().manual_seed(0)), dim=-1)
+    model = ClassModel(method, names, feats, backbone.dims.logit_scale, source="bench model",
+                       provenance={"backbone": backbone_spec})
+    encoder, index, transform = model.encoder(), model.index("flat", dev), model.transform()
+
+    with tempfile.TemporaryDirectory(prefix="kdpipe-bench-classify-") as tmp:
+        tmp = Path(tmp)
+        say(f"writing {images} JPEGs and their shards")
+        paths = synthetic_photos(tmp / "photos", images)
+        write_shards([str(p) for p in paths], tmp / "shards", per_shard=max(1, images // 4))
+        shard_pattern = str(tmp / "shards" / "*.tar")
+
+        say("timing each stage alone")
+        decoded, t_decode = _timed(lambda: [load_rgb(p) for p in paths])
+        tensors, t_pre = _timed(lambda: [transform(img) for img in decoded])
+        batches = _batches(tensors, batch)
+        with torch.inference_mode():
+            encoder(batches[0].to(dev))  # warm-up: thread pools, allocations
+            out, t_model = _timed(lambda: [encoder(b.to(dev)) for b in batches])
+            _, t_search = _timed(lambda: [index.search(f.float(), top_k) for f in out])
+            clip = backbone.model
+            clip.encode_image(batches[0].to(dev))
+            _, t_base = _timed(lambda: [clip.encode_image(b.to(dev)) for b in batches])
+        rows = [Row(str(p), names[:top_k], [0.5] * top_k, list(range(top_k))) for p in paths]
+        writer = ResultWriter(tmp / "write.jsonl", key_column="path", top_k=top_k, model=model.identity())
+        _, t_write = _timed(lambda: (writer.append(rows, []), writer.close()))
+
+        def run(spec: str, out: str) -> tuple[int, float]:
+            summary, seconds = _timed(lambda: classify(encoder, index, names, open_source(spec), tmp / out, top_k=top_k,
+                                                       batch_size=batch, workers=workers, device=dev, progress=False))
+            return summary.rows_total, seconds
+
+        say("classify from JPEG files")
+        rows_files, t_files = run(str(tmp / "photos"), "files.jsonl")
+        say("classify from shards")
+        rows_shards, t_shards = run(shard_pattern, "shards.jsonl")
+
+    return ClassifyBench(
+        images=images, classes=classes, batch=batch, workers=workers, device=str(dev), torch_threads=torch.get_num_threads(),
+        baseline_s=t_base, files_s=t_files, shards_s=t_shards,
+        stages_s={"decode": t_decode, "preprocess": t_pre, "model": t_model, "search": t_search, "write": t_write},
+        rows={"files": rows_files, "shards": rows_shards},
+    )
+
+
+def summary_lines(res: ClassifyBench) -> list[str]:
+    ips = lambda s: res.images / s if s > 0 else float("inf")  # noqa: E731
+    lines = [
+        f"open_clip encode_image alone: {format_duration(res.baseline_s)} ({ips(res.baseline_s):.1f} img/s)",
+        f"classify from JPEG files:     {format_duration(res.files_s)} ({ips(res.files_s):.1f} img/s) = {res.files_ratio:.2f}x the model alone",
+        f"classify from shards:         {format_duration(res.shards_s)} ({ips(res.shards_s):.1f} img/s) = {res.shards_ratio:.2f}x the model alone",
+    ]
+    total = sum(res.stages_s.values())
+    parts = ", ".join(f"{k} {v:.2f}s ({100 * v / total:.0f}%)" for k, v in res.stages_s.items())
+    return lines + [f"each stage alone, one process: {parts}"]
