@@ -537,6 +537,17 @@ def resolve_config(
     return cfg
 
 
+def runs_a_command(value: Any) -> bool:
+    """Whether a setting holds a ``pipe:`` URL anywhere (also inside a brace or ``::`` pattern)."""
+    if isinstance(value, str):
+        return "pipe:" in value
+    if isinstance(value, (list, tuple)):
+        return any(runs_a_command(v) for v in value)
+    if isinstance(value, dict):
+        return any(runs_a_command(v) for v in value.values())
+    return False
+
+
 @dataclass
 class CliSettings:
     """What a command made of its flags: the config, and what its run dir should remember."""
@@ -552,6 +563,7 @@ def settings_from_cli(
     shortcuts: Mapping[str, Any] | None = None,
     base: Mapping[str, tuple[Any, str]] | None = None,
     schema: ConfigSchema | None = None,
+    allow_pipe: bool = False,
 ) -> CliSettings:
     """The one way a command turns its flags into settings (``kdpipe run``, ``status``, ``demo``).
 
@@ -559,11 +571,28 @@ def settings_from_cli(
     (value, source): what a run dir remembers, or what ``kdpipe demo`` sets), the shortcut flags
     (None = not given), then the ``--set`` items. Each key is kept once, so the overrides saved
     for the next command hold only the value that won.
+
+    A ``pipe:`` shard URL runs a shell command, so it is taken from the command line only; from a
+    recipe only with ``allow_pipe`` (``--allow-pipe``); from what a run dir remembers never.
     """
+    command_line = {key: (value, source) for key, value, source in shortcut_overrides(**(shortcuts or {}))}
+    command_line.update({key: (value, f"--set {key}={value}") for key, value in map(parse_set, sets)})
     given = dict(base or {})
-    given.update({key: (value, source) for key, value, source in shortcut_overrides(**(shortcuts or {}))})
-    given.update({key: (value, f"--set {key}={value}") for key, value in map(parse_set, sets)})
+    given.update(command_line)
     recipe = recipe or DEFAULT_RECIPE
     cfg = resolve_config(recipe, [(key, value, source) for key, (value, source) in given.items()], schema=schema)
+    for key, value in cfg.flat().items():
+        if key in command_line or not runs_a_command(value):
+            continue
+        if key in given:
+            raise KdpipeError(
+                f"{key} = {value!r} ({given[key][1]}) would run a shell command, and kdpipe never runs commands "
+                f"from files it finds; if you mean it, give it on the command line: --set {key}=..."
+            )
+        if not allow_pipe:
+            raise KdpipeError(
+                f"{key} = {value!r} in recipe {recipe} would run a shell command; pass --allow-pipe if you trust "
+                f"this recipe, or give the URL on the command line (--set {key}=...)"
+            )
     return CliSettings(cfg, recipe, {key: value for key, (value, _) in given.items()})
 

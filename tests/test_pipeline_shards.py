@@ -34,7 +34,7 @@ def test_user_shards_hold_out_a_slice_and_distill_drops_its_keys(tmp_path):
     result = _run_shards(tmp_path, f"shards.unlabeled={tmp_path / 'mine'}", "shards.holdout=5")
     assert result.exit_code == 0, result.output
 
-    info = read_shards_info(tmp_path / "run" / "shards")
+    info = read_shards_info(tmp_path / "run" / "shards", _cfg(f"shards.unlabeled={tmp_path / 'mine'}"))
     assert info["train"] == str(tmp_path / "mine") and info["filter_holdout"] and not info["transductive"]
     assert len(info["holdout_keys"]) == 5
     tf = build_transform(False, 32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
@@ -45,6 +45,28 @@ def test_user_shards_hold_out_a_slice_and_distill_drops_its_keys(tmp_path):
     kept = [k for _, keys in filtered_batches(stream, frozenset(info["holdout_keys"])) for k in keys]
     assert not set(kept) & set(held)
     assert len(kept) >= len(items) - 5 - 8  # at most a too-small batch is dropped besides the slice
+
+
+def _cfg(*sets):
+    from kdpipe.config import settings_from_cli
+    from kdpipe.pipeline import GRAPH
+
+    GRAPH.load_stage_modules()
+    return settings_from_cli(None, sets, schema=GRAPH.schema).config
+
+
+def test_shard_locations_come_from_the_settings_never_from_the_stage_file(tmp_path):
+    # a run dir from someone else: its shards.json names a command where the shards should be
+    from kdpipe.io import write_json
+    from kdpipe.stages.shards import INFO, read_shards_info
+
+    folder = tmp_path / "shards"
+    (folder / "holdout").mkdir(parents=True)
+    write_json(folder / INFO, {"train": f"pipe:touch {tmp_path / 'ran'}", "holdout": "pipe:false", "holdout_keys": [],
+                               "filter_holdout": False, "transductive": True, "images": 3})
+    info = read_shards_info(folder, _cfg())
+    assert info["train"] == str(folder / "unlabeled") and info["holdout"] == str(folder / "holdout")
+    assert read_shards_info(folder, _cfg("shards.unlabeled=/data/mine/{000..009}.tar"))["train"] == "/data/mine/{000..009}.tar"
 
 
 def test_filtered_batches_drop_batches_batchnorm_cannot_train_on():

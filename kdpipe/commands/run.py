@@ -29,10 +29,11 @@ _data_root = typer.Option(None, "--data-root", help="folder holding the dataset 
 _seed = typer.Option(None, "--seed", help="random seed (run.seed)")
 _seeds = typer.Option(None, "--seeds", help="several seeds, e.g. 1,2,3 (run.seeds): seeded stages run once per seed")
 _sets = typer.Option([], "--set", help=SET_HELP)
+_allow_pipe = typer.Option(False, "--allow-pipe", help="let the recipe give pipe: shard URLs (they run shell commands); a URL given with --set needs no flag")
 _jobs = typer.Option(1, "--jobs", "-j", min=1, help="stages run side by side in this many worker processes once their inputs are ready (2 suits a 2-core CPU: the baselines train while the teacher and student do)")
 
 
-def _settings(run_dir: Optional[Path], recipe: Optional[str], sets: list[str], shortcuts: dict[str, Any]):
+def _settings(run_dir: Optional[Path], recipe: Optional[str], sets: list[str], shortcuts: dict[str, Any], allow_pipe: bool = False):
     """The flags on top of what the run dir remembers; return (settings, run dir, whether it remembered any)."""
     from kdpipe.config import settings_from_cli
     from kdpipe.pipeline import GRAPH, read_run_settings
@@ -40,12 +41,13 @@ def _settings(run_dir: Optional[Path], recipe: Optional[str], sets: list[str], s
     GRAPH.load_stage_modules()
     if run_dir is None:
         # the flags alone name the run dir, whose run.json then fills in what they leave out
-        flags_only = settings_from_cli(recipe, sets, shortcuts, schema=GRAPH.schema)
+        flags_only = settings_from_cli(recipe, sets, shortcuts, schema=GRAPH.schema, allow_pipe=allow_pipe)
         run_dir = default_run_dir(flags_only.config, flags_only.recipe)
     saved = read_run_settings(run_dir) or {}
     where = Path(run_dir) / "run.json"
     remembered = {k: (v, f"{k}={v} saved in {where}") for k, v in saved.get("overrides", {}).items()}
-    settings = settings_from_cli(recipe or saved.get("recipe"), sets, shortcuts, base=remembered, schema=GRAPH.schema)
+    settings = settings_from_cli(recipe or saved.get("recipe"), sets, shortcuts, base=remembered, schema=GRAPH.schema,
+                                 allow_pipe=allow_pipe)
     return settings, run_dir, bool(saved)
 
 
@@ -75,6 +77,7 @@ def run(
     seeds: Optional[str] = _seeds,
     sets: list[str] = _sets,
     jobs: int = _jobs,
+    allow_pipe: bool = _allow_pipe,
 ) -> None:
     """Run what is missing or stale, in order; finished stages are skipped, an interrupted one resumes.
 
@@ -84,7 +87,7 @@ def run(
     from kdpipe.pipeline import GRAPH, run_stages, write_run_settings
 
     shortcuts = dict(teacher=teacher, student=student, dataset=dataset, data_root=data_root, seed=seed, seeds=seeds)
-    settings, rd, had_saved = _settings(run_dir, recipe, sets, shortcuts)
+    settings, rd, had_saved = _settings(run_dir, recipe, sets, shortcuts, allow_pipe)
     shown = ", ".join(f"{k}={v}" for k, v in settings.overrides.items()) or "none"
     typer.echo(f"run dir {rd}  recipe {settings.recipe}  overrides: {shown}{'  (merged with run.json)' if had_saved else ''}", err=True)
     try:
@@ -111,6 +114,7 @@ def status(
     seeds: Optional[str] = _seeds,
     sets: list[str] = _sets,
     show_config: bool = typer.Option(False, "--config", help="also print the resolved settings (every key --set accepts)"),
+    allow_pipe: bool = _allow_pipe,
 ) -> None:
     """Show every stage: done / stale (and why) / missing / failed, wall time and headline metric.
 
@@ -120,7 +124,7 @@ def status(
     from kdpipe.pipeline import GRAPH, format_status, stage_statuses, summarize
 
     shortcuts = dict(teacher=teacher, student=student, dataset=dataset, data_root=data_root, seed=seed, seeds=seeds)
-    settings, rd, _ = _settings(run_dir, recipe, sets, shortcuts)
+    settings, rd, _ = _settings(run_dir, recipe, sets, shortcuts, allow_pipe)
     cfg = settings.config
     rows = stage_statuses(cfg, rd, graph=GRAPH)
     if show_config:

@@ -171,7 +171,7 @@ def run(ctx) -> dict:
     student = build_student(cfg, sb, tf.classnames, tf.features, cfg["data"].dataset).to(device)
     student.set_class_features(tf.features.to(device))
 
-    shards = read_shards_info(inputs.upstream(ctx, "shards"))
+    shards = read_shards_info(inputs.upstream(ctx, "shards"), ctx.cfg)
     exclude = frozenset(shards["holdout_keys"]) if shards.get("filter_holdout") else frozenset()
     adapt = teacher_input(teacher.backbone, sb)
     amp_ctx = (lambda: autocast(device, amp)) if amp else None

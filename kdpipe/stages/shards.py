@@ -45,14 +45,19 @@ def _identity(cfg) -> Any:
     return {"pattern": pattern, "files": files}
 
 
-def read_shards_info(stage_dir: str | Path) -> dict[str, Any]:
-    """``shards.json`` with the stage's own shard folders made absolute (the run dir can move);
-    a user's pattern is kept exactly as given."""
+def read_shards_info(stage_dir: str | Path, cfg) -> dict[str, Any]:
+    """``shards.json``, with the shard locations re-derived from the settings and the stage folder.
+
+    The file's own ``train``/``holdout`` entries are never used as locations: a run dir may come
+    from someone else, and a ``pipe:`` URL placed there would run a command. The user's pattern
+    comes from the settings (``shards.unlabeled``: the command line or a trusted recipe), the built
+    shards from this folder (which can move with the run dir).
+    """
     stage_dir = Path(stage_dir)
     info = read_json(stage_dir / INFO)
-    for key in info.get("in_stage_dir", []):
-        if info[key]:
-            info[key] = str(stage_dir / info[key])
+    pattern = cfg["shards"].unlabeled
+    info["train"] = pattern if pattern else str(stage_dir / TRAIN_DIR)
+    info["holdout"] = str(stage_dir / HOLDOUT_DIR) if (stage_dir / HOLDOUT_DIR).is_dir() else ""
     return info
 
 
@@ -102,7 +107,6 @@ def _write_shards(ctx) -> dict:
             "holdout": HOLDOUT_DIR if keys else "",
             "holdout_keys": keys,
             "filter_holdout": True,
-            "in_stage_dir": ["holdout"],
             "transductive": False,
             "images": None,
         }
@@ -125,7 +129,6 @@ def _write_shards(ctx) -> dict:
             "holdout": HOLDOUT_DIR if held else "",
             "holdout_keys": [],
             "filter_holdout": False,
-            "in_stage_dir": ["train", "holdout"],
             "transductive": True,
             "images": len(train),
         }

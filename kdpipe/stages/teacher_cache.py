@@ -44,7 +44,7 @@ def _write_cache(ctx) -> dict:
     sb = load_backbone(cfg["student"].backbone, device=device)
     amp = cfg["run"].amp
     source = ForwardTeacher(teacher, amp=(lambda: autocast(device, amp)) if amp else None, adapt=teacher_input(teacher.backbone, sb))
-    shards = read_shards_info(inputs.upstream(ctx, "shards"))
+    shards = read_shards_info(inputs.upstream(ctx, "shards"), ctx.cfg)
     # the student's train transform: the cache must hold exactly the views distill will train on
     transform = inputs.train_transform(cfg, sb)
 
