@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ from kdpipe.errors import KdpipeError
 from kdpipe.io import json_default, read_json_or_none, write_json
 from kdpipe.pipeline.context import StageContext
 from kdpipe.pipeline.graph import Instance
+from kdpipe.pipeline.lock import StageLock
 from kdpipe.pipeline.manifest import (
     ATTEMPT, CKPT, FAILED, LOG, MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, hash_outputs, library_versions, now,
     one_line, outputs_digest,
@@ -34,6 +36,9 @@ def clear_folder(folder: Path) -> None:
 def prepare(folder: Path, fingerprint: str, fresh: bool) -> None:
     """Make the folder ready for an attempt: no manifest, and a checkpoint only if it is ours."""
     folder.mkdir(parents=True, exist_ok=True)
+    holder = StageLock.holder(folder)
+    if holder is not None:  # e.g. a worker of a killed runner, still training here
+        raise KdpipeError(StageLock(folder).busy_message(holder))
     # The old manifest goes first: a crash from here on can never leave it looking valid.
     (folder / MANIFEST).unlink(missing_ok=True)
     (folder / FAILED).unlink(missing_ok=True)
@@ -68,10 +73,13 @@ def execute_instance(plan: Plan, run_dir: Path, inst: Instance, ranks: Ranks) ->
         inputs=inputs, run_dir=run_dir, log=log, fingerprint=exp.fingerprint, reads=tuple(inst.reads(plan.graph.seed_key)),
         upstream=tuple(inst.deps), rank=ranks.rank, world_size=ranks.world,
     )
+    # the leader owns the folder while the stage runs (other torchrun ranks are its DDP peers)
+    owner = StageLock(folder) if ranks.leader else contextlib.nullcontext()
     t0 = time.monotonic()
     started = now()
     try:
-        metrics = inst.spec.fn(ctx) or {}
+        with owner:
+            metrics = inst.spec.fn(ctx) or {}
         if not isinstance(metrics, dict):
             raise KdpipeError(f"stage {inst.name} returned {type(metrics).__name__}; a stage returns a dict of metrics")
         wall = time.monotonic() - t0

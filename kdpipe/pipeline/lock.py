@@ -9,51 +9,75 @@ from typing import Any
 
 from kdpipe.errors import KdpipeError
 from kdpipe.io import read_json_or_none, write_json
-from kdpipe.pipeline.manifest import MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, check_format, library_versions, now
+from kdpipe.pipeline.manifest import MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, STAGE_LOCK, check_format, library_versions, now
 
 LOCK = ".kdpipe.lock"
 RUN_SETTINGS = "run.json"
 
 
-class RunLock:
-    """An exclusive lock on a run directory (flock: released by the OS when its process dies, so
-    a lock file left by a killed run never blocks the next one)."""
+# Lock fds this process holds. A forked child (a DataLoader worker) shares the open file
+# description, so flock stays held until the child exits too: a killed runner's workers kept its
+# run dir locked for seconds. Children close their copies right after the fork.
+_HELD: set[int] = set()
 
-    def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / LOCK
+
+def _close_held_in_child() -> None:
+    for fd in list(_HELD):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_held_in_child)
+
+
+class FolderLock:
+    """An exclusive, non-blocking lock on a folder (flock on a file in it: released by the OS when
+    its process dies, so a lock file left by a killed run never blocks the next one)."""
+
+    name = LOCK
+    what = "folder"
+
+    def __init__(self, folder: Path):
+        self.path = Path(folder) / self.name
         self.fd: int | None = None
 
-    def __enter__(self) -> "RunLock":
+    def busy_message(self, pid: int | None) -> str:
+        who = f" (pid {pid})" if pid else ""
+        return f"{self.what} {self.path.parent} is in use by another kdpipe process{who}"
+
+    def __enter__(self) -> "FolderLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             pid = _read_pid(fd)
             os.close(fd)
-            who = f" (pid {pid})" if pid else ""
-            raise KdpipeError(
-                f"run dir {self.path.parent} is in use by another kdpipe run{who}; wait for it to finish or use another --run-dir"
-            ) from None
+            raise KdpipeError(self.busy_message(pid)) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self.fd = fd
+        _HELD.add(fd)
         return self
 
     def __exit__(self, *exc: Any) -> None:
         if self.fd is not None:
+            _HELD.discard(self.fd)
             os.ftruncate(self.fd, 0)
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
 
-    @staticmethod
-    def holder(run_dir: Path) -> int | None:
+    @classmethod
+    def holder(cls, folder: Path) -> int | None:
         """The pid of the process holding the lock, None when nobody does."""
-        path = Path(run_dir) / LOCK
+        path = Path(folder) / cls.name
         if not path.exists():
             return None
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -63,6 +87,25 @@ class RunLock:
             return None
         finally:
             os.close(fd)
+
+
+class RunLock(FolderLock):
+    """One kdpipe run at a time in a run directory."""
+
+    def busy_message(self, pid: int | None) -> str:
+        who = f" (pid {pid})" if pid else ""
+        return f"run dir {self.path.parent} is in use by another kdpipe run{who}; wait for it to finish or use another --run-dir"
+
+
+class StageLock(FolderLock):
+    """One process at a time in a stage's folder: a worker orphaned by a killed runner keeps it
+    until it exits, so a resumed run cannot train into the same folder beside it."""
+
+    name = STAGE_LOCK
+
+    def busy_message(self, pid: int | None) -> str:
+        who = f" (pid {pid})" if pid else ""
+        return f"stage folder {self.path.parent} is still being written by another process{who}; wait for it to exit or stop it"
 
 
 def _read_pid(fd: int) -> int | None:

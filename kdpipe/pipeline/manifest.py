@@ -19,8 +19,9 @@ FAILED = "failed.json"
 ATTEMPT = ".attempt.json"  # fingerprint of the last started attempt: decides whether ckpt/ is kept
 LOG = "log.txt"
 CKPT = "ckpt"
+STAGE_LOCK = ".stage.lock"  # held by the process running the stage (kdpipe.pipeline.lock.StageLock)
 # Files of the stage folder that are bookkeeping, not outputs (never hashed into the manifest).
-_NOT_OUTPUTS = {MANIFEST, FAILED, ATTEMPT, LOG}
+_NOT_OUTPUTS = {MANIFEST, FAILED, ATTEMPT, LOG, STAGE_LOCK}
 
 
 def library_versions() -> dict[str, str]:

@@ -13,6 +13,8 @@ kept), then the failure is raised as one line, as a sequential run would.
 from __future__ import annotations
 
 import os
+import threading
+import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -37,6 +39,21 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
     # several processes drawing live bars on one terminal garble each other: plain lines instead
     os.environ["KDPIPE_PROGRESS"] = "plain"
+    _exit_with_parent()
+
+
+def _exit_with_parent(every_s: float = 1.0) -> None:
+    """Exit when the runner dies (even by SIGKILL): an orphaned worker would go on training in a
+    stage folder no run owns any more, beside the next run's worker."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(every_s)
+            if os.getppid() != parent:  # re-parented: the runner is gone
+                os._exit(1)
+
+    threading.Thread(target=watch, name="kdpipe-exit-with-runner", daemon=True).start()
 
 
 def graph_source(graph: StageGraph) -> tuple[str, str] | None:

@@ -1,0 +1,113 @@
+"""Locks that outlive nothing: a killed runner frees its run dir at once and takes its --jobs workers
+with it; a stage folder is owned by one process at a time."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from kdpipe.errors import KdpipeError
+from kdpipe.pipeline import RunLock
+from kdpipe.pipeline.lock import StageLock
+from test_dag import TOY_SOURCE
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is dead for our purposes
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_a_killed_runners_forked_children_do_not_keep_the_run_dir_locked(tmp_path):
+    # a DataLoader worker is a forked child: it must not inherit the run dir's lock
+    script = textwrap.dedent(f"""
+        import multiprocessing as mp, sys, time
+        from kdpipe.pipeline import RunLock
+        lock = RunLock({str(tmp_path)!r}).__enter__()
+        child = mp.get_context("fork").Process(target=time.sleep, args=(60,))
+        child.start()
+        print(child.pid, flush=True)
+        time.sleep(60)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    child = int(proc.stdout.readline())
+    try:
+        assert RunLock.holder(tmp_path) == proc.pid
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert _alive(child)
+        with RunLock(tmp_path):  # at once, although the child lives on
+            pass
+    finally:
+        os.kill(child, signal.SIGKILL)
+
+
+def test_jobs_workers_die_with_a_killed_runner_and_the_stage_is_not_run_twice(tmp_path):
+    src = tmp_path / "toy_stages.py"
+    src.write_text(TOY_SOURCE)
+    run_dir = tmp_path / "run"
+    script = textwrap.dedent(f"""
+        import importlib.util
+        from kdpipe.config import resolve_config
+        from kdpipe.pipeline import StageGraph, run_stages
+        spec = importlib.util.spec_from_file_location("toy_stages", {str(src)!r})
+        toy = importlib.util.module_from_spec(spec); spec.loader.exec_module(toy)
+        graph = toy.build_expanded(StageGraph()); graph.source = ({str(src)!r}, "build_expanded")
+        cfg = resolve_config(None, [("toy.steps", "400", "--set")], schema=graph.schema)
+        run_stages(cfg, {str(run_dir)!r}, graph=graph, jobs=2, echo=lambda m: None)
+    """)
+    env = {**os.environ, "TOY_SLEEP": "0.2"}
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env)
+    try:
+        worker = _wait_for(lambda: StageLock.holder(run_dir / "train"), 120, "train to start in a worker")
+        assert worker not in (proc.pid, -1)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        _wait_for(lambda: not _alive(worker), 10, f"worker {worker} to exit after its runner was killed")
+        assert StageLock.holder(run_dir / "train") is None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_a_stage_folder_held_by_another_process_is_not_prepared_again(tmp_path):
+    from kdpipe.pipeline.execute import prepare
+
+    folder = tmp_path / "train"
+    script = f"from kdpipe.pipeline.lock import StageLock; import time; StageLock({str(folder)!r}).__enter__(); print('held', flush=True); time.sleep(60)"
+    other = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline().strip() == "held"
+        (folder / "ckpt").mkdir()
+        (folder / "ckpt" / "state.json").write_text(json.dumps({"step": 3}))
+        with pytest.raises(KdpipeError, match=f"still being written by another process \\(pid {other.pid}\\)"):
+            prepare(folder, "another-fingerprint", fresh=True)
+        assert (folder / "ckpt" / "state.json").exists()  # nothing of the other process's work was cleared
+    finally:
+        other.kill()
+        other.wait()
+    prepare(folder, "another-fingerprint", fresh=True)  # free once it is gone
