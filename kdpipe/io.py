@@ -80,7 +80,14 @@ def write_tensors(path: str | os.PathLike, tensors: dict, metadata: dict[str, An
     meta = {k: json.dumps(v, default=json_default) for k, v in (metadata or {}).items()}
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=meta)
+        os.chmod(tmp, 0o666 & ~current_umask())  # safetensors writes 0600; keep the user's umask like every other file
     return Path(path)
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def read_tensors(path: str | os.PathLike) -> tuple[dict, dict[str, Any]]:

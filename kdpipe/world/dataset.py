@@ -22,7 +22,7 @@ from typing import Mapping
 import numpy as np
 
 from kdpipe.errors import KdpipeError
-from kdpipe.io import read_json_or_none, write_json
+from kdpipe.io import current_umask, read_json_or_none, write_json
 from kdpipe.progress import Progress
 from kdpipe.world.classes import CLASSNAMES, NUM_CLASSES
 from kdpipe.world.render import IMAGE_SIZE, RENDER_VERSION, render_batch
@@ -121,6 +121,7 @@ def write_world_dataset(
             )
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".world.tmp-", dir=root))
+    tmp.chmod(0o777 & ~current_umask())  # mkdtemp is private (0700); the world is shared data
     try:
         total = sum(meta["per_class"].values()) * NUM_CLASSES
         with Progress(total, "render the demo world", unit="image", quiet=not progress) as bar:
