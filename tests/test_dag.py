@@ -369,7 +369,7 @@ def test_checkpoint_is_dropped_when_settings_change(toy, tmp_path):
     ckpt.mkdir(parents=True)
     (rd / "train" / ".attempt.json").write_text(json.dumps({"fingerprint": "an older one"}))
     (ckpt / "state.json").write_text(json.dumps({"step": 5, "acc": 3}))
-    assert states(graph, rd)["train"].reason == "interrupted; settings changed since, will restart"
+    assert states(graph, rd)["train"].reason == "interrupted; settings or inputs changed since, will restart"
     assert run(graph, rd, target="train").metrics["train"]["resumed_from"] == 0
 
 

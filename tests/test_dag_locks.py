@@ -111,3 +111,44 @@ def test_a_stage_folder_held_by_another_process_is_not_prepared_again(tmp_path):
         other.kill()
         other.wait()
     prepare(folder, "another-fingerprint", fresh=True)  # free once it is gone
+
+
+def test_a_finished_checkpoint_is_not_resumed_when_an_upstream_stage_was_re_run(tmp_path):
+    """Same settings, other inputs (a non-deterministic upstream re-run with --force): train again."""
+    import random
+    from dataclasses import dataclass
+
+    from kdpipe.config import resolve_config
+    from kdpipe.pipeline import StageGraph, run_stages
+
+    graph = StageGraph()
+
+    @graph.schema.section("toy2")
+    @dataclass
+    class Toy2:
+        steps: int = 3
+
+    @graph.stage("up", outputs=["up.json"])
+    def up(ctx):  # like a teacher trained without a fixed seed: every run differs
+        (ctx.dir / "up.json").write_text(json.dumps({"value": random.random()}))
+        return {}
+
+    @graph.stage("down", reads=["toy2.steps"], deps=["up"], outputs=["down.json"])
+    def down(ctx):
+        state_file = ctx.ckpt_dir / "state.json"
+        state = json.loads(state_file.read_text()) if state_file.exists() else {"step": 0}
+        resumed_from = state["step"]
+        value = json.loads((ctx.inputs["up"] / "up.json").read_text())["value"]
+        while state["step"] < ctx.cfg["toy2"].steps:
+            state["step"] += 1
+            state_file.write_text(json.dumps(state))
+        (ctx.dir / "down.json").write_text(json.dumps({"from": value}))
+        return {"resumed_from": resumed_from}
+
+    cfg = resolve_config(None, [], schema=graph.schema)
+    rd = tmp_path / "run"
+    run_stages(cfg, rd, graph=graph, echo=lambda m: None)
+    run_stages(cfg, rd, target="up", force=True, graph=graph, echo=lambda m: None)
+    report = run_stages(cfg, rd, graph=graph, echo=lambda m: None)
+    assert report.ran == ["down"] and report.metrics["down"]["resumed_from"] == 0
+    assert json.loads((rd / "down" / "down.json").read_text())["from"] == json.loads((rd / "up" / "up.json").read_text())["value"]

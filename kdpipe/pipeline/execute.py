@@ -33,8 +33,14 @@ def clear_folder(folder: Path) -> None:
             child.unlink()
 
 
-def prepare(folder: Path, fingerprint: str, fresh: bool) -> None:
-    """Make the folder ready for an attempt: no manifest, and a checkpoint only if it is ours."""
+def prepare(folder: Path, fingerprint: str, fresh: bool, inputs: dict[str, str | None] | None = None) -> None:
+    """Make the folder ready for an attempt: no manifest, and a checkpoint only if it is ours.
+
+    A checkpoint is ours when the settings (``fingerprint``) and the upstream outputs it was made
+    from (``inputs``: upstream instance -> outputs digest) are both unchanged: a re-run upstream
+    stage with the same settings (a non-deterministic teacher after --force) gives other inputs,
+    and resuming a finished checkpoint would keep a result made from the old ones.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     holder = StageLock.holder(folder)
     if holder is not None:  # e.g. a worker of a killed runner, still training here
@@ -43,10 +49,12 @@ def prepare(folder: Path, fingerprint: str, fresh: bool) -> None:
     (folder / MANIFEST).unlink(missing_ok=True)
     (folder / FAILED).unlink(missing_ok=True)
     attempt = read_json_or_none(folder / ATTEMPT) or {}
-    if fresh or attempt.get("fingerprint") != fingerprint:
-        # Other settings (or --force): checkpoints and half-written outputs are not ours to resume.
+    inputs = inputs or {}
+    if fresh or attempt.get("fingerprint") != fingerprint or attempt.get("inputs", {}) != inputs:
+        # Other settings, other inputs (or --force): checkpoints and half-written outputs are not ours to resume.
         clear_folder(folder)
-    write_json(folder / ATTEMPT, {"fingerprint": fingerprint, "pid": os.getpid(), "started_at": now()}, sort_keys=True, fsync=True)
+    write_json(folder / ATTEMPT, {"fingerprint": fingerprint, "inputs": inputs, "pid": os.getpid(), "started_at": now()},
+               sort_keys=True, fsync=True)
     (folder / CKPT).mkdir(exist_ok=True)
 
 

@@ -157,8 +157,10 @@ class Plan:
             elif (folder / MANIFEST).exists():
                 st.state, st.reason = "stale", "manifest unreadable (corrupt or cut short); will re-run"
             elif (folder / CKPT).is_dir() and any((folder / CKPT).iterdir()):
-                same = attempt.get("fingerprint") == exp.fingerprint
-                st.reason = "interrupted; will resume from its checkpoint" if same else "interrupted; settings changed since, will restart"
+                inputs = {d: outputs_digest(Path(run_dir) / self.instances[d].folder) for d in inst.deps}
+                same = attempt.get("fingerprint") == exp.fingerprint and attempt.get("inputs", {}) == inputs
+                st.reason = ("interrupted; will resume from its checkpoint" if same
+                             else "interrupted; settings or inputs changed since, will restart")
             return st
         st.wall_time_s = manifest.get("wall_time_s")
         st.headline = headline(inst.spec, manifest.get("metrics") or {})

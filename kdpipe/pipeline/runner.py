@@ -14,6 +14,7 @@ from kdpipe.errors import KdpipeError
 from kdpipe.pipeline.execute import execute_instance, prepare
 from kdpipe.pipeline.graph import StageGraph, pipeline
 from kdpipe.pipeline.lock import RunLock, check_run_dir
+from kdpipe.pipeline.manifest import outputs_digest
 from kdpipe.pipeline.plan import Plan, headline
 from kdpipe.progress import format_duration
 
@@ -79,7 +80,8 @@ def run_stages(
             return {"run": False}
         why = "forced" if st.state == "done" else (f"{st.state}: {st.reason}" if st.reason else st.state)
         echo(f"run   {name} ({why})")
-        prepare(run_dir / inst.folder, plan.expected(name).fingerprint, fresh=force and name in targets)
+        inputs = {d: outputs_digest(run_dir / plan.instances[d].folder) for d in inst.deps}
+        prepare(run_dir / inst.folder, plan.expected(name).fingerprint, fresh=force and name in targets, inputs=inputs)
         return {"run": True}
 
     def leader_step(step: Callable[[], Any]) -> Any:
