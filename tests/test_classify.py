@@ -89,7 +89,7 @@ def test_workers_decode_and_csv_output(tmp_path, tiny_student, class_index):
     enc = TinyEncoder(tiny_student)
     classify(enc, class_index, CLASSES, open_source(tmp_path / "imgs"), out, top_k=2, batch_size=4, workers=2, device="cpu", progress=False)
     rows = read_rows(out)
-    assert len(rows) == 9 and set(rows[0]) == {"path", "label_1", "score_1", "id_1", "label_2", "score_2", "id_2"}
+    assert len(rows) == 9 and set(rows[0]) == {"path", "label_1", "score_1", "prob_1", "id_1", "label_2", "score_2", "prob_2", "id_2"}
     assert all(r["label_1"] in CLASSES for r in rows)
     again = tmp_path / "again.jsonl"
     classify(enc, class_index, CLASSES, open_source(tmp_path / "imgs"), again, top_k=2, batch_size=5, workers=0, device="cpu", progress=False)
@@ -259,12 +259,55 @@ def test_shard_input_with_a_corrupt_member_and_resume(tmp_path, tiny_student, cl
     out = tmp_path / "out.jsonl"
     for spec in (str(tmp_path / "shards" / "part-{0..1}.tar"), str(tmp_path / "shards")):
         s = classify(TinyEncoder(tiny_student), class_index, CLASSES, open_source(spec), out, batch_size=2, workers=0, device="cpu", progress=False)
-        assert sorted(keys_of(out)) == [f"s{s}-{i}" for s in range(2) for i in range(3)]
+        shard = str(tmp_path / "shards" / "part-{}.tar")
+        assert sorted(keys_of(out)) == [f"{shard.format(s)}#s{s}-{i}" for s in range(2) for i in range(3)]
         skipped = [json.loads(ln) for ln in skipped_path(out).read_text().splitlines()]
-        assert [r["key"] for r in skipped] == ["s1-bad"]
+        assert [r["key"] for r in skipped] == [f"{shard.format(1)}#s1-bad"]  # the same identity as a row
     assert s.rows_new == 0 and s.resumed == 7  # the second spec names the same shards: nothing redone
     with pytest.raises(KdpipeError, match="not found"):
         open_source(str(tmp_path / "shards" / "part-{0..5}.tar"))
+
+
+def write_two_shard_sets(root, sizes=(5, 4), per_shard=3):
+    """Two folders written by ``kdpipe shards write``: both start at key 00000000."""
+    from kdpipe.data.shards import write_shards
+
+    for name, n in zip("ab", sizes):
+        paths = write_images(root / f"src-{name}", n, sub=False)
+        write_shards([str(p) for p in paths], root / name, per_shard=per_shard, max_side=0)
+
+
+@pytest.mark.parametrize("spec, images", [("{a,b}", 9), ("{a/shard-000000.tar,b/shard-000000.tar}", 6)])
+def test_shard_sets_with_the_same_keys_keep_every_image(tmp_path, tiny_student, class_index, spec, images):
+    from kdpipe.data.shards import expand_pattern
+
+    write_two_shard_sets(tmp_path)  # a: 3 + 2 images, b: 3 + 1
+    spec = str(tmp_path / spec)
+    urls = expand_pattern(spec)
+    out = tmp_path / "out.jsonl"
+    s = classify(TinyEncoder(tiny_student), class_index, CLASSES, open_source(spec), out, batch_size=2, workers=0, device="cpu", progress=False)
+    keys = keys_of(out)
+    assert s.rows_new == len(keys) == len(set(keys)) == images
+    assert {k.rsplit("#", 1)[0] for k in keys} == set(urls)  # the shard and the sample's key in it
+    s = classify(TinyEncoder(tiny_student), class_index, CLASSES, open_source(spec), out, batch_size=2, workers=0, device="cpu", progress=False)
+    assert s.rows_new == 0 and s.resumed == images and len(keys_of(out)) == images
+
+
+def test_images_that_share_a_key_fail_the_run_instead_of_vanishing(tmp_path, tiny_student, class_index):
+    from kdpipe.infer.sources import Batch, ImageSource
+
+    class SameKeys(ImageSource):
+        def describe(self):
+            return "two images under one key"
+
+        def batches(self, transform, batch_size, workers, done, pin_memory=False, rank=0, world=1):
+            image = transform(Image.new("RGB", (40, 36), COLORS[0]))[None]
+            yield Batch(image, ["k"])
+            yield Batch(image, ["k"], [("bad", "unreadable")])
+
+    with pytest.raises(KdpipeError, match="3 images read but 2 written") as e:
+        classify(TinyEncoder(tiny_student), class_index, CLASSES, SameKeys("x"), tmp_path / "o.jsonl", workers=0, device="cpu", progress=False)
+    assert "\n" not in str(e.value)
 
 
 def test_writer_keeps_one_row_per_key_even_within_a_batch(tmp_path):

@@ -147,3 +147,84 @@ def test_bundle_with_a_faiss_index_loads_where_faiss_is_missing(tmp_path, model,
     assert read_rows(tmp_path / "with.jsonl") == read_rows(tmp_path / "without.jsonl")
     with pytest.raises(KdpipeError, match="--index ivf needs FAISS"):
         loaded.index("ivf")
+
+
+def make_local_dir(folder, mean=(0.25, 0.5, 0.75), std=(0.2, 0.3, 0.4)):
+    """An open_clip ``local-dir:`` model folder (config + weights), with its own normalisation."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    from kdpipe.clip.backbones import model_config
+
+    folder.mkdir(parents=True)
+    cfg = {"model_cfg": model_config("kd-tiny-s"), "preprocess_cfg": {"mean": list(mean), "std": list(std)}}
+    (folder / "open_clip_config.json").write_text(json.dumps(cfg))
+    torch.manual_seed(5)
+    state = open_clip.create_model("kd-tiny-s").state_dict()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "open_clip_model.safetensors"))
+    return f"local-dir:{folder}"
+
+
+def test_local_dir_bundle_needs_nothing_but_itself(tmp_path, tiny_teacher, caplog):
+    """A bundle made on a local-dir: backbone loads and classifies identically once that folder is gone."""
+    import logging
+
+    from kdpipe.clip import load_backbone
+
+    spec = make_local_dir(tmp_path / "clip")
+    backbone = load_backbone(spec)
+    assert backbone.mean == (0.25, 0.5, 0.75)
+    with torch.no_grad():
+        feats = F.normalize(make_teacher(tiny_teacher).class_features(CLASSES).float(), dim=-1)
+    cm = ClassModel(make_student(backbone), CLASSES, feats, 100.0, 3, source="local-dir model", provenance={"backbone": spec})
+    write_images(tmp_path / "imgs", 5)
+    run(cm, tmp_path / "imgs", tmp_path / "direct.jsonl")
+    export_bundle(cm, tmp_path / "bundle")
+    shutil.rmtree(tmp_path / "clip")
+    with caplog.at_level(logging.WARNING):
+        loaded = load_bundle(tmp_path / "bundle")
+    assert not [r for r in caplog.records if "Ignoring" in r.getMessage()]
+    assert loaded.preprocess() == cm.preprocess() and loaded.identity()["id"] == cm.identity()["id"]
+    run(loaded, tmp_path / "imgs", tmp_path / "bundle.jsonl")
+    direct, bundled = read_rows(tmp_path / "direct.jsonl"), read_rows(tmp_path / "bundle.jsonl")
+    assert [(r["ids"], r["scores"]) for r in direct] == [(r["ids"], r["scores"]) for r in bundled]
+
+
+def test_student_bundle_leaves_the_text_tower_out(tmp_path, model):
+    """The student never encodes text: its bundle holds the vision tower only, and predicts the same."""
+    from safetensors import safe_open
+
+    from kdpipe.clip.backbones import tower_of
+
+    write_images(tmp_path / "imgs", 5)
+    run(model, tmp_path / "imgs", tmp_path / "direct.jsonl")
+    export_bundle(model, tmp_path / "b")
+    full = sum(v.numel() for v in model.method.backbone.model.state_dict().values())
+    with safe_open(str(tmp_path / "b" / "backbone.safetensors"), framework="pt") as f:
+        keys = list(f.keys())
+        saved = sum(f.get_tensor(k).numel() for k in keys)
+    assert keys and not [k for k in keys if tower_of(k) == "text"]
+    assert any(k.startswith("visual.") for k in keys) and "logit_scale" in keys
+    assert saved < 0.5 * full  # kd-tiny-s: the text tower (token embedding) is most of the weights
+    loaded = load_bundle(tmp_path / "b")
+    run(loaded, tmp_path / "imgs", tmp_path / "bundle.jsonl")
+    direct, bundled = read_rows(tmp_path / "direct.jsonl"), read_rows(tmp_path / "bundle.jsonl")
+    assert [(r["ids"], r["scores"]) for r in direct] == [(r["ids"], r["scores"]) for r in bundled]
+    text = [p for n, p in loaded.method.backbone.model.named_parameters() if tower_of(n) == "text"]
+    assert text and all(torch.isnan(p).all() for p in text)  # never silently random text features
+
+
+def test_bundle_backbone_missing_other_keys_is_refused(tmp_path, model):
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+
+    export_bundle(model, tmp_path / "b")
+    path = tmp_path / "b" / "backbone.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    state = load_file(str(path))
+    del state["visual.proj"]
+    save_file(state, str(path), metadata=meta)
+    with pytest.raises(KdpipeError, match="visual.proj") as e:
+        load_bundle(tmp_path / "b")
+    assert "\n" not in str(e.value)

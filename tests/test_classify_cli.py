@@ -67,3 +67,25 @@ def test_bench_index_reports_ratios_measured_in_the_same_run(tmp_path):
         assert r["faiss_over_torch"] == pytest.approx(r["faiss_ms"] / r["torch_ms"])
     assert [r["kind"] for r in data["approx"]] == ["ivf", "hnsw"]
     assert all(0.0 <= r["recall1"] <= 1.0 and r["build_s"] >= 0 for r in data["approx"])
+
+
+def test_classify_command_parts_embeddings_and_a_factory_index(tmp_path, model):  # noqa: F811
+    from kdpipe.infer.embeddings import read_embeddings
+
+    export_bundle(model, tmp_path / "bundle")
+    write_images(tmp_path / "imgs", 5)
+    args = ["classify", "--model", str(tmp_path / "bundle"), "--input", str(tmp_path / "imgs"), "--out", str(tmp_path / "o.parquet"),
+            "--top-k", "2", "--workers", "0", "--device", "cpu", "--index", "IVF2,Flat", "--nprobe", "2",
+            "--embeddings", str(tmp_path / "emb"), "--parts", "2"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "2 parts o.part-00000-of-00002.parquet" in res.output
+    res = CliRunner().invoke(app, args + ["--merge"])
+    assert res.exit_code == 0, res.output
+    rows = read_rows(tmp_path / "o.parquet")
+    assert len(rows) == 5 and all(len(r["probs"]) == 2 and r["probs"][0] >= r["probs"][1] for r in rows)
+    assert sorted(read_embeddings(tmp_path / "emb")[0]) == sorted(r["path"] for r in rows)
+    res = CliRunner().invoke(app, args[:-6] + ["--index", "IVF2,Nope"])
+    assert isinstance(res.exception, KdpipeError) and "unknown index kind 'IVF2,Nope'" in str(res.exception)
+    res = CliRunner().invoke(app, args[:-6] + ["--ef-search", "9"])
+    assert isinstance(res.exception, KdpipeError) and "--ef-search applies to HNSW" in str(res.exception)

@@ -82,7 +82,7 @@ def test_more_k_than_classes_pads_and_numpy_queries_work():
 
 
 def test_bad_input_is_one_line(tmp_path):
-    with pytest.raises(KdpipeError, match="unknown index kind 'kd-tree'"):
+    with pytest.raises(KdpipeError, match="unknown index kind .kd-tree.: not flat, ivf, hnsw, auto, nor a FAISS index_factory"):
         ClassIndex.build(unit(5, 4, 0), kind="kd-tree")
     with pytest.raises(KdpipeError, match=r"\[N, D\] matrix"):
         ClassIndex.build(torch.zeros(0, 4))
@@ -111,3 +111,39 @@ def test_without_faiss_flat_uses_torch_and_saves_safetensors(tmp_path, monkeypat
     assert torch.equal(loaded.search(queries, 3)[1], ids)
     with pytest.raises(KdpipeError, match="--index hnsw needs FAISS"):
         ClassIndex.build(feats, kind="hnsw")
+
+
+@pytest.mark.parametrize("spec", ["IVF32,Flat", "HNSW16", "IVF32,PQ8x4"])
+def test_factory_strings_recall_against_flat(spec):
+    feats = unit(3000, 32, 14)
+    labels = torch.randint(0, 3000, (200,), generator=torch.Generator().manual_seed(15))
+    queries = F.normalize(feats[labels] + 0.2 * unit(200, 32, 19), dim=-1)  # images near their class, as in use
+    exact = ClassIndex.build(feats).search(queries, 5)
+    index = ClassIndex.build(feats, kind=spec).set_search(nprobe=12 if "IVF" in spec else None, ef_search=64 if "HNSW" in spec else None)
+    scores, ids = index.search(queries, 5)
+    assert index.kind == spec
+    recall5 = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(ids.tolist(), exact[1].tolist())])
+    recall1 = (ids[:, 0] == exact[1][:, 0]).float().mean().item()
+    assert recall1 >= 0.9 and recall5 >= (0.4 if "PQ" in spec else 0.8), (recall1, recall5)  # PQ codes are coarse
+    found = ids == exact[1]  # where the same class is found, its score is the exact one (rescored)
+    assert torch.allclose(scores[found], exact[0][found], atol=1e-6)
+
+
+def test_factory_string_errors_and_search_knobs_are_one_line():
+    feats = unit(100, 16, 16)
+    for spec, expected in (("Bogus99", "could not parse"), ("IVF512,Flat", "training points"), ("IVF4,PQ5", "multiple")):
+        with pytest.raises(KdpipeError, match=expected) as e:
+            ClassIndex.build(feats, kind=spec)
+        assert "\n" not in str(e.value) and spec in str(e.value)
+    with pytest.raises(KdpipeError, match="--nprobe applies to IVF indexes"):
+        ClassIndex.build(feats, kind="HNSW8").set_search(nprobe=4)
+    with pytest.raises(KdpipeError, match="--ef-search applies to HNSW"):
+        ClassIndex.build(feats, kind="flat").set_search(ef_search=4)
+    ivf = ClassIndex.build(feats, kind="IVF4,Flat").set_search(nprobe=4)  # all cells: exact
+    assert torch.equal(ivf.search(feats[:10], 3)[1], ClassIndex.build(feats).search(feats[:10], 3)[1])
+
+
+def test_logsumexp_is_over_all_classes():
+    feats, queries = unit(20000, 8, 17), unit(3, 8, 18)
+    lse = ClassIndex.build(feats).logsumexp(queries, 30.0, chunk=7000)
+    assert torch.allclose(lse, torch.logsumexp(30.0 * queries.double() @ feats.double().T, dim=1))

@@ -5,7 +5,8 @@ Specs, in the order they are tried:
   - ``hf-hub:org/repo`` or ``local-dir:PATH`` -> handed to open_clip unchanged;
   - ``NAME:TAG`` -> open_clip architecture NAME with pretrained tag TAG;
   - ``NAME:PATH`` -> open_clip architecture NAME with weights from a local .pt/.safetensors file;
-  - ``PATH`` to a .safetensors file written by :func:`save_backbone` (it records its architecture);
+  - ``PATH`` to a .safetensors file written by :func:`save_backbone`: it records its architecture
+    and its open_clip config, so it loads from itself alone (a ``local-dir:`` folder may be gone);
   - ``NAME`` alone -> random init, as open_clip does (the tiny test/demo configs are used this way).
 
 Whatever the spelling, a pretrained tag builds the activation its weights were trained with
@@ -20,11 +21,12 @@ second with one line saying what was looked for and how to provide it, instead o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -47,6 +49,11 @@ FRIENDLY_NAMES: dict[str, tuple[str, str]] = {
 }
 
 _ARCH_METADATA_KEY = "kdpipe_arch"
+_CONFIG_METADATA_KEY = "kdpipe_config"  # {"model_cfg", "preprocess_cfg"}: open_clip_config.json's layout
+_TOWERS_METADATA_KEY = "kdpipe_towers"  # the towers a file holds; absent = both
+TOWERS = ("visual", "text")
+# the top-level CLIP attributes of the built-in text tower (everything else but logit_scale/bias is visual.*)
+_TEXT_TOWER = frozenset({"token_embedding", "positional_embedding", "transformer", "ln_final", "text_projection", "attn_mask"})
 _registered_dirs: set[Path] = set()
 
 
@@ -100,6 +107,9 @@ class Backbone:
     dims: BackboneDims
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    # what it was built from, in open_clip_config.json's layout ({"model_cfg", "preprocess_cfg"}):
+    # saved with the weights, so a copy never needs the spec it came from
+    config: dict[str, Any] | None = None
 
     def describe(self) -> dict[str, Any]:
         return {"spec": self.spec, "arch": self.arch, "activation": self.activation, **asdict(self.dims)}
@@ -192,12 +202,15 @@ def _check_schema_available(spec: str) -> None:
             raise _missing_weights(spec, f"hf-hub {ident}, open_clip_config.json")
 
 
-def _arch_from_safetensors(path: Path) -> str:
+def _saved_metadata(path: Path) -> dict[str, str]:
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    arch = meta.get(_ARCH_METADATA_KEY)
+        return f.metadata() or {}
+
+
+def _arch_from_safetensors(path: Path) -> str:
+    arch = _saved_metadata(path).get(_ARCH_METADATA_KEY)
     if not arch:
         raise KdpipeError(
             f"{path} does not record its architecture; give it as ARCH:{path} "
@@ -232,15 +245,8 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
         return arch_for_tag(arch, tag), tag
     if spec.startswith(("hf-hub:", "local-dir:")):
         return spec, None
-    path = Path(spec).expanduser()
-    if path.suffix in {".safetensors", ".pt", ".pth", ".bin"} and ":" not in spec.split("/")[0]:
-        if not path.is_file():
-            raise KdpipeError(f"checkpoint file {path} does not exist")
-        if path.suffix != ".safetensors":
-            raise KdpipeError(
-                f"{path}: a .pt checkpoint does not record its architecture; give it as ARCH:{path} "
-                f"(OpenAI ViT-B/16 weights: ViT-B-16-quickgelu:{path})"
-            )
+    path = _checkpoint_spec(spec)
+    if path is not None:
         return _arch_from_safetensors(path), str(path)
     arch, sep, pretrained = spec.partition(":")
     known = known_architectures()
@@ -254,6 +260,21 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
     if pretrained is not None and not _looks_like_file(pretrained):
         arch = arch_for_tag(arch, pretrained)
     return arch, pretrained
+
+
+def _checkpoint_spec(spec: str) -> Path | None:
+    """The file a bare ``PATH`` spec names (a .safetensors kdpipe saved), None for other specs."""
+    path = Path(spec.strip()).expanduser()
+    if path.suffix not in {".safetensors", ".pt", ".pth", ".bin"} or ":" in spec.strip().split("/")[0]:
+        return None
+    if not path.is_file():
+        raise KdpipeError(f"checkpoint file {path} does not exist")
+    if path.suffix != ".safetensors":
+        raise KdpipeError(
+            f"{path}: a .pt checkpoint does not record its architecture; give it as ARCH:{path} "
+            f"(OpenAI ViT-B/16 weights: ViT-B-16-quickgelu:{path})"
+        )
+    return path
 
 
 def _looks_like_file(pretrained: str) -> bool:
@@ -276,6 +297,9 @@ def load_backbone(spec: str, device: str | torch.device = "cpu", cache_dir: str 
     import open_clip
 
     register_builtin_configs()
+    saved = _checkpoint_spec(spec)
+    if saved is not None:
+        return _load_saved(spec, saved, device)
     arch, pretrained = parse_spec(spec)
     torchscript = None  # OpenAI's own archive: built without weights, then filled from the archive
     if arch.startswith(("hf-hub:", "local-dir:")):
@@ -305,35 +329,158 @@ def load_backbone(spec: str, device: str | torch.device = "cpu", cache_dir: str 
     except (RuntimeError, FileNotFoundError, KeyError, ValueError, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise KdpipeError(f"could not load {spec}: {first}") from e
-    model.eval().requires_grad_(False)
     tokenizer = open_clip.get_tokenizer(arch, cache_dir=cache_dir)
-    pp = getattr(model.visual, "preprocess_cfg", {}) or {}
-    mean = tuple(pp.get("mean", open_clip.OPENAI_DATASET_MEAN))
-    std = tuple(pp.get("std", open_clip.OPENAI_DATASET_STD))
+    return _assemble(spec, arch, model, (preprocess_train, preprocess_test), tokenizer, model_config(arch))
+
+
+def _assemble(spec: str, arch: str, model: nn.Module, transforms: tuple[Callable, Callable], tokenizer: Callable,
+              model_cfg: dict[str, Any] | None) -> Backbone:
+    """The :class:`Backbone` of a built model: frozen, eval mode, with the config it was built from."""
+    import open_clip
+
+    model.eval().requires_grad_(False)
+    config = _open_clip_config(model, model_cfg)
+    pp = config["preprocess_cfg"] if config else {}
     return Backbone(
         spec=spec,
         arch=arch,
         model=model,
-        preprocess_train=preprocess_train,
-        preprocess_test=preprocess_test,
+        preprocess_train=transforms[0],
+        preprocess_test=transforms[1],
         tokenizer=tokenizer,
         dims=read_dims(model),
-        mean=mean,
-        std=std,
+        mean=tuple(pp.get("mean", open_clip.OPENAI_DATASET_MEAN)),
+        std=tuple(pp.get("std", open_clip.OPENAI_DATASET_STD)),
+        config=config,
     )
 
 
-def save_backbone(model: nn.Module, arch: str, path: str | Path) -> Path:
-    """Write CLIP weights as safetensors that record their architecture, so ``PATH`` alone is a spec."""
+def _open_clip_config(model: nn.Module, model_cfg: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``{"model_cfg", "preprocess_cfg"}`` (open_clip_config.json's layout) of a built model, as plain JSON."""
+    if model_cfg is None:
+        return None
+    pp = getattr(model.visual, "preprocess_cfg", {}) or {}
+    return json.loads(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": pp}))
+
+
+def tower_of(key: str) -> str:
+    """Which part of an open_clip CLIP a state-dict key belongs to: ``visual``, ``text`` or ``shared`` (logit_scale ...)."""
+    head = key.split(".", 1)[0]
+    return "visual" if head == "visual" else ("text" if head in _TEXT_TOWER else "shared")
+
+
+def save_backbone(model: nn.Module, arch: str, path: str | Path, *, config: dict[str, Any] | None = None,
+                  towers: tuple[str, ...] = TOWERS) -> Path:
+    """Write CLIP weights as safetensors that record their architecture and config, so ``PATH`` alone is a spec.
+
+    ``config`` (open_clip_config.json's layout, :attr:`Backbone.config`) defaults to the registered
+    config of ``arch`` and the model's preprocessing. ``towers`` leaves a tower out (a student never
+    encodes text); what is shared (logit_scale) is always kept.
+    """
     from safetensors.torch import save_file
 
+    unknown = set(towers) - set(TOWERS)
+    if unknown or not towers:
+        raise KdpipeError(f"towers must be a non-empty subset of {TOWERS}, got {towers}")
+    config = config or _open_clip_config(model, model_config(arch))
+    meta = {_ARCH_METADATA_KEY: arch, _TOWERS_METADATA_KEY: ",".join(t for t in TOWERS if t in towers)}
+    if config is not None:
+        meta[_CONFIG_METADATA_KEY] = json.dumps(config, sort_keys=True)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if tower_of(k) in (*towers, "shared")}
     tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata={_ARCH_METADATA_KEY: arch})
+    save_file(state, str(tmp), metadata=meta)
     os.replace(tmp, path)
     return path
+
+
+def _load_saved(spec: str, path: Path, device: str | torch.device) -> Backbone:
+    """A checkpoint :func:`save_backbone` wrote, built from the config inside it: no other file is read."""
+    import open_clip
+
+    meta = _saved_metadata(path)
+    arch = _arch_from_safetensors(path)
+    config = json.loads(meta[_CONFIG_METADATA_KEY]) if _CONFIG_METADATA_KEY in meta else None
+    if config is None:  # written before configs were recorded: the architecture must still resolve
+        if arch.startswith(("hf-hub:", "local-dir:")):
+            _check_schema_available(arch)
+        config = {"model_cfg": model_config(arch), "preprocess_cfg": {}}
+        if config["model_cfg"] is None:
+            raise KdpipeError(f"{path} records architecture {arch!r}, which is not a known open_clip config; re-save it with this kdpipe")
+    name = _register_config(config["model_cfg"])
+    pp = config.get("preprocess_cfg") or {}
+    try:
+        # building initialises weights at random before the file overwrites them: leave the caller's RNG alone
+        with torch.random.fork_rng(devices=[]), _quiet_random_init(name):
+            model, preprocess_train, preprocess_test = open_clip.create_model_and_transforms(
+                name, device=device, image_mean=pp.get("mean"), image_std=pp.get("std"),
+                image_interpolation=pp.get("interpolation"), image_resize_mode=pp.get("resize_mode"),
+            )
+    except (RuntimeError, KeyError, ValueError) as e:
+        raise KdpipeError(f"could not build the model {path} records: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from e
+    towers = tuple(meta.get(_TOWERS_METADATA_KEY, ",".join(TOWERS)).split(","))
+    _load_towers(model, path, towers)
+    return _assemble(spec, arch, model, (preprocess_train, preprocess_test), open_clip.get_tokenizer(name), config["model_cfg"])
+
+
+@contextlib.contextmanager
+def _quiet_random_init(name: str) -> Iterator[None]:
+    """Drop open_clip's "initialized randomly" warning for ``name``: its weights are loaded right after."""
+    import logging
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(f"No pretrained weights loaded for model '{name}'")
+
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
+
+
+def _register_config(model_cfg: dict[str, Any]) -> str:
+    """Register ``model_cfg`` with open_clip under a name made from its content; return the name.
+
+    open_clip builds only registered names, and registers JSON files by their stem: the file is
+    written to a throwaway folder, read once, and the entry stays for the process.
+    """
+    import hashlib
+    import tempfile
+
+    import open_clip
+
+    name = "kdpipe-" + hashlib.sha256(json.dumps(model_cfg, sort_keys=True).encode()).hexdigest()[:16]
+    if open_clip.get_model_config(name) is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg_file = Path(tmp) / f"{name}.json"
+            cfg_file.write_text(json.dumps(model_cfg))
+            open_clip.add_model_config(cfg_file)
+    return name
+
+
+def _load_towers(model: nn.Module, path: Path, towers: tuple[str, ...]) -> None:
+    """Load ``path`` into ``model``: exactly the keys of ``towers`` + shared ones; a left-out tower is NaN.
+
+    Anything else missing or unexpected is refused: the file does not belong to this architecture.
+    NaN makes a left-out tower fail loudly if anything ever runs it, instead of giving random features.
+    """
+    from safetensors.torch import load_file
+
+    params = model.state_dict(keep_vars=True)
+    left_out = {k for k in params if tower_of(k) not in (*towers, "shared")}
+    result = model.load_state_dict(load_file(str(path)), strict=False)
+    missing, unexpected = set(result.missing_keys), set(result.unexpected_keys)
+    if missing != left_out or unexpected:
+        raise KdpipeError(
+            f"{path} does not fit the architecture it records (towers {','.join(towers)}): "
+            f"missing {sorted(missing - left_out)[:3]}, unexpected {sorted(unexpected | (left_out - missing))[:3]}; re-export it"
+        )
+    with torch.no_grad():
+        for k in left_out:
+            if params[k].is_floating_point():
+                params[k].fill_(float("nan"))
 
 
 def spec_activation(spec: str) -> str:

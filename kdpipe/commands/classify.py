@@ -11,12 +11,24 @@ import typer
 def classify(
     model: Path = typer.Option(..., "--model", "-m", help="a bundle folder (kdpipe export) or a run directory"),
     input_: str = typer.Option(..., "--input", "-i", help="a folder of images, a list (.txt/.csv/.jsonl with a path column) or shards (.tar, brace pattern, pipe:)"),
-    out: Path = typer.Option(..., "--out", "-o", help="results: .jsonl, .csv or .parquet (one row per image); re-running resumes"),
-    top_k: int = typer.Option(5, "--top-k", help="labels and scores per image"),
+    out: Path = typer.Option(..., "--out", "-o", help="results: .jsonl, .csv or .parquet (one row per image); re-running resumes. "
+                             "Columns: the key (path, or key for shards), labels, scores (cosine similarity), probs (softmax over "
+                             "all classes at the model's logit scale), ids; CSV has label_i, score_i, prob_i, id_i"),
+    top_k: int = typer.Option(5, "--top-k", help="labels, scores and probs per image"),
     batch_size: int = typer.Option(256, "--batch-size"),
     workers: int = typer.Option(4, "--workers", help="DataLoader processes decoding images while the model runs"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N"),
-    index: Optional[str] = typer.Option(None, "--index", help="flat (exact, default), ivf or hnsw (tens of thousands of classes), auto"),
+    index: Optional[str] = typer.Option(None, "--index", help="flat (exact), ivf, hnsw, auto (flat below 100k classes, else hnsw) or any "
+                                        "FAISS index_factory string ('IVF256,Flat', 'HNSW32', 'IVF1024,PQ32'); default: the model's stored index, else auto"),
+    nprobe: Optional[int] = typer.Option(None, "--nprobe", help="IVF indexes: cells visited per image (default max(16, nlist/8))"),
+    ef_search: Optional[int] = typer.Option(None, "--ef-search", help="HNSW indexes: candidate list while searching (default 128)"),
+    embeddings: Optional[Path] = typer.Option(None, "--embeddings", help="also write the L2-normalised image embeddings to this folder: "
+                                              "float16 part-NNNNN.npy + part-NNNNN.keys.txt (the keys in row order); resumable"),
+    keep_meta: Optional[str] = typer.Option(None, "--keep-meta", help="shard inputs: sample members to keep as columns, e.g. json,txt "
+                                            "(plus __url__); JSON members stay objects in .jsonl, text in .csv/.parquet"),
+    parts: int = typer.Option(1, "--parts", help="write N output files OUT_STEM.part-0000p-of-0000N.EXT (each image in exactly one, "
+                              "each resumable); under torchrun rank r writes parts r, r+world, ..."),
+    merge: bool = typer.Option(False, "--merge", help="with --parts: merge the parts into OUT when all are done (and remove them)"),
     classes: Optional[Path] = typer.Option(None, "--classes", help="a file of class names (one per line) replacing the model's classes"),
     stage: str = typer.Option("student", "--stage", help="run directories: student, teacher or baseline:METHOD"),
     seed: Optional[int] = typer.Option(None, "--seed", help="run directories with several seeds: which one"),
@@ -26,7 +38,7 @@ def classify(
     """Top-k labels for every image of a folder, list or shard set, with a student bundle or a run.
 
     Under torchrun each process classifies its share of the images (one GPU each); the result is
-    the same file a single process writes.
+    the same file a single process writes (or, with --parts, the same part files).
     """
     import os
 
@@ -47,8 +59,11 @@ def classify(
     if classes is not None:
         cm = cm.with_classes(read_class_file(classes))
     enc = cm.to(dev).encoder()
-    summary = run_classify(enc, cm.index(index, dev), cm.classnames, source, out, top_k=top_k, batch_size=batch_size,
-                           workers=workers, device=dev, progress=True, overwrite=overwrite, amp=not no_amp)
+    class_index = cm.index(index, dev).set_search(nprobe=nprobe, ef_search=ef_search)
+    summary = run_classify(enc, class_index, cm.classnames, source, out, top_k=top_k, batch_size=batch_size,
+                           workers=workers, device=dev, progress=True, overwrite=overwrite, amp=not no_amp,
+                           logit_scale=cm.logit_scale, embeddings=embeddings, parts=parts, merge=merge,
+                           keep_meta=[f for f in (keep_meta or "").split(",") if f.strip()])
     if rank == 0:
         for line in summary.lines():
             typer.echo(line)
@@ -59,7 +74,7 @@ def export(
     out: Path = typer.Option(..., "--out", "-o", help="the bundle folder to write"),
     stage: str = typer.Option("student", "--stage", help="student (default), teacher or baseline:METHOD"),
     seed: Optional[int] = typer.Option(None, "--seed", help="which seed, when the run has several"),
-    index: str = typer.Option("flat", "--index", help="class index stored in the bundle: flat, ivf, hnsw or auto"),
+    index: str = typer.Option("auto", "--index", help="class index stored in the bundle: auto (flat below 100k classes, else hnsw), flat, ivf, hnsw or a FAISS index_factory string"),
     with_teacher_text: bool = typer.Option(False, "--with-teacher-text", help="include the teacher's text side so --classes can add new class names (large: the teacher's weights)"),
     overwrite: bool = typer.Option(False, "--overwrite"),
 ) -> None:

@@ -3,14 +3,15 @@
 A bundle folder holds:
   - ``bundle.json``: format version, kdpipe version, method, backbone (original spec, architecture,
     dims), preprocessing (image size, mean, std), class names, model identity, provenance;
-  - ``backbone.safetensors``: the frozen CLIP weights the method runs on (so neither a download nor
-    the run directory is needed; it records its architecture);
+  - ``backbone.safetensors``: the frozen CLIP weights the method runs on, with the open_clip config
+    they are built from in their metadata (so neither a download, the run directory nor the spec's
+    ``local-dir:`` folder is needed); the student's holds the vision tower only (it never encodes text);
   - ``method.safetensors``: the learned state (prompts, projector ...) with the method's meta;
   - ``class_features.safetensors``: ``[C, D]`` unit rows the images are scored against
     (:mod:`kdpipe.artefacts.class_features`);
   - ``classes.index`` + ``classes.index.json``: the class index over those rows;
-  - optionally ``teacher/backbone.safetensors`` + ``teacher/method.safetensors``: the teacher's
-    text side, so ``--classes FILE`` can compute features for class names never seen.
+  - optionally ``teacher/backbone.safetensors`` (the text tower only) + ``teacher/method.safetensors``:
+    the teacher's text side, so ``--classes FILE`` can compute features for class names never seen.
 
 :class:`ClassModel` is the in-memory form, made by :func:`load_bundle` or by ``runs.load_run`` from a
 run directory; :func:`export_bundle` writes one. Nothing is pickled.
@@ -110,7 +111,8 @@ class ClassModel:
         return Encoder(fn=method.encode_images, transform=self.transform(), model=self.identity())
 
     def index(self, kind: str | None = None, device: str | torch.device = "cpu"):
-        """The class index: the stored one when it fits the request, else built from the features."""
+        """The class index: the stored one when it fits the request, else built from the features
+        (``auto`` when no kind is asked for: exact flat search below 100k classes)."""
         from kdpipe.infer.index import ClassIndex, faiss_module, read_sidecar, sidecar_path
 
         stored_needs_faiss = self.index_path is not None and sidecar_path(self.index_path).is_file() and \
@@ -121,7 +123,7 @@ class ClassModel:
             stored = ClassIndex.load(self.index_path, device=str(device))
             if (kind is None or stored.kind == kind) and torch.equal(stored.features, self.class_features):
                 return stored
-        return ClassIndex.build(self.class_features, kind or "flat", device=str(device))
+        return ClassIndex.build(self.class_features, kind or "auto", device=str(device))
 
     # ---- open vocabulary --------------------------------------------------------------------------
     def with_classes(self, names: list[str]) -> "ClassModel":
@@ -179,13 +181,12 @@ def _tensor_bytes(t: torch.Tensor) -> bytes:
 
 
 # ---------------------------------------------------------------------------------- write
-def export_bundle(model: ClassModel, out: str | Path, *, index_kind: str = "flat", with_teacher_text: bool = False,
+def export_bundle(model: ClassModel, out: str | Path, *, index_kind: str = "auto", with_teacher_text: bool = False,
                   overwrite: bool = False) -> Path:
     """Write ``model`` as a bundle folder at ``out`` (built beside it, then renamed into place)."""
     import kdpipe
-    from kdpipe.clip import save_backbone
+    from kdpipe.clip.backbones import TOWERS
     from kdpipe.infer.index import ClassIndex
-    from kdpipe.methods.io import save_learned
 
     out = Path(out)
     if out.exists() and not overwrite:
@@ -201,14 +202,13 @@ def export_bundle(model: ClassModel, out: str | Path, *, index_kind: str = "flat
     tmp.mkdir(parents=True)
     try:
         method = model.method
-        save_backbone(method.backbone.model, method.backbone.arch, tmp / BACKBONE_FILE)
-        save_learned(method, tmp / METHOD_FILE)
+        # a method scoring given class features (the student) never runs its own text tower
+        _save_method(method, tmp, ("visual",) if method.needs_class_features else TOWERS)
         write_class_features(tmp / FEATURES_FILE, ClassFeatures(model.class_features, model.classnames, model.logit_scale, model.num_base))
         ClassIndex.build(model.class_features, index_kind).save(tmp / INDEX_FILE)
         if teacher is not None:
             (tmp / TEACHER_DIR).mkdir()
-            save_backbone(teacher.backbone.model, teacher.backbone.arch, tmp / TEACHER_DIR / BACKBONE_FILE)
-            save_learned(teacher, tmp / TEACHER_DIR / METHOD_FILE)
+            _save_method(teacher, tmp / TEACHER_DIR, ("text",))  # it only ever encodes class names here
         bb = method.backbone
         info = {
             "format": BUNDLE_FORMAT,
@@ -226,11 +226,34 @@ def export_bundle(model: ClassModel, out: str | Path, *, index_kind: str = "flat
             "provenance": {**model.provenance, "source": model.source},
         }
         (tmp / BUNDLE_FILE).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
+        _umask_modes(tmp)
         _replace_dir(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
     return out
+
+
+def _save_method(method, folder: Path, towers: tuple[str, ...]) -> None:
+    """The method's learned state and the backbone ``towers`` it runs on, each recording what it is."""
+    from kdpipe.clip import save_backbone
+    from kdpipe.methods.io import save_learned
+
+    bb = method.backbone
+    save_backbone(bb.model, bb.arch, folder / BACKBONE_FILE, config=bb.config, towers=towers)
+    save_learned(method, folder / METHOD_FILE)
+
+
+def _umask_modes(root: Path) -> None:
+    """Give ``root``'s files 0666 and folders 0777, less the umask, as plain ``open``/``mkdir`` would.
+
+    safetensors writes through its own temporary file, which is private (0600): a bundle shared
+    with other users or a serving account would be unreadable to them.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [root, *root.rglob("*")]:
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def _replace_dir(new: Path, target: Path) -> None:

@@ -12,17 +12,22 @@ import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
 from kdpipe.errors import KdpipeError
 from kdpipe.progress import Progress
+from kdpipe.infer import embeddings as emb_files
 from kdpipe.infer.index import ClassIndex
-from kdpipe.dist import rank_world
-from kdpipe.infer.ranks import classify_ranked
+from kdpipe.dist import Ranks, rank_world
+from kdpipe.infer.ranks import classify_ranked, settle
+from kdpipe.infer.shard_meta import ShardMeta, meta_columns
 from kdpipe.infer.sources import ImageSource
-from kdpipe.infer.writers import ResultWriter, Row, skipped_path
+from kdpipe.infer.writers import RESULT_COLUMNS, ResultWriter, Row, part_path, part_paths, remove_output, skipped_path
+
+DEFAULT_LOGIT_SCALE = 100.0  # CLIP's trained scale, for encoders that bring none (the CLI passes the model's)
+SCORE_DECIMALS = 6  # cosines are written with 6 decimals; probs are computed from those
 
 
 @dataclass
@@ -47,6 +52,17 @@ class ClassifySummary:
     skipped_new: list[tuple[str, str]] = field(default_factory=list)
     skipped_total: int = 0
     seconds: float = 0.0
+    parts: list[Path] = field(default_factory=list)  # --parts files left beside OUT (not merged)
+
+    def add(self, other: "ClassifySummary") -> "ClassifySummary":
+        """This summary plus another part's (``--parts``)."""
+        self.rows_total += other.rows_total
+        self.rows_new += other.rows_new
+        self.resumed += other.resumed
+        self.skipped_new += other.skipped_new
+        self.skipped_total += other.skipped_total
+        self.seconds += other.seconds
+        return self
 
     @property
     def images_per_s(self) -> float:
@@ -56,9 +72,11 @@ class ClassifySummary:
         out = [f"classified {self.rows_new} images in {self.seconds:.1f} s ({self.images_per_s:.1f} images/s) from {self.source}"]
         if self.resumed:
             out.append(f"resumed: {self.resumed} images were already done and were not redone")
-        out.append(f"{self.out}: {self.rows_total} rows")
+        where = f"{len(self.parts)} parts {self.parts[0].name} ..." if self.parts else str(self.out)
+        out.append(f"{where}: {self.rows_total} rows")
         if self.skipped_total:
-            out.append(f"skipped {self.skipped_total} unreadable images ({len(self.skipped_new)} new), listed in {skipped_path(self.out)}")
+            listed = "each part's .skipped.jsonl" if self.parts else skipped_path(self.out)
+            out.append(f"skipped {self.skipped_total} unreadable images ({len(self.skipped_new)} new), listed in {listed}")
             for key, why in self.skipped_new[:3]:
                 out.append(f"  {key}: {why}")
         return out
@@ -88,11 +106,21 @@ def classify(
     model: dict[str, Any] | None = None,
     overwrite: bool = False,
     amp: bool = True,
+    logit_scale: float | None = None,
+    embeddings: str | Path | None = None,
+    keep_meta: Sequence[str] = (),
+    parts: int = 1,
+    merge: bool = False,
 ) -> ClassifySummary:
     """Classify every image of ``source`` not yet in ``out``; returns what was done.
 
     ``transform`` and ``model`` default to ``encoder.transform`` / ``encoder.model`` (an
     :class:`Encoder` carries both). The encoder must already live on ``device``.
+    ``logit_scale`` turns cosine scores into ``probs`` (softmax over all classes; default
+    ``encoder.logit_scale``, else CLIP's 100). ``embeddings``: a folder for the image embeddings
+    (see ``kdpipe.infer.embeddings``). ``keep_meta``: shard members kept as columns (see
+    ``shard_meta``). ``parts``: N output files (``writers.part_path``), each image in exactly one;
+    ``merge`` merges them into ``out`` once all are done.
     """
     from kdpipe.train.device import autocast, pick_device
 
@@ -106,39 +134,133 @@ def classify(
     top_k = min(top_k, class_index.ntotal)
     dev = pick_device(device)
     model = model or getattr(encoder, "model", None) or fallback_identity(class_index, classnames, type(encoder).__name__)
-    writer_args = {"key_column": source.key_column, "top_k": top_k, "model": model,
-                   "extra_meta": {"classes": len(classnames), "index": class_index.kind}}
+    if parts < 1:
+        raise KdpipeError(f"--parts must be at least 1, got {parts}")
+    scale = float(logit_scale or getattr(encoder, "logit_scale", None) or DEFAULT_LOGIT_SCALE)
+    columns = _keep_meta_columns(source, keep_meta)
+    writer_args = {"key_column": source.key_column, "top_k": top_k, "model": model, "extra_columns": columns,
+                   "extra_meta": {"classes": len(classnames), "index": class_index.kind, "logit_scale": scale}}
     rank, world = rank_world()
 
-    def run(writer: ResultWriter, done: set[str]) -> ClassifySummary:
+    def run(writer: ResultWriter, done: set[str], share: tuple[int, int] = (rank, world), name: str = "") -> ClassifySummary:
+        emb = emb_files.EmbeddingWriter(Path(embeddings), name or "part") if embeddings is not None else None
+        # images with a row but no embedding yet (a kill lost their chunk) are encoded again, for the embedding only
+        source_done = done if emb is None else (done & emb.done) | writer.skipped_done
+        meta = ShardMeta(source.shards[share[0]::share[1]], columns[1:], 2 * (workers + 1)) if columns else None
         total = source.count()
-        todo = None if total is None or world > 1 else max(0, total - len(done & _count_keys(source)))
+        todo = None if total is None or share[1] > 1 else max(0, total - len(source_done & _count_keys(source)))
         # a bar on a terminal, a line with images/s and ETA every few seconds in a log
-        bar = Progress(todo, f"classify {Path(out).name}" + (f" [rank {rank}/{world}]" if world > 1 else ""),
+        bar = Progress(todo, f"classify {Path(out).name}" + (f" [{name}]" if name else ""),
                        unit="image", quiet=not progress)
         start = time.perf_counter()
+        read = already = 0  # images the source gave this run; of them, done before it started
         with torch.inference_mode(), bar:
-            for batch in source.batches(transform, batch_size, workers, done, pin_memory=dev.type == "cuda", rank=rank, world=world):
-                rows = []
+            for batch in source.batches(transform, batch_size, workers, source_done, pin_memory=dev.type == "cuda",
+                                        rank=share[0], world=share[1]):
+                rows, feats = [], None
                 if batch.images is not None and batch.keys:
                     with autocast(dev, enabled=amp):
-                        feats = encoder(batch.images.to(dev, non_blocking=True))
-                    scores, ids = class_index.search(feats.float(), top_k)
-                    rows = [_row(k, s, i, classnames) for k, s, i in zip(batch.keys, scores.tolist(), ids.tolist())]
-                writer.append(rows, batch.skipped)
+                        feats = encoder(batch.images.to(dev, non_blocking=True)).float()
+                    rows = _rows(batch.keys, feats, class_index, top_k, classnames, scale, meta)
+                rows, skipped = _storable(rows, batch.skipped, emb is not None)
+                have = writer.append(rows, skipped)
+                if emb is not None and feats is not None:
+                    keep = [i for i, k in enumerate(batch.keys) if k in have]
+                    emb.append([batch.keys[i] for i in keep], feats[keep])
                 seen = len(batch.keys) + len(batch.skipped)
+                read += seen
+                already += sum(k in done for k in batch.keys) + sum(k in done for k, _ in batch.skipped)
                 bar.update(seen, images=seen)
+        if emb is not None:
+            emb.flush()
         writer.close()
+        check_accounted(writer, read, already)
         return ClassifySummary(
             out=writer.out, source=source.describe(), rows_total=len(writer.rows_done) + writer.written,
             rows_new=writer.written, resumed=writer.resumed, skipped_new=writer.newly_skipped,
             skipped_total=len(writer.skipped_done) + len(writer.newly_skipped), seconds=time.perf_counter() - start,
         )
 
-    if world > 1:
-        return classify_ranked(run, Path(out), writer_args, overwrite, rank, world)
-    writer = ResultWriter(out, overwrite=overwrite, **writer_args)
-    return run(writer, writer.done)
+    ranks = Ranks()
+    try:
+        if embeddings is not None:
+            error = None
+            if rank == 0:  # once, before any process writes there
+                try:
+                    emb_files.prepare(embeddings, model, class_index.dim, source.key_column, overwrite)
+                except Exception as e:  # noqa: BLE001  (re-raised by settle, after telling the others)
+                    error = e
+            settle(ranks, error)
+        if parts > 1:
+            return _classify_parts(run, Path(out), writer_args, overwrite, parts, merge, ranks)
+        if world > 1:
+            return classify_ranked(lambda w, d: run(w, d, name=f"rank-{rank}"), Path(out), writer_args, overwrite, rank, world)
+        writer = ResultWriter(out, overwrite=overwrite, **writer_args)
+        # what was done as the run starts, apart from the writer's growing set: an image dropped as
+        # "done" because another image of this run had its key would otherwise vanish unnoticed
+        return run(writer, frozenset(writer.done))
+    finally:
+        ranks.close()
+
+
+def _classify_parts(run, out: Path, writer_args: dict[str, Any], overwrite: bool, parts: int, merge: bool, ranks: Ranks) -> ClassifySummary:
+    """``--parts N``: part p holds the images process p of N would take under torchrun (see
+    ``ImageSource.batches``), so each image lands in exactly one part; each part is an output of its
+    own (meta, skipped list, resumable). Under torchrun, rank r writes parts r, r + world, ...
+    ``merge``: rank 0 merges the parts into ``out`` once every part is done."""
+    paths = [part_path(out, p, parts) for p in range(parts)]
+    main, error = None, None
+    if ranks.leader:
+        try:
+            _check_part_count(out, parts, overwrite)
+            if merge:  # opened first: its identity check, and what an earlier merge already holds
+                main = ResultWriter(out, overwrite=overwrite, **writer_args)
+        except Exception as e:  # noqa: BLE001  (re-raised by settle, after telling the others)
+            error = e
+    settle(ranks, error)
+    merged = set(ranks.share(sorted(main.done) if main is not None else [])) if merge else set()
+    summary, error = None, None
+    try:
+        for p in range(ranks.rank, parts, ranks.world):
+            writer = ResultWriter(paths[p], overwrite=overwrite, **writer_args)
+            writer.done |= merged
+            s = run(writer, frozenset(writer.done), (p, parts), f"part-{p:05d}-of-{parts:05d}")
+            summary = s if summary is None else summary.add(s)
+    except Exception as e:  # noqa: BLE001
+        error = e
+    settle(ranks, error)
+    summary = summary or ClassifySummary(out=out, source="", rows_total=0, rows_new=0, resumed=0)
+    if main is not None:
+        main.merge(paths)
+        summary.out, summary.rows_total = out, len(main.rows_done) + main.written
+        summary.skipped_total = len(main.skipped_done) + len(main.newly_skipped)
+    elif not merge:
+        summary.parts = paths
+    return summary
+
+
+def _check_part_count(out: Path, parts: int, overwrite: bool) -> None:
+    """Parts of another count beside ``out`` would hold the same images: refuse, or remove them with --overwrite."""
+    for count, found in part_paths(out).items():
+        if count == parts:
+            continue
+        if not overwrite:
+            raise KdpipeError(f"{out} already has {count} parts ({found[0].name} ...); resume with --parts {count}, or pass --overwrite")
+        for p in found:
+            remove_output(p)
+
+
+def check_accounted(writer: ResultWriter, read: int, already: int) -> None:
+    """Every image read this run has a new row or skipped entry, or was done before; else fail loudly.
+
+    The writer keeps one row per key, so two images under one key would silently lose one.
+    """
+    written = writer.written + len(writer.newly_skipped)
+    if written + already != read:
+        raise KdpipeError(
+            f"{writer.out}: {read} images read but {written} written ({writer.written} rows, {len(writer.newly_skipped)} skipped) "
+            f"and {already} already done: {read - written - already} images share a key with another, so the input's keys are not unique"
+        )
 
 
 def _count_keys(source: ImageSource) -> set[str]:
@@ -146,6 +268,33 @@ def _count_keys(source: ImageSource) -> set[str]:
     return {k for k, _ in entries} if entries is not None else set()
 
 
-def _row(key: str, scores: list[float], ids: list[int], classnames: list[str]) -> Row:
-    keep = [j for j, i in enumerate(ids) if i >= 0]  # approximate indexes may find fewer than k
-    return Row(key, [classnames[ids[j]] for j in keep], [round(scores[j], 6) for j in keep], [ids[j] for j in keep])
+def _keep_meta_columns(source: ImageSource, keep_meta: Sequence[str]) -> list[str]:
+    if not keep_meta:
+        return []
+    if not hasattr(source, "shards"):
+        raise KdpipeError(f"--keep-meta applies to shard inputs; {source.describe()} has no sample members (its key is the path)")
+    return meta_columns(list(keep_meta), {source.key_column, *RESULT_COLUMNS})
+
+
+def _rows(keys: list[str], feats: torch.Tensor, index: ClassIndex, top_k: int, classnames: list[str], scale: float,
+          meta: ShardMeta | None) -> list[Row]:
+    """Result rows: top-k by cosine, and the softmax over ALL classes at ``scale`` for those k."""
+    scores, ids = index.search(feats, top_k)
+    # probs from the cosines as written (rounded), over all classes, not the index's candidates:
+    # a function of the stored scores that does not move with the batch an image shares
+    cos = torch.round(scores.double(), decimals=SCORE_DECIMALS)
+    probs = torch.exp(scale * cos - index.logsumexp(feats, scale, SCORE_DECIMALS)[:, None])
+    rows = []
+    for key, s, p, i in zip(keys, cos.tolist(), probs.tolist(), ids.tolist()):
+        keep = [j for j, c in enumerate(i) if c >= 0]  # approximate indexes may find fewer than k
+        rows.append(Row(key, [classnames[i[j]] for j in keep], [round(s[j], SCORE_DECIMALS) for j in keep], [i[j] for j in keep],
+                        [float(f"{p[j]:.6g}") for j in keep], meta.get(key) if meta is not None else None))
+    return rows
+
+
+def _storable(rows: list[Row], skipped: list[tuple[str, str]], embeddings: bool) -> tuple[list[Row], list[tuple[str, str]]]:
+    """With ``--embeddings``, keys the keys files cannot hold become skipped entries, so rows and embeddings match."""
+    if not embeddings:
+        return rows, skipped
+    bad = [(r.key, emb_files.unstorable(r.key)) for r in rows if emb_files.unstorable(r.key)]
+    return [r for r in rows if not emb_files.unstorable(r.key)], list(skipped) + bad

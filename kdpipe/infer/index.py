@@ -7,6 +7,9 @@ Kinds:
     CPUs while torch's BLAS does not (and the reverse happens too).
   - ``ivf`` / ``hnsw``: approximate FAISS indexes for label sets of tens of thousands of classes.
   - ``auto``: ``flat`` below ``AUTO_APPROX_FROM`` classes, ``hnsw`` from there (when FAISS is present).
+  - any FAISS ``index_factory`` string (``IVF256,Flat``, ``HNSW32``, ``IVF1024,PQ32``), built with
+    the inner-product metric and trained on the class features themselves. Lossy codes (PQ, SQ) only
+    pick candidates: the rescoring below uses the exact rows kept in memory.
 
 Whatever the backend, results are made identical and deterministic the same way: each backend
 returns ``k + TIE_MARGIN`` candidates, their scores are recomputed exactly (float64 dot products)
@@ -66,6 +69,7 @@ class IndexParams:
     hnsw_m: int = 32  # hnsw: graph degree
     ef_construction: int = 80  # hnsw: candidate list while building
     ef_search: int = 128  # hnsw: candidate list while searching (raised to k + margin when smaller)
+    # factory strings keep their own nlist; nprobe / ef_search above apply to them as well
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -107,7 +111,7 @@ class ClassIndex:
 
     def _maybe_to_gpu(self, index):
         # HNSW has no GPU implementation in FAISS; flat and IVF do.
-        if index is None or self.device.type != "cuda" or self.kind == "hnsw" or not faiss_has_gpu():
+        if index is None or self.device.type != "cuda" or "hnsw" in self.kind.lower() or not faiss_has_gpu():
             return index
         faiss = faiss_module()
         self._gpu_res = faiss.StandardGpuResources()
@@ -159,13 +163,43 @@ class ClassIndex:
         return torch.from_numpy(ids)
 
     def _set_search_params(self, n: int) -> None:
-        faiss = faiss_module()
-        if self.kind == "ivf":
-            # CPU IndexIVFFlat and the GPU copy both expose nprobe; wrapped indexes need extracting
-            target = self._faiss if hasattr(self._faiss, "nprobe") else faiss.extract_index_ivf(self._faiss)
-            target.nprobe = self.params.nprobe
-        elif self.kind == "hnsw":
-            self._faiss.hnsw.efSearch = max(self.params.ef_search, n)
+        ivf, hnsw = _ivf_part(self._faiss), _hnsw_part(self._faiss)
+        if ivf is not None:
+            ivf.nprobe = min(ivf.nlist, self.params.nprobe or max(16, ivf.nlist // 8))
+        if hnsw is not None:
+            hnsw.efSearch = max(self.params.ef_search, n)
+
+    def set_search(self, nprobe: int | None = None, ef_search: int | None = None) -> "ClassIndex":
+        """Search-time knobs (``--nprobe`` / ``--ef-search``); one-line error where the index has no such knob."""
+        for name, value, part in (("--nprobe", nprobe, _ivf_part), ("--ef-search", ef_search, _hnsw_part)):
+            if value is None:
+                continue
+            if value < 1:
+                raise KdpipeError(f"{name} must be at least 1, got {value}")
+            if part(self._faiss) is None:
+                what = "IVF" if name == "--nprobe" else "HNSW"
+                raise KdpipeError(f"{name} applies to {what} indexes; the class index here is {self.kind!r}")
+        if nprobe is not None:
+            self.params.nprobe = nprobe
+        if ef_search is not None:
+            self.params.ef_search = ef_search
+        return self
+
+    def logsumexp(self, queries: torch.Tensor, scale: float, decimals: int | None = None, chunk: int = 16384) -> torch.Tensor:
+        """``log sum_c exp(scale * q . f_c)`` over ALL classes per query ([B] float64): the softmax
+        denominator, exact whatever the index (approximate kinds only see their candidates).
+        ``decimals`` rounds the cosines first, as the output rounds its scores: an encoder's features
+        move in the 7th digit with the batch an image shares, and the scale (~100) would carry that
+        into the probabilities. Chunked over classes so memory stays at ``B x chunk``."""
+        f = self._torch_features
+        q = queries.detach().to(f.device, torch.float64)
+
+        def cosines(rows: torch.Tensor) -> torch.Tensor:
+            cos = q @ rows.double().T
+            return cos if decimals is None else torch.round(cos, decimals=decimals)
+
+        parts = [torch.logsumexp(scale * cosines(f[i:i + chunk]), dim=1) for i in range(0, self.ntotal, chunk)]
+        return torch.logsumexp(torch.stack(parts, 1), dim=1).cpu()
 
     def _rescore(self, q: torch.Tensor, cand: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         f = self._torch_features
@@ -262,15 +296,14 @@ class ClassIndex:
         index = faiss.read_index(str(path))
         if index.ntotal != meta["ntotal"] or index.d != meta["dim"]:
             raise KdpipeError(f"{path} holds {index.ntotal} x {index.d} but its sidecar says {meta['ntotal']} x {meta['dim']}; the index is damaged, re-export it")
-        if meta["kind"] == "ivf":
+        if _ivf_part(index) is not None:  # reconstruct_n on an IVF needs its direct map
             faiss.extract_index_ivf(index).make_direct_map()
         feats = torch.from_numpy(index.reconstruct_n(0, index.ntotal).copy())
         return cls(feats, meta["kind"], params, index, device)
 
 
 def resolve_kind(kind: str, n_classes: int) -> str:
-    if kind not in KINDS:
-        raise KdpipeError(f"unknown index kind {kind!r}; expected one of {', '.join(KINDS)}")
+    """A named kind, or anything else taken as a FAISS ``index_factory`` string (checked when built)."""
     if kind == "auto":
         return "hnsw" if n_classes >= AUTO_APPROX_FROM and faiss_module() is not None else "flat"
     return kind
@@ -294,8 +327,52 @@ def read_sidecar(path: str | Path) -> dict[str, Any]:
     return meta
 
 
+def _ivf_part(index):
+    """The IVF inside ``index`` (plain, wrapped by a factory string, or a GPU copy), else None."""
+    if index is None:
+        return None
+    if hasattr(index, "nprobe"):
+        return index
+    try:
+        return faiss_module().extract_index_ivf(index)
+    except RuntimeError:  # faiss raises this for "not an IVF"
+        return None
+
+
+def _hnsw_part(index):
+    return getattr(index, "hnsw", None) if index is not None else None
+
+
+def _build_factory(faiss, feats: np.ndarray, spec: str):
+    """``faiss.index_factory`` with the inner-product metric, trained on ``feats``; one-line errors."""
+    n, d = feats.shape
+    try:
+        index = faiss.index_factory(d, spec, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as e:
+        raise KdpipeError(f"unknown index kind {spec!r}: not {', '.join(KINDS)}, nor a FAISS index_factory string "
+                          f"that builds for dimension {d} ({_faiss_reason(e)})") from None
+    ivf = _ivf_part(index)
+    if ivf is not None:
+        ivf.cp.seed = 1234  # deterministic k-means
+    try:
+        if not index.is_trained:
+            index.train(feats)
+        index.add(feats)
+    except RuntimeError as e:
+        raise KdpipeError(f"--index {spec!r} cannot be built over {n} classes of dimension {d} ({_faiss_reason(e)})") from None
+    return index
+
+
+def _faiss_reason(e: BaseException) -> str:
+    # FAISS errors name the C++ function and source line first; the sentence after them is what a user can act on
+    msg = " ".join(ln.strip() for ln in str(e).splitlines() if ln.strip()) or "faiss refused it"
+    return (msg.split(" failed: ", 1)[1] if " failed: " in msg else msg.rsplit(": ", 1)[-1])[:200]
+
+
 def _build_faiss(faiss, feats: np.ndarray, kind: str, params: IndexParams):
     n, d = feats.shape
+    if kind not in KINDS:
+        return _build_factory(faiss, feats, kind)
     if kind == "flat":
         index = faiss.IndexFlatIP(d)
     elif kind == "hnsw":

@@ -46,7 +46,8 @@ def merge_parts(writer: ResultWriter) -> int:
         rows = [json.loads(ln) for ln in part.read_text(encoding="utf-8").splitlines() if ln.strip()]
         skipped_file = skipped_path(part)
         skipped = [json.loads(ln) for ln in skipped_file.read_text(encoding="utf-8").splitlines() if ln.strip()] if skipped_file.exists() else []
-        writer.append([Row(r[key], r["labels"], r["scores"], r["ids"]) for r in rows],
+        # every column the part holds (probs, --keep-meta), under the same key as a single process writes
+        writer.append([Row.from_record(r, key, writer.file.extra_columns) for r in rows],
                       [(s[key], s["reason"]) for s in skipped if s.get("reason") is not None])
     shutil.rmtree(folder)
     return writer.written - before

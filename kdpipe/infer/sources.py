@@ -10,7 +10,7 @@ batch and reported in ``Batch.skipped`` with the reason.
   - a ``.txt`` (one path per line), ``.csv``/``.tsv`` or ``.jsonl`` file with a path column
     -> key = the path as written in the list (relative paths are read relative to the list file);
   - ``*.tar`` shards, a brace pattern (``shards/train-{000..009}.tar``), a ``pipe:`` URL, or a folder
-    holding only ``.tar`` files -> key = the webdataset ``__key__``.
+    holding only ``.tar`` files -> key = ``<shard URL>#<__key__>`` (see ``shard_source``).
 """
 
 from __future__ import annotations

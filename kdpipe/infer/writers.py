@@ -1,8 +1,14 @@
 """Resumable result files for ``classify``: one row per image, every image exactly once.
 
+Columns: the key (``path`` or ``key``), then per rank 1..k the label, ``scores`` (cosine similarity
+of the L2-normalised image and class features), ``probs`` (softmax over ALL classes at the model's
+logit scale) and the class id, then the ``--keep-meta`` columns (shard inputs). JSONL and Parquet
+hold lists (``labels``, ``scores``, ``probs``, ``ids``); CSV has ``label_i, score_i, prob_i, id_i``.
+
 Files beside ``OUT``:
-  - ``OUT.meta.json``: written before the first row; the model identity, top-k and key column. A
-    re-run with another model (or another top-k) is refused unless ``overwrite``.
+  - ``OUT.meta.json``: written before the first row; the model identity, top-k, key column and
+    columns. A re-run with another model (or another top-k, other columns) is refused unless
+    ``overwrite``; so is an output of an older kdpipe (no ``probs``), whose rows could not be mixed.
   - ``OUT.skipped.jsonl``: the unreadable images, ``{key, reason}``; they count as done.
 
 Line formats (JSONL, CSV) append each batch with one ``write`` + ``fsync``. After a kill at any
@@ -35,8 +41,38 @@ META_VERSION = 1
 class Row:
     key: str
     labels: list[str]
-    scores: list[float]
+    scores: list[float]  # cosine similarities
     ids: list[int]
+    probs: list[float] | None = None  # softmax over all classes; None only from callers that have none
+    meta: dict[str, Any] | None = None  # the extra columns (``--keep-meta``), by column name
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], key_column: str, extra_columns=()) -> "Row":
+        """A row back from a JSONL/Parquet record (merging parts)."""
+        return cls(str(record[key_column]), list(record["labels"]), list(record["scores"]), list(record["ids"]),
+                   record.get("probs"), {c: record.get(c) for c in extra_columns} or None)
+
+    def cell(self, column: str) -> Any:
+        return (self.meta or {}).get(column)
+
+
+RESULT_COLUMNS = ("labels", "scores", "probs", "ids")
+
+
+def part_path(out: Path, part: int, parts: int) -> Path:
+    """``--parts``: part ``part`` of ``parts`` beside ``out``, same format (``x.part-00001-of-00004.jsonl``)."""
+    return out.with_name(f"{out.stem}.part-{part:05d}-of-{parts:05d}{out.suffix}")
+
+
+def part_paths(out: Path) -> dict[int, list[Path]]:
+    """Part files of any count found beside ``out``, by their count (resume / refusal checks)."""
+    found: dict[int, list[Path]] = {}
+    for p in sorted(out.parent.glob(f"{out.stem}.part-*-of-*{out.suffix}")):
+        try:
+            found.setdefault(int(p.stem.rsplit("-of-", 1)[1]), []).append(p)
+        except ValueError:
+            continue
+    return found
 
 
 def meta_path(out: Path) -> Path:
@@ -68,17 +104,18 @@ def output_format(out: Path) -> str:
         try:
             import pyarrow  # noqa: F401
         except ImportError:
-            raise KdpipeError(f"--out {out}: Parquet output needs pyarrow (pip install pyarrow); or write .jsonl or .csv") from None
+            raise KdpipeError(f"--out {out}: Parquet output needs pyarrow (pip install 'kdpipe[parquet]'); or write .jsonl or .csv") from None
     return suffix
 
 
 class RowFile(ABC):
     """One output file: reads back the keys it holds, appends rows durably, finishes."""
 
-    def __init__(self, path: Path, key_column: str, top_k: int):
+    def __init__(self, path: Path, key_column: str, top_k: int, extra_columns=()):
         self.path = path
         self.key_column = key_column
         self.top_k = top_k
+        self.extra_columns = list(extra_columns)
 
     @abstractmethod
     def recover(self) -> set[str]:
@@ -87,6 +124,10 @@ class RowFile(ABC):
     @abstractmethod
     def append(self, rows: list[Row]) -> None:
         """Add rows durably (they survive a kill once this returns)."""
+
+    @abstractmethod
+    def read(self) -> list[Row]:
+        """Every complete row in the file (merging ``--parts``)."""
 
     def unwritable(self, key: str) -> str | None:
         """Why this key cannot be stored in this format (None: it can)."""
@@ -143,25 +184,41 @@ class LineFile(RowFile):
         new = not self.path.exists() or self.path.stat().st_size == 0
         _append_durably(self.path, ((self.header if new else "") + text).encode("utf-8"))
 
+    @abstractmethod
+    def decode(self, line: str) -> Row:
+        """A row back from a line this format wrote."""
+
+    def read(self) -> list[Row]:
+        if not self.path.exists():
+            return []
+        lines = self.path.read_text(encoding="utf-8").splitlines()[1 if self.header else 0:]
+        return [self.decode(ln) for ln in lines if ln.strip()]
+
 
 @register_format(".jsonl", ".ndjson")
 class JsonlFile(LineFile):
     def encode(self, row: Row) -> str:
-        return json.dumps({self.key_column: row.key, "labels": row.labels, "scores": row.scores, "ids": row.ids},
-                          ensure_ascii=False) + "\n"
+        record = {self.key_column: row.key, "labels": row.labels, "scores": row.scores, "probs": row.probs, "ids": row.ids}
+        record.update((c, row.cell(c)) for c in self.extra_columns)
+        return json.dumps(record, ensure_ascii=False) + "\n"
 
     def decode_key(self, line: str) -> str:
         return str(json.loads(line)[self.key_column])
 
+    def decode(self, line: str) -> Row:
+        return Row.from_record(json.loads(line), self.key_column, self.extra_columns)
+
 
 @register_format(".csv")
 class CsvFile(LineFile):
-    def __init__(self, path: Path, key_column: str, top_k: int):
-        super().__init__(path, key_column, top_k)
+    per_rank = 4  # label, score, prob, id
+
+    def __init__(self, path: Path, key_column: str, top_k: int, extra_columns=()):
+        super().__init__(path, key_column, top_k, extra_columns)
         cols = [key_column]
         for i in range(1, top_k + 1):
-            cols += [f"label_{i}", f"score_{i}", f"id_{i}"]
-        self.header = _csv_line(cols)
+            cols += [f"label_{i}", f"score_{i}", f"prob_{i}", f"id_{i}"]
+        self.header = _csv_line(cols + self.extra_columns)
 
     def unwritable(self, key: str) -> str | None:
         # recovery reads the file line by line, so a record must not span lines
@@ -171,16 +228,29 @@ class CsvFile(LineFile):
         cells: list[Any] = [row.key]
         for i in range(self.top_k):
             if i < len(row.labels):
-                cells += [row.labels[i], f"{row.scores[i]:.6f}", row.ids[i]]
+                prob = f"{row.probs[i]:.6g}" if row.probs is not None else ""
+                cells += [row.labels[i], f"{row.scores[i]:.6f}", prob, row.ids[i]]
             else:
-                cells += ["", "", ""]
+                cells += [""] * self.per_rank
+        cells += [_csv_cell(row.cell(c)) for c in self.extra_columns]
         return _csv_line(cells)
 
-    def decode_key(self, line: str) -> str:
+    def _cells(self, line: str) -> list[str]:
         (cells,) = list(csv.reader([line]))
-        if len(cells) != 1 + 3 * self.top_k:
+        if len(cells) != 1 + self.per_rank * self.top_k + len(self.extra_columns):
             raise ValueError("wrong number of columns")
-        return cells[0]
+        return cells
+
+    def decode_key(self, line: str) -> str:
+        return self._cells(line)[0]
+
+    def decode(self, line: str) -> Row:
+        cells = self._cells(line)
+        ranks = [cells[1 + self.per_rank * i: 1 + self.per_rank * (i + 1)] for i in range(self.top_k)]
+        ranks = [r for r in ranks if r[0] != "" or r[3] != ""]
+        probs = [float(r[2]) for r in ranks] if all(r[2] != "" for r in ranks) else None
+        extra = dict(zip(self.extra_columns, cells[1 + self.per_rank * self.top_k:]))
+        return Row(cells[0], [r[0] for r in ranks], [float(r[1]) for r in ranks], [int(r[3]) for r in ranks], probs, extra or None)
 
 
 @register_format(".parquet")
@@ -189,8 +259,8 @@ class ParquetFile(RowFile):
 
     part_rows = 8192
 
-    def __init__(self, path: Path, key_column: str, top_k: int):
-        super().__init__(path, key_column, top_k)
+    def __init__(self, path: Path, key_column: str, top_k: int, extra_columns=()):
+        super().__init__(path, key_column, top_k, extra_columns)
         self.parts = path.with_name(path.name + ".parts")
         self.buffer: list[Row] = []
 
@@ -217,12 +287,22 @@ class ParquetFile(RowFile):
     def _table(self, rows: list[Row]):
         import pyarrow as pa
 
-        return pa.table({
+        columns = {
             self.key_column: pa.array([r.key for r in rows], pa.string()),
             "labels": pa.array([r.labels for r in rows], pa.list_(pa.string())),
             "scores": pa.array([r.scores for r in rows], pa.list_(pa.float32())),
+            "probs": pa.array([r.probs for r in rows], pa.list_(pa.float32())),
             "ids": pa.array([r.ids for r in rows], pa.list_(pa.int64())),
-        })
+        }
+        columns.update((c, pa.array([_csv_cell(r.cell(c)) if r.cell(c) is not None else None for r in rows], pa.string()))
+                       for c in self.extra_columns)
+        return pa.table(columns)
+
+    def read(self) -> list[Row]:
+        import pyarrow.parquet as pq
+
+        files = ([self.path] if self.path.exists() else []) + (sorted(self.parts.glob("part-*.parquet")) if self.parts.exists() else [])
+        return [Row.from_record(r, self.key_column, self.extra_columns) for f in files for r in pq.read_table(f).to_pylist()]
 
     def _flush(self) -> None:
         import pyarrow.parquet as pq
@@ -259,14 +339,15 @@ class ResultWriter:
     """Rows and skipped images of one output, resumable. ``done`` holds every key already there."""
 
     def __init__(self, out: str | Path, *, key_column: str, top_k: int, model: dict[str, Any], overwrite: bool = False,
-                 extra_meta: dict[str, Any] | None = None):
+                 extra_meta: dict[str, Any] | None = None, extra_columns=()):
         self.out = Path(out)
         suffix = output_format(self.out)
         if not model.get("id"):
             raise ValueError("model identity needs an 'id'")
         self.meta = {"format": META_FORMAT, "version": META_VERSION, "model": model, "top_k": top_k,
-                     "key_column": key_column, "output_format": suffix.lstrip("."), **(extra_meta or {})}
-        self.file = _FORMATS[suffix](self.out, key_column, top_k)
+                     "key_column": key_column, "columns": [key_column, *RESULT_COLUMNS, *extra_columns],
+                     "output_format": suffix.lstrip("."), **(extra_meta or {})}
+        self.file = _FORMATS[suffix](self.out, key_column, top_k, extra_columns)
         self.skipped = _SkippedFile(skipped_path(self.out), key_column)
         if overwrite:
             self._remove_previous()
@@ -281,13 +362,8 @@ class ResultWriter:
         self.written = 0
         self.newly_skipped: list[tuple[str, str]] = []
 
-    def _previous_files(self) -> list[Path]:
-        parts = self.out.with_name(self.out.name + ".parts")
-        return [p for p in (self.out, meta_path(self.out), skipped_path(self.out), parts) if p.exists()]
-
     def _remove_previous(self) -> None:
-        for p in self._previous_files():
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
+        remove_output(self.out)
 
     def _check_previous(self) -> None:
         mp = meta_path(self.out)
@@ -304,16 +380,21 @@ class ResultWriter:
                 f"{self.out} was written by another model ({_model_label(prev.get('model'))}, not "
                 f"{_model_label(self.meta['model'])}); pass --overwrite to replace it, or choose another --out"
             )
-        for k in ("top_k", "key_column"):
+        if "columns" not in prev:  # before probs: its rows cannot be mixed with rows that have them
+            raise KdpipeError(f"{self.out} was written by an older kdpipe (no probs column), use --overwrite")
+        for k in ("top_k", "key_column", "columns"):
             if prev.get(k) != self.meta[k]:
                 raise KdpipeError(
                     f"{self.out} was written with {k.replace('_', '-')} {prev.get(k)}, this run uses {self.meta[k]}; "
                     "use the same setting to resume, or pass --overwrite"
                 )
 
-    def append(self, rows: list[Row], skipped: list[tuple[str, str]] = ()) -> None:
-        """Write one batch; rows or skipped keys already done are dropped (never written twice)."""
+    def append(self, rows: list[Row], skipped: list[tuple[str, str]] = ()) -> set[str]:
+        """Write one batch; rows or skipped keys already done are dropped (never written twice).
+
+        Returns the keys of ``rows`` that have a row in the output now (written before or now)."""
         keep, skip, seen = [], [], set()
+        have = {r.key for r in rows if r.key in self.done and r.key not in self.skipped_done}
         for r in rows:
             if r.key in self.done or r.key in seen:
                 continue
@@ -332,14 +413,45 @@ class ResultWriter:
         self.done |= seen
         self.written += len(keep)
         self.newly_skipped += skip
+        return have | {r.key for r in keep}
 
     def close(self) -> None:
         self.file.finish()
 
+    def merge(self, parts: list[Path]) -> int:
+        """Append the rows and skipped entries of other outputs of this run (``--parts`` files),
+        dropping keys already here, finish, then remove the parts with their meta and skipped files.
+        Parts go only once the merged file is durable; a killed merge is simply run again."""
+        before = self.written
+        for part in parts:
+            other = _FORMATS[self.out.suffix.lower()](part, self.meta["key_column"], self.meta["top_k"], self.file.extra_columns)
+            other.recover()  # a torn last row of a killed part
+            skipped = _SkippedFile(skipped_path(part), self.meta["key_column"])
+            skipped.recover()
+            self.append(other.read(), skipped.entries())
+        self.close()
+        for part in parts:
+            remove_output(part)
+        return self.written - before
+
+
+def remove_output(out: Path) -> None:
+    """Remove an output with everything kdpipe keeps beside it (meta, skipped list, Parquet staging)."""
+    for p in (out, meta_path(out), skipped_path(out), out.with_name(out.name + ".parts")):
+        if p.exists():
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+
 
 class _SkippedFile(JsonlFile):
     def __init__(self, path: Path, key_column: str):
-        super().__init__(path, key_column, 0)
+        super().__init__(path, key_column, 0, ("reason",))
+
+    def decode(self, line: str) -> Row:
+        record = json.loads(line)
+        return Row(str(record[self.key_column]), [], [], [], None, {"reason": record.get("reason")})
+
+    def entries(self) -> list[tuple[str, str]]:
+        return [(r.key, r.cell("reason")) for r in self.read()]
 
     def append(self, skipped) -> None:
         if skipped:
@@ -364,6 +476,13 @@ def _model_label(model: dict[str, Any] | None) -> str:
     if not model:
         return "unknown"
     return f"{model.get('name', 'model')} {str(model.get('id'))[:12]}"
+
+
+def _csv_cell(value: Any) -> str:
+    """A meta value as one text cell: strings as they are, anything else as JSON, missing as empty."""
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
 def _csv_line(cells: list[Any]) -> str:

@@ -67,12 +67,13 @@ class _WorkerSource(torch.utils.data.IterableDataset):
     records travel with the batches because each worker is a separate process.
     """
 
-    def __init__(self, shards, transform, seed, epoch, rank, batch_size, with_labels, buffer, expected):
+    def __init__(self, shards, transform, seed, epoch, rank, batch_size, with_labels, buffer, expected, with_urls=False):
         self.shards = list(shards)
         self.transform = transform
         self.seed, self.epoch, self.rank = seed, epoch, rank
         self.batch_size = batch_size
         self.with_labels = with_labels
+        self.with_urls = with_urls
         self.buffer = buffer
         self.expected = expected
 
@@ -102,7 +103,7 @@ class _WorkerSource(torch.utils.data.IterableDataset):
     def messages(self, shards: list[str], worker: int):
         problems: list[tuple[str, str, str]] = []
         rng = random.Random(sample_seed(self.seed, self.epoch, f"buffer:{self.rank}:{worker}"))
-        images, keys, labels = [], [], []
+        images, keys, labels, urls = [], [], [], []
         for sample in _shuffled(self._raw(shards, problems), self.buffer, rng):
             key = sample["__key__"]
             try:
@@ -113,26 +114,32 @@ class _WorkerSource(torch.utils.data.IterableDataset):
             images.append(apply_seeded(self.transform, img, sample_seed(self.seed, self.epoch, key)))
             keys.append(key)
             labels.append(label)
+            urls.append(sample["__url__"])
             if len(keys) == self.batch_size:
-                yield from self._emit(images, keys, labels, problems)
-                images, keys, labels = [], [], []
+                yield from self._emit(images, keys, labels, urls, problems)
+                images, keys, labels, urls = [], [], [], []
         if keys:
-            yield from self._emit(images, keys, labels, problems)
+            yield from self._emit(images, keys, labels, urls, problems)
         if problems:
             yield ("corrupt", list(problems))
 
-    def _emit(self, images, keys, labels, problems):
+    def _emit(self, images, keys, labels, urls, problems):
         if problems:
             yield ("corrupt", list(problems))
             problems.clear()
         batch = (torch.stack(images), list(keys))
         if self.with_labels:
             batch = batch + (torch.tensor(labels, dtype=torch.long),)
+        if self.with_urls:
+            batch = batch + (list(urls),)
         yield ("batch", batch)
 
 
 class ShardStream:
     """Iterable of ``(images [B,3,H,W], keys)`` batches (``+ labels`` with ``with_labels=True``).
+
+    ``with_urls=True`` adds each sample's shard URL last: keys are unique within a shard only
+    (two shard sets written separately both start at ``00000000``).
 
     Each ``for batch in stream`` is one pass. ``set_epoch(e)`` picks the epoch of the next pass;
     without it, every new pass moves to the next epoch, so shard order and augmentation change
@@ -151,6 +158,7 @@ class ShardStream:
         rank: int = 0,
         world_size: int = 1,
         with_labels: bool = False,
+        with_urls: bool = False,
         shuffle: bool = True,
         shuffle_buffer: int = 1000,
         log: logging.Logger | Callable[[str], None] | None = None,
@@ -166,6 +174,7 @@ class ShardStream:
         self.batch_size, self.workers = int(batch_size), max(0, int(workers))
         self.rank, self.world_size = int(rank), int(world_size)
         self.with_labels = with_labels
+        self.with_urls = with_urls
         self.shuffle = shuffle
         self.shuffle_buffer = int(shuffle_buffer) if shuffle else 0
         self.log = log
@@ -198,7 +207,7 @@ class ShardStream:
             )
         source = _WorkerSource(
             shards, self.transform, self.seed, epoch, self.rank, self.batch_size, self.with_labels,
-            self.shuffle_buffer, self._expected,
+            self.shuffle_buffer, self._expected, self.with_urls,
         )
         workers = min(self.workers, len(shards))
         if workers == 0:
