@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from kdpipe.errors import KdpipeError
+from kdpipe.pipeline.lock import OutputLock
 from kdpipe.progress import Progress
 from kdpipe.infer import embeddings as emb_files
 from kdpipe.infer.index import ClassIndex
@@ -182,7 +183,14 @@ def classify(
         )
 
     ranks = Ranks()
+    lock, error = OutputLock(Path(out)), None
     try:
+        if rank == 0:  # rank 0 owns OUT; the other ranks write parts it manages
+            try:
+                lock.__enter__()
+            except KdpipeError as e:
+                error = e
+        settle(ranks, error)
         if embeddings is not None:
             error = None
             if rank == 0:  # once, before any process writes there
@@ -200,6 +208,7 @@ def classify(
         # "done" because another image of this run had its key would otherwise vanish unnoticed
         return run(writer, frozenset(writer.done))
     finally:
+        lock.__exit__(None, None, None)
         ranks.close()
 
 

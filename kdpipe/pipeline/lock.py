@@ -116,6 +116,20 @@ def _read_pid(fd: int) -> int | None:
         return None
 
 
+class OutputLock(FolderLock):
+    """One writer at a time for an output file (``.OUT.lock`` beside it, hidden): two ``classify``
+    runs on one ``--out`` would both append the images neither had finished."""
+
+    def __init__(self, out: Path):
+        super().__init__(Path(out).parent)
+        self.out = Path(out)
+        self.path = self.out.with_name(f".{self.out.name}.lock")
+
+    def busy_message(self, pid: int | None) -> str:
+        who = f" (pid {pid})" if pid else ""
+        return f"{self.out} is being written by another kdpipe classify{who}; wait for it or choose another --out"
+
+
 # ---- run settings (what the run dir was last run with) ------------------------------------------
 def read_run_settings(run_dir: Path) -> dict | None:
     """``run.json``: the recipe and overrides the run dir was last run with; None when absent."""
