@@ -19,7 +19,24 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        import kdpipe
+
+        typer.echo(f"kdpipe {kdpipe.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(False, "--version", "-V", callback=_show_version, is_eager=True,
+                                 help="print kdpipe's version and exit (`kdpipe version` lists torch, open_clip, faiss too)"),
+) -> None:
+    """Distil a large CLIP into a small one with prompt learning on unlabeled images, then classify offline."""
 
 # Each module defines ``register(app)``; a command is listed only once its module is here.
 COMMAND_MODULES = [

@@ -137,3 +137,33 @@ def test_a_bad_saved_setting_names_the_run_json(tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip() == (f"error: unknown config key 'toy.stesp' (from toy.stesp=3 saved in {rd}/run.json); "
                                   "did you mean 'toy.steps'?")
+
+
+def test_status_of_a_failed_run_exits_non_zero_with_the_whole_reason(tmp_path):
+    (tmp_path / "toy.toml").write_text("")
+    rd = tmp_path / "r"
+    failed = kdpipe(tmp_path, "run", "all", "--recipe", "toy.toml", "--run-dir", str(rd), "--set", "toy.fail=true")
+    assert failed.returncode == 2
+    st = kdpipe(tmp_path, "status", "--run-dir", str(rd))
+    assert st.returncode == 1, st.stdout  # scripts see that the run is not healthy
+    assert "toy.fail is set; unset it to train" in st.stdout and st.stdout.strip().endswith("1 failed, 1 missing")
+
+
+def test_status_of_a_run_dir_that_does_not_exist_is_one_error_line(tmp_path):
+    out = kdpipe(tmp_path, "status", "--run-dir", str(tmp_path / "typo"))
+    assert out.returncode == 2 and out.stderr.strip() == f"error: run dir {tmp_path / 'typo'} does not exist (give the --run-dir of an earlier `kdpipe run`)"
+
+
+def test_version_and_short_help(tmp_path):
+    import kdpipe as package
+
+    assert kdpipe(tmp_path, "--version").stdout.strip() == f"kdpipe {package.__version__}"
+    short = kdpipe(tmp_path, "-h")
+    assert short.returncode == 0 and "Usage:" in short.stdout and "classify" in short.stdout
+
+
+def test_methods_counts_need_no_weights(tmp_path):
+    # the README's `kdpipe methods --backbone vit-b-16` offline: shapes only, nothing downloaded
+    out = kdpipe(tmp_path, "methods", "--backbone", "vit-b-16")
+    assert out.returncode == 0, out.stderr
+    assert any(line.split("│")[1].strip() == "promptkd" and "1,013,760" in line for line in out.stdout.splitlines() if line.count("│") > 3)

@@ -114,6 +114,7 @@ def test_demo_recipe_without_the_world_weights_is_one_clear_line(tmp_path):
 
     from kdpipe.cli import app
 
+    (tmp_path / "run").mkdir()
     result = CliRunner().invoke(app, ["status", "--recipe", "demo", "--run-dir", str(tmp_path / "run")])
     assert result.exit_code != 0
     assert "untrained CLIP" in str(result.exception) and "kdpipe demo" in str(result.exception)

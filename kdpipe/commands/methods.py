@@ -30,10 +30,14 @@ def methods(
         Console(width=None if sys.stdout.isatty() else 200).print(reference_table())
         return
 
-    # a bare architecture name is random init on purpose here: open_clip's warning about it is noise
+    # Counts depend on shapes only: build the spec's architecture with random init, so no weights
+    # are read or downloaded (open_clip's random-init warning is noise here).
+    from kdpipe.clip import parse_spec
+
+    arch, _ = parse_spec(backbone)
     logging.disable(logging.WARNING)
     try:
-        bb = load_backbone(backbone)
+        bb = load_backbone(backbone if arch.startswith(("hf-hub:", "local-dir:")) else arch)
     finally:
         logging.disable(logging.NOTSET)
     table = Table(title=f"prompt methods (learned parameters on {backbone}, reference defaults)")

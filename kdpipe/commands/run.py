@@ -16,6 +16,8 @@ from typing import Any, Optional
 
 import typer
 
+from kdpipe.errors import KdpipeError
+
 RECIPE_HELP = "recipe NAME (kdpipe/recipes/NAME.toml, e.g. default, demo) or path to a TOML file"
 SET_HELP = "override one setting, e.g. --set distill.lr=0.01 (repeatable; checked against the config types)"
 
@@ -124,6 +126,8 @@ def status(
     from kdpipe.pipeline import GRAPH, format_status, stage_statuses, summarize
 
     shortcuts = dict(teacher=teacher, student=student, dataset=dataset, data_root=data_root, seed=seed, seeds=seeds)
+    if run_dir is not None and not Path(run_dir).is_dir():
+        raise KdpipeError(f"run dir {run_dir} does not exist (give the --run-dir of an earlier `kdpipe run`)")
     settings, rd, _ = _settings(run_dir, recipe, sets, shortcuts, allow_pipe)
     cfg = settings.config
     rows = stage_statuses(cfg, rd, graph=GRAPH)
@@ -140,6 +144,8 @@ def status(
         typer.echo(f"run dir {rd}  recipe {settings.recipe}")
         typer.echo(format_status(rows))
     typer.echo(summarize(rows))
+    if any(r.state == "failed" for r in rows):
+        raise typer.Exit(1)  # scripts check the exit status: a failed stage is not a healthy run
 
 
 def _print_rich(rows, run_dir: Path) -> None:

@@ -43,7 +43,8 @@ def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def one_line(text: str, limit: int = 300) -> str:
+def one_line(text: str, limit: int = 2000) -> str:
+    """``text`` on one line; only a runaway message is cut (status shows the reason whole)."""
     text = " ".join(str(text).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
