@@ -34,6 +34,12 @@ def worker_init(_worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
+def default_workers(most: int = 4) -> int:
+    """DataLoader workers for this machine: up to ``most``, never more than its cores (torch warns
+    about more, and on a small machine they only wait for each other)."""
+    return max(1, min(most, os.cpu_count() or 1))
+
+
 class Ranks:
     """This process's place under torchrun, and the default process group for tiny messages.
 

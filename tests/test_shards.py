@@ -274,3 +274,36 @@ def test_write_is_resumable_and_refuses_a_different_source(tmp_path, monkeypatch
         write_shards(items[:5], out, per_shard=4, max_side=0)
     with pytest.raises(KdpipeError, match="cannot read image .*broken.jpg"):
         write_shards(items, tmp_path / "strict", per_shard=4, strict=True)
+
+
+def test_a_deliberate_worker_count_does_not_print_torchs_core_warning(tmp_path):
+    # distill.workers is fingerprinted (it decides batches), so it may exceed the cores on purpose
+    import os
+    import warnings
+
+    from kdpipe.data.shards import ShardStream, write_shards
+    from kdpipe.data.transforms import build_transform
+
+    paths = []
+    for i in range(6):
+        p = tmp_path / "imgs" / f"{i}.png"
+        p.parent.mkdir(exist_ok=True)
+        Image.new("RGB", (16, 16), (i * 40, 0, 0)).save(p)
+        paths.append(str(p))
+    write_shards(paths, tmp_path / "s", per_shard=1)
+    many = (os.cpu_count() or 1) + 2
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        stream = ShardStream(str(tmp_path / "s"), build_transform(False, 16, (0.5,) * 3, (0.5,) * 3), batch_size=2, workers=many)
+        keys = [k for _, ks in stream for k in ks]
+    assert len(keys) == 6
+    assert not [w for w in caught if "This DataLoader will create" in str(w.message)]
+
+
+def test_default_workers_never_exceed_the_cores():
+    import os
+
+    from kdpipe.dist import default_workers
+    from kdpipe.stages.sections import DataConfig
+
+    assert default_workers() == min(4, os.cpu_count() or 1) == DataConfig().workers

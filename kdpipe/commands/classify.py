@@ -16,7 +16,7 @@ def classify(
                              "all classes at the model's logit scale), ids; CSV has label_i, score_i, prob_i, id_i"),
     top_k: int = typer.Option(5, "--top-k", help="labels, scores and probs per image"),
     batch_size: int = typer.Option(256, "--batch-size"),
-    workers: int = typer.Option(4, "--workers", help="DataLoader processes decoding images while the model runs"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader processes decoding images while the model runs (default: up to 4, at most the cores)"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N"),
     index: Optional[str] = typer.Option(None, "--index", help="flat (exact), ivf, hnsw, auto (flat below 100k classes, else hnsw) or any "
                                         "FAISS index_factory string ('IVF256,Flat', 'HNSW32', 'IVF1024,PQ32'); default: the model's stored index, else auto"),
@@ -45,7 +45,7 @@ def classify(
     import torch
 
     from kdpipe.infer.classify import classify as run_classify
-    from kdpipe.dist import rank_world
+    from kdpipe.dist import default_workers, rank_world
     from kdpipe.infer.runs import load_model
     from kdpipe.infer.sources import open_source
     from kdpipe.train.device import pick_device
@@ -61,7 +61,7 @@ def classify(
     enc = cm.to(dev).encoder()
     class_index = cm.index(index, dev).set_search(nprobe=nprobe, ef_search=ef_search)
     summary = run_classify(enc, class_index, cm.classnames, source, out, top_k=top_k, batch_size=batch_size,
-                           workers=workers, device=dev, progress=True, overwrite=overwrite, amp=not no_amp,
+                           workers=default_workers() if workers is None else workers, device=dev, progress=True, overwrite=overwrite, amp=not no_amp,
                            logit_scale=cm.logit_scale, embeddings=embeddings, parts=parts, merge=merge,
                            keep_meta=[f for f in (keep_meta or "").split(",") if f.strip()])
     if rank == 0:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from kdpipe.config import config_section, runtime_setting
+from kdpipe.dist import default_workers
 from kdpipe.errors import KdpipeError
 from kdpipe.methods.promptkd import PromptKDConfig
 
@@ -61,7 +62,7 @@ class DataConfig:
     # distillation); Dassl's default. Images whose object fills a small part of the frame (the
     # demo world's 32-pixel shapes) need a narrower range: an 8% crop there often misses the object.
     crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
-    workers: int = runtime_setting(4)  # DataLoader worker processes for image decoding
+    workers: int = runtime_setting(default_workers())  # DataLoader worker processes for image decoding (default: up to 4, at most the cores)
 
     @property
     def train_subset(self) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import random
+import warnings
 from collections import defaultdict
 from typing import Callable, Iterator, Sequence
 
@@ -213,9 +214,13 @@ class ShardStream:
         if workers == 0:
             messages = source.messages(shards, 0)
         else:
-            messages = torch.utils.data.DataLoader(
-                source, batch_size=None, num_workers=workers, worker_init_fn=worker_init, collate_fn=_identity
-            )
+            # The count is deliberate (fingerprinted: it decides which images share a batch), so
+            # torch's "more workers than cores" warning, printed at creation and again per pass, is noise.
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="This DataLoader will create", category=UserWarning)
+                messages = iter(torch.utils.data.DataLoader(
+                    source, batch_size=None, num_workers=workers, worker_init_fn=worker_init, collate_fn=_identity
+                ))
         self.corrupt, self.corrupt_reasons, self.samples_read = {}, {}, 0
         corrupt: dict[str, list[str]] = defaultdict(list)
         for kind, payload in messages:
