@@ -106,3 +106,20 @@ def read_tensors(path: str | os.PathLike) -> tuple[dict, dict[str, Any]]:
         except ValueError:
             meta[k] = v  # written by another tool
     return tensors, meta
+
+
+def ensure_dir(path: str | os.PathLike, what: str) -> Path:
+    """Create the folder ``path`` (and its parents), or say in one line why it cannot be one."""
+    from kdpipe.errors import KdpipeError
+
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), path)
+        raise KdpipeError(f"{what} {path}: {blocker} is a file, not a folder; choose another path") from None
+    except PermissionError:
+        raise KdpipeError(f"{what} {path}: permission denied creating it; choose a folder you can write to") from None
+    except OSError as e:
+        raise KdpipeError(f"{what} {path}: cannot create it ({e.strerror or e})") from None
+    return path

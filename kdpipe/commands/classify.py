@@ -79,9 +79,16 @@ def export(
     overwrite: bool = typer.Option(False, "--overwrite"),
 ) -> None:
     """Write a self-contained bundle: weights, learned prompts + projector, class features, index, preprocessing."""
+    from kdpipe.errors import KdpipeError
     from kdpipe.infer.bundle import export_bundle
     from kdpipe.infer.runs import load_run
+    from kdpipe.io import ensure_dir
 
+    if not run_dir.is_dir():
+        raise KdpipeError(f"--run-dir {run_dir} does not exist (give the run directory of a finished `kdpipe run`)")
+    if out.exists() and not out.is_dir():
+        raise KdpipeError(f"--out {out} is a file; a bundle is a folder: choose another path")
+    ensure_dir(out.parent, "the folder of --out")  # before the model loads: a typo fails at once
     cm = load_run(run_dir, stage, seed, "cpu")
     path = export_bundle(cm, out, index_kind=index, with_teacher_text=with_teacher_text, overwrite=overwrite)
     size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())

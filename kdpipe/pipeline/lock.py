@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from kdpipe.errors import KdpipeError
-from kdpipe.io import read_json_or_none, write_json
+from kdpipe.io import ensure_dir, read_json_or_none, write_json
 from kdpipe.pipeline.manifest import MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, STAGE_LOCK, check_format, library_versions, now
 
 LOCK = ".kdpipe.lock"
@@ -49,7 +49,7 @@ class FolderLock:
         return f"{self.what} {self.path.parent} is in use by another kdpipe process{who}"
 
     def __enter__(self) -> "FolderLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        ensure_dir(self.path.parent, self.what)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -92,6 +92,8 @@ class FolderLock:
 class RunLock(FolderLock):
     """One kdpipe run at a time in a run directory."""
 
+    what = "run dir"
+
     def busy_message(self, pid: int | None) -> str:
         who = f" (pid {pid})" if pid else ""
         return f"run dir {self.path.parent} is in use by another kdpipe run{who}; wait for it to finish or use another --run-dir"
@@ -102,6 +104,7 @@ class StageLock(FolderLock):
     until it exits, so a resumed run cannot train into the same folder beside it."""
 
     name = STAGE_LOCK
+    what = "stage folder"
 
     def busy_message(self, pid: int | None) -> str:
         who = f" (pid {pid})" if pid else ""
@@ -119,6 +122,8 @@ def _read_pid(fd: int) -> int | None:
 class OutputLock(FolderLock):
     """One writer at a time for an output file (``.OUT.lock`` beside it, hidden): two ``classify``
     runs on one ``--out`` would both append the images neither had finished."""
+
+    what = "the folder of --out"
 
     def __init__(self, out: Path):
         super().__init__(Path(out).parent)

@@ -26,7 +26,7 @@ from kdpipe.data.transforms import to_rgb
 from kdpipe.data.items import Item
 from kdpipe.data.shards.patterns import MANIFEST
 from kdpipe.errors import KdpipeError
-from kdpipe.io import atomic_path, read_json, write_json
+from kdpipe.io import atomic_path, ensure_dir, read_json, write_json
 
 FORMAT = "kdpipe-shards/1"
 KEY_FORMAT = "{:08d}"
@@ -165,8 +165,7 @@ def write_shards(
     labelled = any(e.label is not None for e in entries)
     settings = {"format": FORMAT, "per_shard": per_shard, "max_side": max_side, "labels": labelled, "shuffle_seed": shuffle_seed}
     fingerprint = _fingerprint(entries, settings)
-    out = Path(out_dir).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_dir(Path(out_dir).expanduser(), "shard folder")
     manifest_path = out / MANIFEST
     manifest = _load_resumable(manifest_path, fingerprint, out)
     if manifest is None:
