@@ -307,3 +307,46 @@ def test_default_workers_never_exceed_the_cores():
     from kdpipe.stages.sections import DataConfig
 
     assert default_workers() == min(4, os.cpu_count() or 1) == DataConfig().workers
+
+
+def test_a_clobbered_header_is_corrupt_even_without_a_manifest(tmp_path):
+    # tarfile stops quietly at an unreadable header, as at a real end: it must not read as a short, healthy shard
+    from kdpipe.data.shards.tarread import iter_samples
+
+    shard = write_tar(tmp_path / "s.tar", [{"__key__": f"s{i}", "jpg": jpeg_bytes(30 + i), "cls": b"0"} for i in range(5)])
+    with tarfile.open(shard) as t:
+        header = t.getmember("s2.cls").offset
+    data = bytearray(shard.read_bytes())
+    data[header:header + 512] = b"\x7f" * 512
+    shard.write_bytes(bytes(data))
+
+    problems = []
+    keys = [s["__key__"] for s in iter_samples(str(shard), lambda *p: problems.append(p))]
+    assert keys == ["s0", "s1"] and len(problems) == 1
+    assert problems[0][1] == "<archive>" and "unreadable tar header" in problems[0][2]
+    stream = ShardStream([str(shard)], TEST_T, batch_size=2, workers=0)
+    read_pass(stream)
+    assert stream.corrupt == {str(shard): ["<archive>"]}
+
+    intact = write_tar(tmp_path / "ok.tar", [{"__key__": "k", "jpg": jpeg_bytes(1)}])
+    problems.clear()
+    assert [s["__key__"] for s in iter_samples(str(intact), lambda *p: problems.append(p))] == ["k"] and problems == []
+
+
+def test_a_manifest_naming_files_outside_its_folder_is_refused(tmp_path):
+    import json
+
+    from kdpipe.data.shards import expand_pattern
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    write_tar(elsewhere / "outside.tar", [{"__key__": "x", "jpg": jpeg_bytes(1)}])
+    folder = tmp_path / "a" / "b"
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text(json.dumps({"format": "kdpipe-shards/1", "shards": [{"name": "../../elsewhere/outside.tar", "count": 1}]}))
+    with pytest.raises(KdpipeError, match="outside its folder"):
+        expand_pattern(str(folder))
+    (folder / "manifest.json").write_text(json.dumps({"format": "kdpipe-shards/1", "shards": [{"name": "link.tar", "count": 1}]}))
+    (folder / "link.tar").symlink_to(elsewhere / "outside.tar")
+    with pytest.raises(KdpipeError, match="outside its folder"):
+        expand_pattern(str(folder))

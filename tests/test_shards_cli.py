@@ -55,7 +55,7 @@ def test_write_dataset_base_classes_and_inspect_lists_corrupt_members(tmp_path):
     data[start : start + 64] = b"\0" * 64
     shard.write_bytes(bytes(data))
     result = runner.invoke(app, ["shards", "inspect", str(out)])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # damage found: a script sees it
     assert "total: 3 readable samples" in result.output and "2 classes" in result.output
     assert "corrupt: " in result.output and "[00000000]: undecodable image" in result.output
 

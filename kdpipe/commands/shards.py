@@ -78,7 +78,7 @@ def inspect(
     pattern: str = typer.Argument(..., help="shards: a .tar, brace pattern, glob, folder, or pipe: URL"),
     no_decode: bool = typer.Option(False, "--no-decode", help="only read the archives (faster; misses undecodable images)"),
 ) -> None:
-    """Count samples, classes and bytes per shard, and list every corrupt member."""
+    """Count samples, classes and bytes per shard, and list every corrupt member (exit 1 when there is one)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -104,6 +104,8 @@ def inspect(
         console.print(f"per class: {text}{' ...' if len(shown) > 20 else ''}", highlight=False)
     for shard, key, reason in report.corrupt:
         console.print(f"corrupt: {shard} [{key}]: {reason}", highlight=False, markup=False)
+    if report.corrupt:
+        raise typer.Exit(1)  # a check that found damage must not look like a pass to a script
 
 
 def register(app: typer.Typer) -> None:

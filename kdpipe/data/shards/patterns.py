@@ -48,12 +48,23 @@ def read_manifest(folder: Path) -> dict | None:
     return data if isinstance(data, dict) and data.get("format", "").startswith("kdpipe-shards/") else None
 
 
+def _inside(folder: Path, name: object) -> bool:
+    """Whether ``name`` is a plain file name in ``folder`` (no path, no ``..``, no link leading out)."""
+    if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
+        return False
+    target = folder / name
+    return not target.is_symlink() or target.resolve().parent == folder.resolve()
+
+
 def _from_folder(folder: Path) -> list[str]:
     manifest = read_manifest(folder)
     if manifest is not None:
-        names = [s["name"] for s in manifest.get("shards", []) if (folder / s["name"]).is_file()]
+        names = [s.get("name") for s in manifest.get("shards", [])]
+        outside = [n for n in names if not _inside(folder, n)]
+        if outside:  # a manifest is data, maybe from someone else: it names files in its folder only
+            raise KdpipeError(f"{folder / MANIFEST} names a shard outside its folder ({outside[0]!r}); refusing to read it")
         # an interrupted `shards write` still offers the shards it finished
-        return [str(folder / n) for n in names]
+        return [str(folder / n) for n in names if (folder / n).is_file()]
     return sorted(str(p) for p in folder.iterdir() if p.is_file() and p.name.endswith(TAR_SUFFIXES))
 
 

@@ -42,6 +42,19 @@ def _close(stream, url: str) -> str | None:
     return None
 
 
+def _unread_data(tar: tarfile.TarFile, chunk: int = 1 << 20) -> int:
+    """Non-zero bytes left after the archive's last header (0 for an intact tar).
+
+    tarfile ends the iteration quietly when a header in the middle is unreadable, exactly as at the
+    zero blocks of a real end: without this, a clobbered header reads as a shorter, healthy shard.
+    An intact archive has only zero padding after its end marker.
+    """
+    left = 0
+    while block := tar.fileobj.read(chunk):
+        left += len(block) - block.count(0)
+    return left
+
+
 def iter_samples(url: str, on_problem: OnProblem) -> Iterator[dict]:
     """Yield ``{"__key__", "__url__", ext: bytes, ...}`` per sample; problems go to ``on_problem``.
 
@@ -81,6 +94,12 @@ def iter_samples(url: str, on_problem: OnProblem) -> Iterator[dict]:
             else:
                 current[suffix] = data
             tar.members = []  # stream mode would otherwise keep every header in memory
+        else:
+            left = _unread_data(tar)
+            if left:
+                where = f"after sample {current['__key__']}" if current is not None else "before any sample"
+                on_problem(url, "<archive>", f"archive damaged {where}: an unreadable tar header at byte {tar.offset}, "
+                                             "with data after it that was not read")
     except READ_ERRORS as e:
         # a failing pipe: command shows up as a short read first; its exit status explains it better
         closed, why = True, _close(stream, url) or _why(url, e)
