@@ -152,3 +152,36 @@ def test_a_finished_checkpoint_is_not_resumed_when_an_upstream_stage_was_re_run(
     report = run_stages(cfg, rd, graph=graph, echo=lambda m: None)
     assert report.ran == ["down"] and report.metrics["down"]["resumed_from"] == 0
     assert json.loads((rd / "down" / "down.json").read_text())["from"] == json.loads((rd / "up" / "up.json").read_text())["value"]
+
+
+def test_a_read_only_run_dir_with_nothing_to_do_runs_and_one_that_needs_work_says_so(tmp_path, monkeypatch):
+    import errno
+    import importlib.util
+
+    import kdpipe.pipeline.lock as lock_module
+    from kdpipe.pipeline import StageGraph, run_stages, stage_statuses
+    from test_dag import cfg_of
+
+    src = tmp_path / "toy_stages.py"
+    src.write_text(TOY_SOURCE)
+    spec = importlib.util.spec_from_file_location("toy_ro", src)
+    toy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(toy)
+    graph = toy.build(StageGraph())
+    rd = tmp_path / "run"
+    run_stages(cfg_of(graph), rd, graph=graph, echo=lambda m: None)
+
+    real_open = os.open
+
+    def read_only(path, flags, *args):  # as on a read-only mount (root ignores chmod, so simulate it)
+        if str(path).endswith(".kdpipe.lock") and flags & os.O_CREAT:
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(lock_module.os, "open", read_only)
+    report = run_stages(cfg_of(graph), rd, graph=graph, echo=lambda m: None)
+    assert report.ran == [] and report.skipped == ["prep", "train", "report"]
+    assert {s.state for s in stage_statuses(cfg_of(graph), rd, graph=graph)} == {"done"}
+    with pytest.raises(KdpipeError, match="is read-only .*, and train needs to run there") as e:
+        run_stages(cfg_of(graph, "toy.b=0.9"), rd, graph=graph, echo=lambda m: None)
+    assert "\n" not in str(e.value)

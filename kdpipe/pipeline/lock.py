@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 from pathlib import Path
@@ -33,6 +34,10 @@ def _close_held_in_child() -> None:
 os.register_at_fork(after_in_child=_close_held_in_child)
 
 
+class ReadOnlyFolder(KdpipeError):
+    """The folder cannot be written: fine for commands that only read it."""
+
+
 class FolderLock:
     """An exclusive, non-blocking lock on a folder (flock on a file in it: released by the OS when
     its process dies, so a lock file left by a killed run never blocks the next one)."""
@@ -50,7 +55,12 @@ class FolderLock:
 
     def __enter__(self) -> "FolderLock":
         ensure_dir(self.path.parent, self.what)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise ReadOnlyFolder(f"{self.what} {self.path.parent} is read-only ({e.strerror})") from None
+            raise
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -13,7 +13,7 @@ from kdpipe.dist import Ranks
 from kdpipe.errors import KdpipeError
 from kdpipe.pipeline.execute import execute_instance, prepare
 from kdpipe.pipeline.graph import StageGraph, pipeline
-from kdpipe.pipeline.lock import RunLock, check_run_dir
+from kdpipe.pipeline.lock import ReadOnlyFolder, RunLock, check_run_dir
 from kdpipe.pipeline.manifest import outputs_digest
 from kdpipe.pipeline.plan import Plan, headline
 from kdpipe.progress import format_duration
@@ -100,7 +100,15 @@ def run_stages(
         return msg["ok"]
 
     def take_lock() -> None:
-        lock.__enter__()
+        try:
+            lock.__enter__()
+        except ReadOnlyFolder as e:
+            # a read-only run dir (a shared or archived result) is fine when there is nothing to write
+            todo = [n for n in selected if (force and n in targets) or plan.status(run_dir, n).state != "done"]
+            if todo:
+                raise KdpipeError(f"{e}, and {todo[0]} needs to run there; copy the run dir somewhere writable") from None
+            check_run_dir(run_dir)
+            return
         check_run_dir(run_dir)
         if on_locked is not None:
             on_locked()
