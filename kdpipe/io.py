@@ -91,14 +91,22 @@ def current_umask() -> int:
 
 
 def read_tensors(path: str | os.PathLike) -> tuple[dict, dict[str, Any]]:
-    """Tensors and decoded metadata of a file written by :func:`write_tensors`."""
-    from safetensors import safe_open
+    """Tensors and decoded metadata of a file written by :func:`write_tensors`.
+
+    A file safetensors cannot read (damaged, truncated, a pickle) is a KdpipeError naming it.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    from kdpipe.errors import KdpipeError
 
     tensors = {}
-    with safe_open(str(path), framework="pt") as f:
-        raw = dict(f.metadata() or {})
-        for k in f.keys():
-            tensors[k] = f.get_tensor(k)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = dict(f.metadata() or {})
+            for k in f.keys():
+                tensors[k] = f.get_tensor(k)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise KdpipeError(f"{path} is not a readable safetensors file ({tensor_file_problem(path, e)})") from None
     meta = {}
     for k, v in raw.items():
         try:
@@ -106,6 +114,24 @@ def read_tensors(path: str | os.PathLike) -> tuple[dict, dict[str, Any]]:
         except ValueError:
             meta[k] = v  # written by another tool
     return tensors, meta
+
+
+def tensor_file_problem(path: str | os.PathLike, error: BaseException) -> str:
+    """Why safetensors could not read ``path`` (``error``), in a few words for a one-line message."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError as e:
+        return e.strerror or type(e).__name__
+    if not head:
+        return "the file is empty"
+    # a safetensors file opens with an 8-byte header length and then its JSON header
+    pickled = head.startswith(b"PK\x03\x04") or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")
+                                                  and head[8:9] != b"{")
+    if pickled:
+        return "it is a pickle (torch.save) file; kdpipe never unpickles, it reads safetensors only"
+    text = " ".join(str(error).split()) or type(error).__name__
+    return "not a safetensors file, or a damaged or truncated one: " + text.removeprefix("Error while deserializing header: ")[:200]
 
 
 def ensure_dir(path: str | os.PathLike, what: str) -> Path:

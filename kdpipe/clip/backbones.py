@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -34,6 +35,7 @@ from torch import nn
 from kdpipe.clip.activation import activation_name, arch_for_openai_file, arch_for_tag, is_quick_gelu, strict_activation
 from kdpipe.clip.torchscript import is_torchscript_archive, load_torchscript_weights
 from kdpipe.errors import KdpipeError
+from kdpipe.io import read_tensors, tensor_file_problem
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 # Architectures that ship with kdpipe: the tiny test configs and the demo world's CLIPs. All are
@@ -203,10 +205,16 @@ def _check_schema_available(spec: str) -> None:
 
 
 def _saved_metadata(path: Path) -> dict[str, str]:
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        return f.metadata() or {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise KdpipeError(
+            f"{path} is not a readable safetensors checkpoint ({tensor_file_problem(path, e)}); give a file kdpipe "
+            f"saved (a bundle's backbone.safetensors, save_backbone), or other weights as ARCH:{path}"
+        ) from None
 
 
 def _arch_from_safetensors(path: Path) -> str:
@@ -295,6 +303,7 @@ def _closest(name: str, options: list[str], n: int = 8) -> list[str]:
 def load_backbone(spec: str, device: str | torch.device = "cpu", cache_dir: str | None = None) -> Backbone:
     """Load a CLIP for prompt learning: fp32 weights, eval mode, gradients off."""
     import open_clip
+    from safetensors import SafetensorError
 
     register_builtin_configs()
     saved = _checkpoint_spec(spec)
@@ -302,6 +311,7 @@ def load_backbone(spec: str, device: str | torch.device = "cpu", cache_dir: str 
         return _load_saved(spec, saved, device)
     arch, pretrained = parse_spec(spec)
     torchscript = None  # OpenAI's own archive: built without weights, then filled from the archive
+    weights_file = None  # ARCH:PATH: read by open_clip with torch.load(weights_only=True) or safetensors
     if arch.startswith(("hf-hub:", "local-dir:")):
         _check_schema_available(arch)
     elif pretrained is not None:
@@ -309,6 +319,11 @@ def load_backbone(spec: str, device: str | torch.device = "cpu", cache_dir: str 
             pretrained = str(Path(pretrained).expanduser())
             if is_torchscript_archive(pretrained):
                 arch, torchscript, pretrained = arch_for_openai_file(arch, pretrained), pretrained, None
+            else:
+                weights_file = pretrained
+                problem = _weights_file_problem(weights_file)
+                if problem is not None:
+                    raise _not_weights_only(spec, weights_file, problem)
         elif _looks_like_file(pretrained):
             raise KdpipeError(f"checkpoint file {pretrained} does not exist")
         else:
@@ -326,11 +341,58 @@ def load_backbone(spec: str, device: str | torch.device = "cpu", cache_dir: str 
             load_torchscript_weights(model, torchscript)
     except KdpipeError:
         raise
+    except (pickle.UnpicklingError, EOFError, SafetensorError) as e:  # from reading the weights, never from building
+        if weights_file is not None:
+            raise _not_weights_only(spec, weights_file, _load_failure(e)) from None
+        raise KdpipeError(f"could not load {spec}: {_load_failure(e)}") from None
     except (RuntimeError, FileNotFoundError, KeyError, ValueError, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise KdpipeError(f"could not load {spec}: {first}") from e
     tokenizer = open_clip.get_tokenizer(arch, cache_dir=cache_dir)
     return _assemble(spec, arch, model, (preprocess_train, preprocess_test), tokenizer, model_config(arch))
+
+
+def _weights_file_problem(path: str) -> str | None:
+    """Why ``path`` cannot be the weights of an ``ARCH:PATH`` spec (None: it looks like a checkpoint).
+
+    open_clip reads a ``.safetensors`` name with safetensors and anything else with ``torch.load``;
+    checked first so that a text file or a damaged one is named as such rather than by a pickle opcode.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    if path.endswith(".safetensors"):
+        try:
+            with safe_open(path, framework="pt"):
+                return None
+        except (SafetensorError, OSError, ValueError) as e:
+            return tensor_file_problem(path, e)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        return e.strerror or type(e).__name__
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":  # torch.save: a zip (since torch 1.6) or a bare pickle
+        return None
+    return "the file is empty" if not head else "it is neither a safetensors file nor a torch.save checkpoint"
+
+
+def _load_failure(e: BaseException) -> str:
+    """What torch.load / safetensors said, in one short line (torch's refusals run to paragraphs)."""
+    text = str(e)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        detail = text.split(marker, 1)[1].strip().split("\n\n", 1)[0]
+        detail = " ".join(detail.split()).split(". ", 1)[0].rstrip(".")
+        return f"torch.load(weights_only=True) refused it: {detail}"[:300]
+    return " ".join(text.split())[:300] or type(e).__name__
+
+
+def _not_weights_only(spec: str, path: str, reason: str) -> KdpipeError:
+    arch = spec.partition(":")[0]
+    return KdpipeError(
+        f"{path} is not a weights-only checkpoint ({reason}); kdpipe never unpickles objects: give {arch}:PATH "
+        "a .safetensors file or a torch.save'd state dict holding tensors only (or OpenAI's TorchScript .pt)"
+    )
 
 
 def _assemble(spec: str, arch: str, model: nn.Module, transforms: tuple[Callable, Callable], tokenizer: Callable,
@@ -466,11 +528,9 @@ def _load_towers(model: nn.Module, path: Path, towers: tuple[str, ...]) -> None:
     Anything else missing or unexpected is refused: the file does not belong to this architecture.
     NaN makes a left-out tower fail loudly if anything ever runs it, instead of giving random features.
     """
-    from safetensors.torch import load_file
-
     params = model.state_dict(keep_vars=True)
     left_out = {k for k in params if tower_of(k) not in (*towers, "shared")}
-    result = model.load_state_dict(load_file(str(path)), strict=False)
+    result = model.load_state_dict(read_tensors(path)[0], strict=False)
     missing, unexpected = set(result.missing_keys), set(result.unexpected_keys)
     if missing != left_out or unexpected:
         raise KdpipeError(

@@ -120,7 +120,12 @@ class ClassModel:
         if stored_needs_faiss and faiss_module() is None:  # flat then runs as an exact torch search
             return ClassIndex.build(self.class_features, kind or "flat", device=str(device))
         if self.index_path is not None and self.index_path.is_file():
-            stored = ClassIndex.load(self.index_path, device=str(device))
+            try:
+                stored = ClassIndex.load(self.index_path, device=str(device))
+            except KdpipeError as e:
+                if getattr(e, "damage", None) is None or not is_bundle(self.index_path.parent):
+                    raise
+                raise damaged_file(self.index_path.parent, self.index_path.name, e.damage) from None
             if (kind is None or stored.kind == kind) and torch.equal(stored.features, self.class_features):
                 return stored
         return ClassIndex.build(self.class_features, kind or "auto", device=str(device))
@@ -287,17 +292,42 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> ClassMo
     for name in (BACKBONE_FILE, METHOD_FILE, FEATURES_FILE):
         if not (path / name).is_file():
             raise KdpipeError(f"bundle {path} is incomplete: {name} is missing; re-export it")
+        check_tensor_file(path, name)
     method = _load_method(path, device)
     cf = read_class_features(path / FEATURES_FILE)
     teacher_loader = None
     if (path / TEACHER_DIR / METHOD_FILE).is_file():
         def teacher_loader(d=path / TEACHER_DIR):
+            for name in (BACKBONE_FILE, METHOD_FILE):
+                check_tensor_file(path, f"{TEACHER_DIR}/{name}")
             return _load_method(d, device)
     return ClassModel(
         method, cf.classnames, cf.features, cf.logit_scale, cf.num_base,
         source=f"bundle {path}", provenance={**info.get("provenance", {}), "backbone": info["backbone"]["spec"]},
         teacher_loader=teacher_loader, index_path=path / INDEX_FILE,
     )
+
+
+def damaged_file(bundle: Path, name: str, reason: str) -> KdpipeError:
+    return KdpipeError(f"bundle {bundle}: file {name} is damaged ({reason}); re-export the bundle")
+
+
+def check_tensor_file(bundle: Path, name: str) -> None:
+    """Refuse a damaged, truncated or foreign (pickle ...) tensor file of ``bundle`` in one line.
+
+    Only the header is read (safetensors checks that it covers the whole file), so this costs
+    next to nothing before the readers, whose own messages do not know about bundles.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    from kdpipe.io import tensor_file_problem
+
+    file = bundle / name
+    try:
+        with safe_open(str(file), framework="pt"):
+            pass
+    except (SafetensorError, OSError, ValueError) as e:
+        raise damaged_file(bundle, name, tensor_file_problem(file, e)) from None
 
 
 def _load_method(folder: Path, device):

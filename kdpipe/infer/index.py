@@ -288,18 +288,35 @@ class ClassIndex:
         meta = read_sidecar(path)
         params = IndexParams(**{k: v for k, v in meta.get("params", {}).items() if k in IndexParams.__dataclass_fields__})
         if meta["storage"] == "safetensors":
-            feats = read_tensors(path)[0]["features"]
+            try:
+                feats = read_tensors(path)[0]["features"]
+            except KdpipeError as e:
+                raise damaged_index(path, str(e).replace(f"{path} ", "", 1)) from None
+            except KeyError:
+                raise damaged_index(path, "no 'features' tensor") from None
             return cls(feats, meta["kind"], params, None, device)
         faiss = faiss_module()
         if faiss is None:
             raise KdpipeError(f"{path} is a FAISS index but FAISS is not installed: pip install 'kdpipe[cpu]' (or 'kdpipe[gpu]')")
-        index = faiss.read_index(str(path))
+        try:
+            index = faiss.read_index(str(path))
+        except RuntimeError as e:  # FAISS reports a foreign or truncated file this way
+            reason = _faiss_reason(e)
+            reason = "the file ends early, truncated" if reason.startswith("read error in ") else reason
+            raise damaged_index(path, f"FAISS cannot read it: {reason}") from None
         if index.ntotal != meta["ntotal"] or index.d != meta["dim"]:
-            raise KdpipeError(f"{path} holds {index.ntotal} x {index.d} but its sidecar says {meta['ntotal']} x {meta['dim']}; the index is damaged, re-export it")
+            raise damaged_index(path, f"it holds {index.ntotal} x {index.d} but its sidecar says {meta['ntotal']} x {meta['dim']}")
         if _ivf_part(index) is not None:  # reconstruct_n on an IVF needs its direct map
             faiss.extract_index_ivf(index).make_direct_map()
         feats = torch.from_numpy(index.reconstruct_n(0, index.ntotal).copy())
         return cls(feats, meta["kind"], params, index, device)
+
+
+def damaged_index(path: Path, reason: str) -> KdpipeError:
+    """The one line for an index file that cannot be what its sidecar says (a bundle adds which bundle)."""
+    err = KdpipeError(f"class index {path} is damaged ({reason}); write it again (re-export its bundle, or re-run the stage that wrote it)")
+    err.damage = reason  # what a bundle's own message repeats
+    return err
 
 
 def resolve_kind(kind: str, n_classes: int) -> str:
