@@ -13,7 +13,9 @@ is built in this order, later layers winning:
 A section may also accept *member tables*, ``section.member.key`` (``baselines.coop.epochs = 5``),
 checked against a dataclass chosen per member; a stage family reads them as overrides for one member.
 Every key and value is checked: an unknown key fails with the closest valid one, a value of the
-wrong type fails with the type that was expected. Fields declared with :func:`runtime_setting`
+wrong type fails with the type that was expected, a value outside the range declared next to its
+field (:func:`bounded`: ``momentum: float = bounded(0.9, ge=0, lt=1)``) fails with that range, and
+nan/inf are never a number. Fields declared with :func:`runtime_setting`
 (worker counts, checkpoint intervals) change how a stage runs, not what it makes, and are left
 out of stage fingerprints.
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import sys
 import types
 import typing
@@ -93,6 +96,7 @@ class ConfigSchema:
                 raise TypeError(f"config section {name!r}: {cls.__name__} must be a dataclass")
             if name in self.sections and self.sections[name].cls.__qualname__ != cls.__qualname__:
                 raise ValueError(f"config section {name!r} is already registered by {self.sections[name].cls.__qualname__}")
+            _check_defaults(name, cls)
             self.sections[name] = SectionSpec(name, cls, members)
             return cls
 
@@ -133,7 +137,9 @@ class ConfigSchema:
         if name not in hints:
             valid = [f"{section}.{member}.{f}" if member else f"{section}.{f}" for f in hints]
             raise KdpipeError(f"unknown config key {key!r}{_from(source)}; {_suggest(key, valid + self.keys())}")
-        return section, member, name, coerce(value, hints[name], key, source, from_text)
+        typed = coerce(value, hints[name], key, source, from_text)
+        check_range(cls, name, typed, key, source)
+        return section, member, name, typed
 
     def defaults(self) -> "Config":
         return Config({name: spec.cls() for name, spec in self.sections.items()}, schema=self)
@@ -205,6 +211,8 @@ def coerce(value: Any, tp: Any, key: str = "value", source: str = "", from_text:
                 continue
             try:
                 return coerce(value, arg, key, source, from_text)
+            except _RangeError:
+                raise
             except KdpipeError:
                 continue
         raise bad
@@ -239,13 +247,17 @@ def coerce(value: Any, tp: Any, key: str = "value", source: str = "", from_text:
         raise bad
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if from_text and isinstance(value, str):
+            number = float(value)
+        elif from_text and isinstance(value, str):
             try:
-                return float(value.strip())
+                number = float(value.strip())
             except ValueError:
                 raise bad from None
-        raise bad
+        else:
+            raise bad
+        if not math.isfinite(number):  # no setting means nan or inf; they only fail later, far away
+            raise _RangeError(f"{key} must be a finite number, got {value!r}{_from(source)}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
@@ -374,16 +386,149 @@ _FINGERPRINT = "kdpipe_fingerprint"
 NOT_FINGERPRINTED = object()  # what fingerprint_value returns for a runtime setting
 
 
-def runtime_setting(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING) -> Any:
+def runtime_setting(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING, **bounds: Any) -> Any:
     """A dataclass field for a setting that changes how a stage runs but not what it produces
     (DataLoader workers, checkpoint interval): it is left out of fingerprints, so changing it
-    never makes a finished stage stale. Use it in place of a plain default."""
-    return field(default=default, default_factory=default_factory, metadata={_FINGERPRINT: False})
+    never makes a finished stage stale. Use it in place of a plain default; ``bounds`` as for
+    :func:`bounded` (``runtime_setting(4, ge=0)``)."""
+    metadata: dict[str, Any] = {_FINGERPRINT: False}
+    if bounds:
+        metadata[_BOUNDS] = Bounds(**bounds)
+    return field(default=default, default_factory=default_factory, metadata=metadata)
 
 
 def is_runtime_setting(cls: type, name: str) -> bool:
     fields = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
     return name in fields and fields[name].metadata.get(_FINGERPRINT) is False
+
+
+# ---- ranges -------------------------------------------------------------------------------------
+# A numeric setting declares the values it accepts next to its default (``bounded(0.9, ge=0, lt=1)``),
+# so a bad value is refused in one line where it is parsed (defaults, recipes, run.json, --set),
+# not deep inside a stage.
+_BOUNDS = "kdpipe_bounds"
+_MODEL_SPEC = "kdpipe_model_spec"
+
+
+class _RangeError(KdpipeError):
+    """A value of the right type outside what its setting accepts (kept through Optional types)."""
+
+
+def _num(x: float) -> str:
+    return f"{x:g}"
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """What a numeric setting accepts: ``ge``/``gt`` below, ``le``/``lt`` above (each optional),
+    ``why`` (said in the message), and ``check(value)``: a message (``"must be ..."``) or None, for
+    what a range cannot say. A list setting has each item checked against the range."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    why: str = ""
+    check: Callable[[Any], str | None] | None = None
+
+    def __post_init__(self) -> None:
+        if self.ge is not None and self.gt is not None or self.le is not None and self.lt is not None:
+            raise TypeError("give at most one lower bound (ge or gt) and one upper bound (le or lt)")
+
+    def describe(self) -> str:
+        low = ("[", self.ge) if self.ge is not None else ("(", self.gt) if self.gt is not None else None
+        high = ("]", self.le) if self.le is not None else (")", self.lt) if self.lt is not None else None
+        if low and high:
+            return f"in {low[0]}{_num(low[1])}, {_num(high[1])}{high[0]}"
+        if low:
+            return f"{'>=' if low[0] == '[' else '>'} {_num(low[1])}"
+        if high:
+            return f"{'<=' if high[0] == ']' else '<'} {_num(high[1])}"
+        return ""
+
+    def problem(self, value: Any) -> str | None:
+        """None when ``value`` is fine, else what it must be (``"must be in [0, 1)"``)."""
+        if value is None:
+            return None
+        items = value if isinstance(value, (list, tuple)) else [value]
+        for item in items:
+            if isinstance(item, bool) or not isinstance(item, (int, float)):
+                continue
+            if not math.isfinite(item):
+                return "must be a finite number"
+            if ((self.ge is not None and not item >= self.ge) or (self.gt is not None and not item > self.gt)
+                    or (self.le is not None and not item <= self.le) or (self.lt is not None and not item < self.lt)):
+                return f"must be {self.describe()}" + (f" ({self.why})" if self.why else "")
+        return self.check(value) if self.check is not None else None
+
+
+def bounded(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING, ge: float | None = None,
+            gt: float | None = None, le: float | None = None, lt: float | None = None, why: str = "",
+            check: Callable[[Any], str | None] | None = None) -> Any:
+    """A dataclass field whose values must lie in a range: ``lr: float = bounded(0.002, gt=0)``,
+    ``momentum: float = bounded(0.9, ge=0, lt=1)``. Checked for every value a setting gets (the
+    default when its section is registered, recipes, run.json, ``--set``); None passes (an
+    Optional setting left unset). For a runtime setting use ``runtime_setting(default, ge=...)``."""
+    return field(default=default, default_factory=default_factory,
+                 metadata={_BOUNDS: Bounds(ge=ge, gt=gt, le=le, lt=lt, why=why, check=check)})
+
+
+def field_bounds(cls: type, name: str) -> Bounds | None:
+    """The range declared for field ``name`` of dataclass ``cls``, or None. A subclass that only
+    changes a default (``lr: float = 0.005``) keeps the range its base class declared, unless its
+    new default lies outside it: then the setting means something else there (zero-shot's
+    ``epochs = 0``: nothing to train) and the inherited range does not apply."""
+    own = getattr(cls, "__dataclass_fields__", {}).get(name)
+    for klass in getattr(cls, "__mro__", ()):
+        f = getattr(klass, "__dataclass_fields__", {}).get(name)
+        if f is not None and _BOUNDS in f.metadata:
+            bounds = f.metadata[_BOUNDS]
+            if own is not None and own is not f and _BOUNDS not in own.metadata and own.default is not dataclasses.MISSING:
+                if bounds.problem(own.default):
+                    return None
+            return bounds
+    return None
+
+
+def check_range(cls: type, name: str, value: Any, key: str | None = None, source: str = "") -> None:
+    """Raise a one-line KdpipeError when ``value`` is outside the range of ``cls.name``."""
+    bounds = field_bounds(cls, name)
+    problem = bounds.problem(value) if bounds is not None else None
+    if problem:
+        raise _RangeError(f"{key or name} {problem}, got {value!r}{_from(source)}")
+
+
+def check_ranges(obj: Any, prefix: str = "", source: str = "") -> None:
+    """Check every field of dataclass instance ``obj`` against its declared range."""
+    for f in dataclasses.fields(obj):
+        check_range(type(obj), f.name, getattr(obj, f.name), f"{prefix}{f.name}", source)
+
+
+def _check_defaults(section: str, cls: type) -> None:
+    # a default outside its own range is a programming error: say so when the section is declared
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            default = f.default_factory()  # type: ignore[misc]
+        else:
+            continue
+        try:
+            check_range(cls, f.name, default, f"{section}.{f.name}", "its default")
+        except KdpipeError as e:
+            raise ValueError(f"config section {section!r}: {e}") from None
+
+
+def model_spec(default: Any = dataclasses.MISSING, **kwargs: Any) -> Any:
+    """A dataclass field holding a backbone spec (``vit-b-16``, ``ARCH:TAG``, a checkpoint path).
+    ``kdpipe run`` parses every such setting a stage of the plan reads before the first stage runs
+    (names, tags, files; no weights are loaded), except files a stage of the run writes itself."""
+    return field(default=default, metadata={_MODEL_SPEC: True}, **kwargs)
+
+
+def model_spec_keys(cfg: "Config") -> list[str]:
+    """The dotted keys of every :func:`model_spec` setting of ``cfg``."""
+    return [f"{s}.{f.name}" for s, inst in cfg.items() for f in dataclasses.fields(inst) if f.metadata.get(_MODEL_SPEC)]
 
 
 def _member_default(schema: ConfigSchema, key: str) -> Any:

@@ -259,6 +259,16 @@ def test_coerce_optional_and_lists():
         coerce(True, int)
 
 
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", float("nan"), float("inf")])
+def test_coerce_refuses_nan_and_inf_for_every_float(value):
+    with pytest.raises(KdpipeError, match=r"^x must be a finite number, got .*\(from --set\)$"):
+        coerce(value, float, "x", "--set")
+    with pytest.raises(KdpipeError, match="finite"):
+        coerce(value, Optional[float], "x", "--set")  # not "expected a number or none"
+    with pytest.raises(KdpipeError, match="finite"):
+        coerce([1.0, value], list[float], "x", "--set")
+
+
 def test_shipped_recipes_resolve_against_the_pipeline(monkeypatch):
     from kdpipe.pipeline import GRAPH, STAGE_MODULES_ENV, Plan
 

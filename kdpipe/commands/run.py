@@ -53,6 +53,56 @@ def _settings(run_dir: Optional[Path], recipe: Optional[str], sets: list[str], s
     return settings, run_dir, bool(saved)
 
 
+def check_model_specs(cfg, run_dir: Path, graph=None, target: str = "all", with_deps: bool = False) -> None:
+    """Parse every backbone spec (:func:`kdpipe.config.model_spec` settings) that a selected stage
+    reads, before the first stage runs: names, pretrained tags and their activation, and that named
+    files and folders exist (no weights are loaded, nothing is downloaded). A file that a stage of
+    this run writes (the demo world's ``world-l.safetensors``) is not there yet, and is skipped."""
+    from kdpipe.clip.backbones import parse_spec
+    from kdpipe.config import model_spec_keys
+    from kdpipe.pipeline import GRAPH, SEED_KEY, Plan
+
+    keys = model_spec_keys(cfg)
+    if not keys:
+        return
+    plan = Plan(graph if graph is not None else GRAPH, cfg)
+    reads = {r for name in plan.select(target, with_deps) for r in plan.instances[name].reads(SEED_KEY)}
+    root = Path(run_dir).expanduser().resolve()
+    written = {(root / inst.folder / out).resolve() for inst in plan.instances.values() for out in inst.spec.outputs}
+    for key in keys:
+        if key in reads or key.split(".")[0] in reads:
+            spec = str(cfg.value(key))
+            try:
+                _check_spec(spec, written, parse_spec)
+            except KdpipeError as e:
+                raise KdpipeError(f"{key} = {spec!r}: {e}") from None
+
+
+def _check_spec(spec: str, written: set[Path], parse_spec) -> None:
+    def is_written(text: str) -> bool:
+        return Path(text).expanduser().resolve() in written
+
+    text = spec.strip()
+    if is_written(text):
+        return  # a stage of this run writes it
+    arch, pretrained = parse_spec(text)  # names, bare checkpoint files, the tag's activation
+    if arch.startswith("local-dir:"):
+        if not Path(arch.partition(":")[2]).expanduser().is_dir():
+            raise KdpipeError(f"local-dir {arch.partition(':')[2]} does not exist")
+        return
+    if arch.startswith("hf-hub:") or pretrained is None or Path(pretrained).expanduser().is_file():
+        return
+    if "/" in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")):
+        if not is_written(pretrained):
+            raise KdpipeError(f"checkpoint file {pretrained} does not exist")
+        return
+    import open_clip
+
+    if not open_clip.get_pretrained_cfg(arch, pretrained):
+        tags = open_clip.list_pretrained_tags_by_model(arch)
+        raise KdpipeError(f"unknown pretrained tag {pretrained!r} for {arch}; known tags: {', '.join(tags) or 'none'}")
+
+
 def default_run_dir(cfg, recipe: str) -> Path:
     """``runs/<run.name>`` when a name was given, else ``runs/<recipe>-<dataset>``."""
     flat = cfg.flat()
@@ -92,6 +142,7 @@ def run(
     settings, rd, had_saved = _settings(run_dir, recipe, sets, shortcuts, allow_pipe)
     shown = ", ".join(f"{k}={v}" for k, v in settings.overrides.items()) or "none"
     typer.echo(f"run dir {rd}  recipe {settings.recipe}  overrides: {shown}{'  (merged with run.json)' if had_saved else ''}", err=True)
+    check_model_specs(settings.config, rd, GRAPH, target, with_deps)  # a bad --student fails now, not hours in
     try:
         report = run_stages(
             settings.config, rd, target=target, with_deps=with_deps, force=force, graph=GRAPH,
@@ -130,6 +181,7 @@ def status(
         raise KdpipeError(f"run dir {run_dir} does not exist (give the --run-dir of an earlier `kdpipe run`)")
     settings, rd, _ = _settings(run_dir, recipe, sets, shortcuts, allow_pipe)
     cfg = settings.config
+    check_model_specs(cfg, rd, GRAPH)  # what `kdpipe run` would refuse, status reports the same way
     rows = stage_statuses(cfg, rd, graph=GRAPH)
     if show_config:
         for key, value in sorted(cfg.flat().items()):

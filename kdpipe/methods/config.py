@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
-from kdpipe.config import coerce, field_types
+from kdpipe.config import bounded, check_range, check_ranges, coerce, field_types
 from kdpipe.errors import KdpipeError
 
 
@@ -21,13 +21,15 @@ class MethodConfig:
     # per-dataset reference defaults applied before user overrides, e.g. CoOp's 50 epochs on ImageNet
     dataset_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
 
-    epochs: int = 10
-    batch_size: int = 4
-    lr: float = 0.002
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: int = 1  # at constant warmup_lr, before the cosine schedule
-    warmup_lr: float = 1e-5
+    # ranges as for the pipeline's settings (kdpipe.config.bounded); a subclass that only changes a
+    # default keeps them, and they are checked for ``teacher.<method>.key`` when it is parsed
+    epochs: int = bounded(10, ge=1)
+    batch_size: int = bounded(4, ge=1)
+    lr: float = bounded(0.002, gt=0)
+    momentum: float = bounded(0.9, ge=0, lt=1)
+    weight_decay: float = bounded(5e-4, ge=0)
+    warmup_epochs: int = bounded(1, ge=0)  # at constant warmup_lr, before the cosine schedule
+    warmup_lr: float = bounded(1e-5, ge=0)
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -46,19 +48,17 @@ class MethodConfig:
                 f"unknown setting(s) {', '.join(unknown)} for {cls.__name__}; known: {', '.join(known)}"
             )
         # the same checks as the pipeline's config: strings from a command line are parsed
-        cfg = cls(**{k: coerce(v, known[k], f"{cls.__name__}.{k}") for k, v in values.items()})
+        typed = {k: coerce(v, known[k], f"{cls.__name__}.{k}") for k, v in values.items()}
+        for k, v in typed.items():
+            check_range(cls, k, v, f"{cls.__name__}.{k}")
+        cfg = cls(**typed)
         cfg.validate()
         return cfg
 
     def validate(self) -> None:
-        """Refuse settings no run can use; subclasses add their own checks."""
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise KdpipeError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise KdpipeError(f"lr must be positive, got {self.lr}")
-        if self.warmup_epochs < 0:
-            raise KdpipeError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        """Refuse settings no run can use: the declared ranges (lr finite and > 0, momentum in
+        [0, 1), ...); subclasses add their own checks."""
+        check_ranges(self)
 
     def prompt_shape(self) -> tuple[str, str]:
         """(context tokens, prompt depth) as the reference table shows them; methods with prompts override."""

@@ -41,8 +41,9 @@ class PromptKDConfig(MethodConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.n_ctx < 1 or self.teacher_dim < 1:
-            raise KdpipeError(f"promptkd needs n_ctx >= 1 and teacher_dim >= 1, got {self.n_ctx}, {self.teacher_dim}")
+        for name in ("n_ctx", "teacher_dim"):
+            if getattr(self, name) < 1:
+                raise KdpipeError(f"{name} must be >= 1 (promptkd), got {getattr(self, name)}")
 
 
 @register_method("promptkd")

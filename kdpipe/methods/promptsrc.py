@@ -46,8 +46,8 @@ class PromptSRCConfig(IVLPConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.gpa_std <= 0:
-            raise KdpipeError(f"gpa_std must be positive, got {self.gpa_std}")
+        if not self.gpa_std > 0:
+            raise KdpipeError(f"gpa_std must be > 0, got {self.gpa_std}")
 
 
 @register_method("promptsrc")

@@ -8,6 +8,10 @@ oxford_flowers and dtd) live in the ``base2novel`` recipe's ``[dataset_overrides
 Fields made with ``runtime_setting`` (workers, devices, checkpoint intervals) change how a stage
 runs, not what it produces, so changing them never makes a finished stage stale.
 
+Numeric fields declare the values they accept next to their default (``bounded(0.9, ge=0, lt=1)``),
+so ``--set distill.momentum=-5`` is refused in one line when it is parsed, not inside torch; the
+backbone specs (``model_spec``) are parsed by ``kdpipe run`` / ``status`` before any stage runs.
+
 ``teacher`` and ``baselines`` accept member tables checked against a method's own config:
 ``--set teacher.promptsrc.epochs=2`` or, in a recipe, ``[baselines.coop] epochs = 50``.
 """
@@ -17,10 +21,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from kdpipe.config import config_section, runtime_setting
+from kdpipe.config import bounded, config_section, model_spec, runtime_setting
 from kdpipe.dist import default_workers
 from kdpipe.errors import KdpipeError
 from kdpipe.methods.promptkd import PromptKDConfig
+
+
+def _area_fractions(scale: list[float]) -> str | None:
+    if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+        return "must be two area fractions 0 < low <= high <= 1"
+    return None
 
 
 def method_config(name: str) -> type:
@@ -51,7 +61,7 @@ class RunConfig:
 class DataConfig:
     dataset: str = "oxford_pets"  # a kdpipe dataset name (kdpipe datasets lists them)
     root: str = "~/data"  # folder holding the dataset (CoOp layout) or the custom source itself
-    shots: int = 16  # labelled images per base class for the teacher and the few-shot baselines
+    shots: int = bounded(16, ge=0)  # labelled images per base class for the teacher and the few-shot baselines (0: all)
     # base2novel: train on the first ceil(C/2) classes, test base and novel;
     # cross: train and test on every class (accuracy on all classes)
     mode: Literal["base2novel", "cross"] = "base2novel"
@@ -61,8 +71,8 @@ class DataConfig:
     # area range of the random resized crop in every training transform (teacher, baselines,
     # distillation); Dassl's default. Images whose object fills a small part of the frame (the
     # demo world's 32-pixel shapes) need a narrower range: an 8% crop there often misses the object.
-    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
-    workers: int = runtime_setting(default_workers())  # DataLoader worker processes for image decoding (default: up to 4, at most the cores)
+    crop_scale: list[float] = bounded(default_factory=lambda: [0.08, 1.0], check=_area_fractions)
+    workers: int = runtime_setting(default_workers(), ge=0)  # DataLoader worker processes for image decoding (default: up to 4, at most the cores)
 
     @property
     def train_subset(self) -> str:
@@ -77,47 +87,47 @@ class DataConfig:
 @dataclass
 class TeacherConfig:
     method: str = "promptsrc"  # any registered prompt method
-    backbone: str = "vit-l-14"  # friendly name, open_clip NAME:TAG, hf-hub:..., or a checkpoint path
+    backbone: str = model_spec("vit-l-14")  # friendly name, open_clip NAME:TAG, hf-hub:..., or a checkpoint path
     # The PromptKD reference teacher (PromptSRC on ViT-L/14) trains with batch 8 and lr 0.005 instead
     # of PromptSRC's ViT-B/16 defaults; None keeps the method's own reference value.
-    batch_size: int | None = 8
-    lr: float | None = 0.005
-    epochs: int | None = None
-    checkpoint_every: int = runtime_setting(0)  # steps between mid-epoch checkpoints (0: once per epoch)
+    batch_size: int | None = bounded(8, ge=1)
+    lr: float | None = bounded(0.005, gt=0)
+    epochs: int | None = bounded(None, ge=1)
+    checkpoint_every: int = runtime_setting(0, ge=0)  # steps between mid-epoch checkpoints (0: once per epoch)
 
 
 @config_section("student")
 @dataclass
 class StudentConfig:
-    backbone: str = "vit-b-16"
+    backbone: str = model_spec("vit-b-16")
     method: str = "promptkd"
     # defaults: the PromptKD method's reference values, their one source (as for distill's optimiser)
-    n_ctx: int = PromptKDConfig.n_ctx  # vision prompt tokens
-    depth: int = PromptKDConfig.depth  # prompted layers (9 base-to-novel, 3 cross-dataset in the reference)
+    n_ctx: int = bounded(PromptKDConfig.n_ctx, ge=1)  # vision prompt tokens
+    depth: int = bounded(PromptKDConfig.depth, ge=1)  # prompted layers (9 base-to-novel, 3 cross-dataset in the reference)
 
 
 @config_section("distill")
 @dataclass
 class DistillConfig:
-    kd_weight: float = 1000.0  # loss weight w (200 on fgvc_aircraft, oxford_flowers, dtd via recipe)
-    temperature: float = 1.0  # tau
+    kd_weight: float = bounded(1000.0, ge=0)  # loss weight w (200 on fgvc_aircraft, oxford_flowers, dtd via recipe)
+    temperature: float = bounded(1.0, gt=0)  # tau (the logits are divided by it)
     # the student's optimiser and schedule; defaults: the PromptKD method's reference values
-    lr: float = PromptKDConfig.lr
-    batch_size: int = PromptKDConfig.batch_size
-    epochs: int = PromptKDConfig.epochs
-    warmup_epochs: int = PromptKDConfig.warmup_epochs  # at constant warmup_lr, then cosine
-    warmup_lr: float = PromptKDConfig.warmup_lr
-    momentum: float = PromptKDConfig.momentum
-    weight_decay: float = PromptKDConfig.weight_decay
-    checkpoint_every: int = runtime_setting(200)  # steps between atomic checkpoints (resume point after a crash)
+    lr: float = bounded(PromptKDConfig.lr, gt=0)
+    batch_size: int = bounded(PromptKDConfig.batch_size, ge=2, why="the projector's BatchNorm cannot train on one image, so batches of 1 are dropped")
+    epochs: int = bounded(PromptKDConfig.epochs, ge=1)
+    warmup_epochs: int = bounded(PromptKDConfig.warmup_epochs, ge=0)  # at constant warmup_lr, then cosine
+    warmup_lr: float = bounded(PromptKDConfig.warmup_lr, ge=0)
+    momentum: float = bounded(PromptKDConfig.momentum, ge=0, lt=1)
+    weight_decay: float = bounded(PromptKDConfig.weight_decay, ge=0)
+    checkpoint_every: int = runtime_setting(200, ge=0)  # steps between atomic checkpoints (resume point after a crash)
     # shard decoding workers per process; fingerprinted: each worker streams its own shards, so the
     # count decides which images share a batch
-    workers: int = 4
-    agreement_every: int = 1  # epochs between held-out agreement probes (0: only at start and end)
+    workers: int = bounded(4, ge=0)
+    agreement_every: int = bounded(1, ge=0)  # epochs between held-out agreement probes (0: only at start and end)
     # >0: run the teacher once over this many augmented views of every image (stage teacher-cache)
     # and read its features instead of a teacher forward per step; epoch e trains on view e % V, so
     # with V < epochs views and shard order repeat. 0: the reference, a teacher forward every step
-    cache_views: int = 0
+    cache_views: int = bounded(0, ge=0)
 
 
 @config_section("shards")
@@ -126,10 +136,10 @@ class ShardsConfig:
     # A user's webdataset pattern (local path, brace pattern or pipe: URL). Empty: build shards from
     # the train split of ALL classes with labels dropped (PromptKD's transductive setting).
     unlabeled: str = ""
-    per_shard: int = 1000  # samples per tar shard
-    max_side: int = 256  # shorter side resized to at most this many pixels (0: keep originals)
-    holdout: int = 256  # images kept out of training to measure student-teacher agreement ...
-    holdout_fraction: float = 0.05  # ... but never more than this share of the unlabeled set
+    per_shard: int = bounded(1000, ge=1)  # samples per tar shard
+    max_side: int = bounded(256, ge=0)  # shorter side resized to at most this many pixels (0: keep originals)
+    holdout: int = bounded(256, ge=0)  # images kept out of training to measure student-teacher agreement ...
+    holdout_fraction: float = bounded(0.05, gt=0, le=1)  # ... but never more than this share of the unlabeled set
 
 
 @config_section("baselines", members=method_config)
@@ -137,13 +147,13 @@ class ShardsConfig:
 class BaselinesConfig:
     # few-shot methods trained on base classes on the STUDENT backbone, for comparison rows
     methods: list[str] = field(default_factory=lambda: ["zeroshot", "coop", "cocoop", "maple", "promptsrc"])
-    checkpoint_every: int = runtime_setting(0)
+    checkpoint_every: int = runtime_setting(0, ge=0)
 
 
 @config_section("evaluate")
 @dataclass
 class EvaluateConfig:
-    batch_size: int = runtime_setting(64)
+    batch_size: int = runtime_setting(64, ge=1)
     split: Literal["test", "val"] = "test"
 
 
