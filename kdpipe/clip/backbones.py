@@ -27,7 +27,7 @@ import os
 import pickle
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Collection, Iterator
 
 import torch
 from torch import nn
@@ -161,8 +161,8 @@ def _missing_weights(what: str, looked: str, arch: str = "ARCH") -> KdpipeError:
     )
 
 
-def _check_tag_available(arch: str, tag: str, cache_dir: str | None) -> None:
-    """Fail fast (offline) or with a clear line (unknown tag) before open_clip tries the network."""
+def _known_tag(arch: str, tag: str) -> dict:
+    """open_clip's config of ``arch:tag``; one line listing the known tags when there is none."""
     import open_clip
 
     cfg = open_clip.get_pretrained_cfg(arch, tag)
@@ -172,6 +172,30 @@ def _check_tag_available(arch: str, tag: str, cache_dir: str | None) -> None:
             f"unknown pretrained tag {tag!r} for {arch}; known tags: {', '.join(tags) or 'none'} "
             f"(or give a file: {arch}:/path/to/weights.pt; OpenAI weights: {_quick_name(arch)}:/path/to/weights.pt)"
         )
+    return cfg
+
+
+def check_spec(spec: str, will_exist: Collection[Path] = ()) -> None:
+    """Check ``spec`` without loading or downloading weights: the name, the tag and its activation,
+    the files and folders it names. Paths in ``will_exist`` (resolved; files an earlier stage of the
+    same run writes, like the demo world's checkpoints) count as present."""
+    def there(text: str) -> bool:
+        return Path(text).expanduser().resolve() in will_exist
+
+    if there(spec.strip()):
+        return
+    arch, pretrained = parse_spec(spec)  # names, bare checkpoint files, the tag's activation
+    if arch.startswith("local-dir:"):
+        _check_schema_available(arch)
+    elif pretrained is not None and not Path(pretrained).expanduser().is_file() and not there(pretrained):
+        if _looks_like_file(pretrained):
+            raise KdpipeError(f"checkpoint file {pretrained} does not exist")
+        _known_tag(arch, pretrained)
+
+
+def _check_tag_available(arch: str, tag: str, cache_dir: str | None) -> None:
+    """Fail fast (offline) or with a clear line (unknown tag) before open_clip tries the network."""
+    cfg = _known_tag(arch, tag)
     if not _offline():
         return
     hub = cfg.get("hf_hub", "")

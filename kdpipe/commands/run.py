@@ -54,11 +54,11 @@ def _settings(run_dir: Optional[Path], recipe: Optional[str], sets: list[str], s
 
 
 def check_model_specs(cfg, run_dir: Path, graph=None, target: str = "all", with_deps: bool = False) -> None:
-    """Parse every backbone spec (:func:`kdpipe.config.model_spec` settings) that a selected stage
-    reads, before the first stage runs: names, pretrained tags and their activation, and that named
-    files and folders exist (no weights are loaded, nothing is downloaded). A file that a stage of
-    this run writes (the demo world's ``world-l.safetensors``) is not there yet, and is skipped."""
-    from kdpipe.clip.backbones import parse_spec
+    """Check every backbone spec (:func:`kdpipe.config.model_spec` settings) that a selected stage
+    reads before the first stage runs (:func:`kdpipe.clip.backbones.check_spec`: no weights loaded,
+    nothing downloaded). A file that a stage of this run writes (the demo world's checkpoints) is
+    not there yet, and counts as present."""
+    from kdpipe.clip.backbones import check_spec
     from kdpipe.config import model_spec_keys
     from kdpipe.pipeline import GRAPH, SEED_KEY, Plan
 
@@ -73,34 +73,9 @@ def check_model_specs(cfg, run_dir: Path, graph=None, target: str = "all", with_
         if key in reads or key.split(".")[0] in reads:
             spec = str(cfg.value(key))
             try:
-                _check_spec(spec, written, parse_spec)
+                check_spec(spec, written)
             except KdpipeError as e:
                 raise KdpipeError(f"{key} = {spec!r}: {e}") from None
-
-
-def _check_spec(spec: str, written: set[Path], parse_spec) -> None:
-    def is_written(text: str) -> bool:
-        return Path(text).expanduser().resolve() in written
-
-    text = spec.strip()
-    if is_written(text):
-        return  # a stage of this run writes it
-    arch, pretrained = parse_spec(text)  # names, bare checkpoint files, the tag's activation
-    if arch.startswith("local-dir:"):
-        if not Path(arch.partition(":")[2]).expanduser().is_dir():
-            raise KdpipeError(f"local-dir {arch.partition(':')[2]} does not exist")
-        return
-    if arch.startswith("hf-hub:") or pretrained is None or Path(pretrained).expanduser().is_file():
-        return
-    if "/" in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")):
-        if not is_written(pretrained):
-            raise KdpipeError(f"checkpoint file {pretrained} does not exist")
-        return
-    import open_clip
-
-    if not open_clip.get_pretrained_cfg(arch, pretrained):
-        tags = open_clip.list_pretrained_tags_by_model(arch)
-        raise KdpipeError(f"unknown pretrained tag {pretrained!r} for {arch}; known tags: {', '.join(tags) or 'none'}")
 
 
 def default_run_dir(cfg, recipe: str) -> Path:
