@@ -44,23 +44,31 @@ def _wait_for(predicate, timeout: float, what: str):
 
 def test_a_killed_runners_forked_children_do_not_keep_the_run_dir_locked(tmp_path):
     # a DataLoader worker is a forked child: it must not inherit the run dir's lock
+    ready = tmp_path / "child-running"
     script = textwrap.dedent(f"""
-        import multiprocessing as mp, sys, time
+        import multiprocessing as mp, os, sys, time
         from kdpipe.pipeline import RunLock
-        lock = RunLock({str(tmp_path)!r}).__enter__()
-        child = mp.get_context("fork").Process(target=time.sleep, args=(60,))
+
+        def work():  # runs after the fork hooks: the child is past the point where it drops the lock fd
+            open({str(ready)!r}, "w").close()
+            time.sleep(60)
+
+        lock = RunLock({str(tmp_path / "run")!r}).__enter__()
+        child = mp.get_context("fork").Process(target=work)
         child.start()
+        while not os.path.exists({str(ready)!r}):
+            time.sleep(0.01)
         print(child.pid, flush=True)
         time.sleep(60)
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     child = int(proc.stdout.readline())
     try:
-        assert RunLock.holder(tmp_path) == proc.pid
+        assert RunLock.holder(tmp_path / "run") == proc.pid
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         assert _alive(child)
-        with RunLock(tmp_path):  # at once, although the child lives on
+        with RunLock(tmp_path / "run"):  # at once, although the child lives on
             pass
     finally:
         os.kill(child, signal.SIGKILL)
