@@ -139,13 +139,12 @@ def run(target: str = "all", *, run_dir: str | Path, recipe: str | None = None,
     reuses them and changes just what it names.
     """
     from kdpipe.config import settings_from_cli
-    from kdpipe.pipeline import GRAPH, read_run_settings, run_stages, write_run_settings
+    from kdpipe.pipeline import GRAPH, remembered_settings, run_stages, write_run_settings
 
     GRAPH.load_stage_modules()
     run_dir = Path(run_dir)
-    saved = read_run_settings(run_dir) or {}
-    base = {k: (v, f"{k}={v} saved in {run_dir / 'run.json'}") for k, v in saved.get("overrides", {}).items()}
-    base.update({k: (v, f"kdpipe.run(settings={{{k!r}: ...}})") for k, v in (settings or {}).items()})
-    chosen = settings_from_cli(recipe or saved.get("recipe"), base=base, schema=GRAPH.schema)
+    saved_recipe, remembered = remembered_settings(run_dir)
+    # the caller's settings are its command line (trusted like --set), remembered as given
+    chosen = settings_from_cli(recipe or saved_recipe, base=remembered, schema=GRAPH.schema, values=settings)
     return run_stages(chosen.config, run_dir, target=target, with_deps=with_deps, force=force, graph=GRAPH,
                       on_locked=lambda: write_run_settings(run_dir, chosen.recipe, chosen.overrides), jobs=jobs)

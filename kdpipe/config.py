@@ -709,19 +709,22 @@ def settings_from_cli(
     base: Mapping[str, tuple[Any, str]] | None = None,
     schema: ConfigSchema | None = None,
     allow_pipe: bool = False,
+    values: Mapping[str, Any] | None = None,
 ) -> CliSettings:
     """The one way a command turns its flags into settings (``kdpipe run``, ``status``, ``demo``).
 
     On top of the recipe (:data:`DEFAULT_RECIPE` when None) go, later winning: ``base`` (key ->
     (value, source): what a run dir remembers, or what ``kdpipe demo`` sets), the shortcut flags
-    (None = not given), then the ``--set`` items. Each key is kept once, so the overrides saved
-    for the next command hold only the value that won.
+    (None = not given), then the ``--set`` items and ``values`` (typed, from a Python caller). Each
+    key is kept once, so the overrides saved for the next command hold only the value that won.
 
     A ``pipe:`` shard URL runs a shell command, so it is taken from the command line only; from a
     recipe only with ``allow_pipe`` (``--allow-pipe``); from what a run dir remembers never.
     """
     command_line = {key: (value, source) for key, value, source in shortcut_overrides(**(shortcuts or {}))}
     command_line.update({key: (value, f"--set {key}={value}") for key, value in map(parse_set, sets)})
+    # typed values from a Python caller (kdpipe.run): its command line, kept as given
+    command_line.update({key: (value, f"{key}={value!r} (from Python)") for key, value in (values or {}).items()})
     given = dict(base or {})
     given.update(command_line)
     recipe = recipe or DEFAULT_RECIPE

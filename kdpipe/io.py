@@ -72,16 +72,20 @@ def read_json_or_none(path: str | os.PathLike) -> Any:
         return None
 
 
-def write_tensors(path: str | os.PathLike, tensors: dict, metadata: dict[str, Any] | None = None) -> Path:
-    """safetensors with every metadata value JSON-encoded (safetensors metadata must be str -> str)."""
+def write_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict[str, str] | None = None) -> Path:
+    """Tensors as safetensors, atomically and with the user's umask (safetensors itself writes 0600)."""
     from safetensors.torch import save_file
 
     state = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    meta = {k: json.dumps(v, default=json_default) for k, v in (metadata or {}).items()}
     with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=meta)
-        os.chmod(tmp, 0o666 & ~current_umask())  # safetensors writes 0600; keep the user's umask like every other file
+        save_file(state, str(tmp), metadata=metadata)
+        os.chmod(tmp, 0o666 & ~current_umask())
     return Path(path)
+
+
+def write_tensors(path: str | os.PathLike, tensors: dict, metadata: dict[str, Any] | None = None) -> Path:
+    """safetensors with every metadata value JSON-encoded (safetensors metadata must be str -> str)."""
+    return write_safetensors(path, tensors, {k: json.dumps(v, default=json_default) for k, v in (metadata or {}).items()})
 
 
 def current_umask() -> int:

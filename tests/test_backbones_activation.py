@@ -27,6 +27,9 @@ def _activations(model: nn.Module) -> set[type]:
 @pytest.fixture
 def fake_hub(tmp_path, monkeypatch):
     """A Hugging Face cache holding a placeholder for every tag asked for; loads are recorded."""
+    from huggingface_hub import constants
+
+    assert constants.HF_HUB_OFFLINE  # conftest: nothing here may reach the hub; the cache below is all there is
     cache = tmp_path / "hf"
     loaded: list[str] = []
 

@@ -463,7 +463,7 @@ def save_backbone(model: nn.Module, arch: str, path: str | Path, *, config: dict
     config of ``arch`` and the model's preprocessing. ``towers`` leaves a tower out (a student never
     encodes text); what is shared (logit_scale) is always kept.
     """
-    from safetensors.torch import save_file
+    from kdpipe.io import write_safetensors
 
     unknown = set(towers) - set(TOWERS)
     if unknown or not towers:
@@ -472,13 +472,8 @@ def save_backbone(model: nn.Module, arch: str, path: str | Path, *, config: dict
     meta = {_ARCH_METADATA_KEY: arch, _TOWERS_METADATA_KEY: ",".join(t for t in TOWERS if t in towers)}
     if config is not None:
         meta[_CONFIG_METADATA_KEY] = json.dumps(config, sort_keys=True)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if tower_of(k) in (*towers, "shared")}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata=meta)
-    os.replace(tmp, path)
-    return path
+    state = {k: v for k, v in model.state_dict().items() if tower_of(k) in (*towers, "shared")}
+    return write_safetensors(path, state, meta)
 
 
 def _load_saved(spec: str, path: Path, device: str | torch.device) -> Backbone:

@@ -38,19 +38,17 @@ _jobs = typer.Option(1, "--jobs", "-j", min=1, help="stages run side by side in 
 def _settings(run_dir: Optional[Path], recipe: Optional[str], sets: list[str], shortcuts: dict[str, Any], allow_pipe: bool = False):
     """The flags on top of what the run dir remembers; return (settings, run dir, whether it remembered any)."""
     from kdpipe.config import settings_from_cli
-    from kdpipe.pipeline import GRAPH, read_run_settings
+    from kdpipe.pipeline import GRAPH, remembered_settings
 
     GRAPH.load_stage_modules()
     if run_dir is None:
         # the flags alone name the run dir, whose run.json then fills in what they leave out
         flags_only = settings_from_cli(recipe, sets, shortcuts, schema=GRAPH.schema, allow_pipe=allow_pipe)
         run_dir = default_run_dir(flags_only.config, flags_only.recipe)
-    saved = read_run_settings(run_dir) or {}
-    where = Path(run_dir) / "run.json"
-    remembered = {k: (v, f"{k}={v} saved in {where}") for k, v in saved.get("overrides", {}).items()}
-    settings = settings_from_cli(recipe or saved.get("recipe"), sets, shortcuts, base=remembered, schema=GRAPH.schema,
+    saved_recipe, remembered = remembered_settings(run_dir)
+    settings = settings_from_cli(recipe or saved_recipe, sets, shortcuts, base=remembered, schema=GRAPH.schema,
                                  allow_pipe=allow_pipe)
-    return settings, run_dir, bool(saved)
+    return settings, run_dir, bool(saved_recipe or remembered)
 
 
 def check_model_specs(cfg, run_dir: Path, graph=None, target: str = "all", with_deps: bool = False) -> None:

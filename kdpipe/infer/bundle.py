@@ -231,7 +231,6 @@ def export_bundle(model: ClassModel, out: str | Path, *, index_kind: str = "auto
             "provenance": {**model.provenance, "source": model.source},
         }
         (tmp / BUNDLE_FILE).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
-        _umask_modes(tmp)
         _replace_dir(tmp, out)
     finally:
         if tmp.exists():
@@ -247,18 +246,6 @@ def _save_method(method, folder: Path, towers: tuple[str, ...]) -> None:
     bb = method.backbone
     save_backbone(bb.model, bb.arch, folder / BACKBONE_FILE, config=bb.config, towers=towers)
     save_learned(method, folder / METHOD_FILE)
-
-
-def _umask_modes(root: Path) -> None:
-    """Give ``root``'s files 0666 and folders 0777, less the umask, as plain ``open``/``mkdir`` would.
-
-    safetensors writes through its own temporary file, which is private (0600): a bundle shared
-    with other users or a serving account would be unreadable to them.
-    """
-    umask = os.umask(0)
-    os.umask(umask)
-    for path in [root, *root.rglob("*")]:
-        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def _replace_dir(new: Path, target: Path) -> None:

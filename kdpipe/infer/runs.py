@@ -92,9 +92,7 @@ def image_independent_class_features(method, classnames: list[str]):
     """Class features for a fixed index; refused for methods whose class features depend on the image."""
     import torch
 
-    from kdpipe.methods import PromptMethod
-
-    if type(method).logits is not PromptMethod.logits:
+    if method.conditions_on_image:
         raise KdpipeError(f"{method.name} conditions its class features on each image, so it cannot classify through a fixed class index")
     with torch.no_grad(), torch.autocast(method.device.type, enabled=False):
         return method.class_features(classnames).float().cpu()

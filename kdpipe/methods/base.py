@@ -76,6 +76,12 @@ class PromptMethod(nn.Module):
             self._text_cache[key] = feats
         return self._text_cache[key]
 
+    @property
+    def conditions_on_image(self) -> bool:
+        """Whether class features depend on the image (the method has its own ``logits``, e.g.
+        CoCoOp): such a method cannot score through stored features or a fixed class index."""
+        return type(self).logits is not PromptMethod.logits
+
     def logits(
         self,
         images: torch.Tensor,

@@ -28,15 +28,10 @@ def save_learned(method, path: str | os.PathLike) -> Path:
 
 def read_learned(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The learned state and its metadata (which method, backbone, classes, config)."""
-    from safetensors import SafetensorError
-
     path = Path(path)
     if not path.is_file():
         raise KdpipeError(f"method state {path} does not exist")
-    try:
-        state, meta = read_tensors(path)
-    except (OSError, ValueError, SafetensorError) as e:
-        raise KdpipeError(f"{path} is not a readable kdpipe method state ({e})") from None
+    state, meta = read_tensors(path)  # a damaged file is a one-line KdpipeError there
     if not isinstance(meta.get(_META_KEY), dict):
         raise KdpipeError(f"{path} is a safetensors file but not a kdpipe method state (no {_META_KEY} metadata)")
     return state, meta[_META_KEY]

@@ -38,7 +38,7 @@ side) and :mod:`~kdpipe.pipeline.status`. Stages import what they need from here
 from kdpipe.pipeline.context import StageContext
 from kdpipe.pipeline.graph import GRAPH, SEED_KEY, SEEDS_KEY, STAGE_MODULES_ENV, StageGraph, StageSpec, pipeline, register_stage
 from kdpipe.pipeline.hashing import digest, dir_listing, sha256_file
-from kdpipe.pipeline.lock import RunLock, check_run_dir, read_run_settings, write_run_settings
+from kdpipe.pipeline.lock import RunLock, check_run_dir, read_run_settings, remembered_settings, write_run_settings
 from kdpipe.pipeline.manifest import ManifestVersionError, read_manifest
 from kdpipe.pipeline.plan import Plan, StageStatus
 from kdpipe.pipeline.runner import RunReport, run_stages
@@ -47,6 +47,6 @@ from kdpipe.pipeline.status import format_status, stage_statuses, summarize
 __all__ = [
     "GRAPH", "SEED_KEY", "SEEDS_KEY", "STAGE_MODULES_ENV", "ManifestVersionError", "Plan", "RunLock", "RunReport",
     "StageContext", "StageGraph", "StageSpec", "StageStatus", "check_run_dir", "digest", "dir_listing", "format_status",
-    "pipeline", "read_manifest", "read_run_settings", "register_stage", "run_stages", "sha256_file", "stage_statuses",
+    "pipeline", "read_manifest", "read_run_settings", "register_stage", "remembered_settings", "run_stages", "sha256_file", "stage_statuses",
     "summarize", "write_run_settings",
 ]

@@ -44,14 +44,15 @@ class FolderLock:
 
     name = LOCK
     what = "folder"
+    busy = "folder {where} is in use by another kdpipe process{who}"  # the one-line refusal
 
     def __init__(self, folder: Path):
         self.path = Path(folder) / self.name
+        self.target = Path(folder)  # what the message names
         self.fd: int | None = None
 
     def busy_message(self, pid: int | None) -> str:
-        who = f" (pid {pid})" if pid else ""
-        return f"{self.what} {self.path.parent} is in use by another kdpipe process{who}"
+        return self.busy.format(where=self.target, who=f" (pid {pid})" if pid else "")
 
     def __enter__(self) -> "FolderLock":
         ensure_dir(self.path.parent, self.what)
@@ -103,10 +104,7 @@ class RunLock(FolderLock):
     """One kdpipe run at a time in a run directory."""
 
     what = "run dir"
-
-    def busy_message(self, pid: int | None) -> str:
-        who = f" (pid {pid})" if pid else ""
-        return f"run dir {self.path.parent} is in use by another kdpipe run{who}; wait for it to finish or use another --run-dir"
+    busy = "run dir {where} is in use by another kdpipe run{who}; wait for it to finish or use another --run-dir"
 
 
 class StageLock(FolderLock):
@@ -115,10 +113,7 @@ class StageLock(FolderLock):
 
     name = STAGE_LOCK
     what = "stage folder"
-
-    def busy_message(self, pid: int | None) -> str:
-        who = f" (pid {pid})" if pid else ""
-        return f"stage folder {self.path.parent} is still being written by another process{who}; wait for it to exit or stop it"
+    busy = "stage folder {where} is still being written by another process{who}; wait for it to exit or stop it"
 
 
 def _read_pid(fd: int) -> int | None:
@@ -134,15 +129,12 @@ class OutputLock(FolderLock):
     runs on one ``--out`` would both append the images neither had finished."""
 
     what = "the folder of --out"
+    busy = "{where} is being written by another kdpipe classify{who}; wait for it or choose another --out"
 
     def __init__(self, out: Path):
         super().__init__(Path(out).parent)
-        self.out = Path(out)
-        self.path = self.out.with_name(f".{self.out.name}.lock")
-
-    def busy_message(self, pid: int | None) -> str:
-        who = f" (pid {pid})" if pid else ""
-        return f"{self.out} is being written by another kdpipe classify{who}; wait for it or choose another --out"
+        self.target = Path(out)
+        self.path = self.target.with_name(f".{self.target.name}.lock")
 
 
 # ---- run settings (what the run dir was last run with) ------------------------------------------
@@ -155,6 +147,13 @@ def read_run_settings(run_dir: Path) -> dict | None:
         return None
     check_format(data, Path(run_dir) / RUN_SETTINGS)
     return data
+
+
+def remembered_settings(run_dir: Path) -> tuple[str | None, dict[str, tuple[Any, str]]]:
+    """What ``run.json`` remembers, as ``settings_from_cli`` takes it: (recipe, key -> (value, source))."""
+    saved = read_run_settings(run_dir) or {}
+    where = Path(run_dir) / RUN_SETTINGS
+    return saved.get("recipe"), {k: (v, f"{k}={v} saved in {where}") for k, v in saved.get("overrides", {}).items()}
 
 
 def write_run_settings(run_dir: Path, recipe: str | None, overrides: dict[str, Any]) -> None:

@@ -59,6 +59,19 @@ def _diff_values(key: str, old: Any, new: Any) -> list[str]:
     return [f"{key} {_show(old)} -> {_show(new)}"]
 
 
+def _changes(old: dict, new: dict, added: str, removed: str, changed) -> list[str]:
+    """Why two records differ, key by key: ``added`` / ``removed`` formats, ``changed(key, old, new)``."""
+    out: list[str] = []
+    for key in sorted(set(old) | set(new)):
+        if key not in old:
+            out.append(added.format(key))
+        elif key not in new:
+            out.append(removed.format(key))
+        elif old[key] != new[key]:
+            out += changed(key, old[key], new[key])
+    return out
+
+
 def _show(value: Any) -> str:
     if value is _UNSET:
         return "(unset)"
@@ -176,22 +189,10 @@ class Plan:
             reasons = []
             if manifest.get("stage_version") != exp.version:
                 reasons.append(f"stage code version {manifest.get('stage_version')} -> {exp.version}")
-            old_cfg = manifest.get("config") or {}
-            for key in sorted(set(old_cfg) | set(exp.config)):
-                if key not in old_cfg:
-                    reasons.append(f"now reads {key}")
-                elif key not in exp.config:
-                    reasons.append(f"no longer reads {key}")
-                elif old_cfg[key] != exp.config[key]:
-                    reasons += _diff_values(key, old_cfg[key], exp.config[key])
+            reasons += _changes(manifest.get("config") or {}, exp.config, "now reads {}", "no longer reads {}", _diff_values)
             old_up = {k: v.get("fingerprint") for k, v in (manifest.get("upstream") or {}).items()}
-            for dep in sorted(set(old_up) | set(exp.upstream)):
-                if dep not in old_up:
-                    reasons.append(f"new upstream {dep}")
-                elif dep not in exp.upstream:
-                    reasons.append(f"upstream {dep} removed")
-                elif old_up[dep] != exp.upstream[dep]:
-                    reasons.append(f"upstream {dep} changed")
+            reasons += _changes(old_up, exp.upstream, "new upstream {}", "upstream {} removed",
+                                lambda dep, old, new: [f"upstream {dep} changed"])
             if manifest.get("identity") != exp.identity:
                 reasons.append("input data changed")
             return "; ".join(reasons) or "fingerprint changed"

@@ -48,7 +48,7 @@ def method_scorer(method, role: str, classnames: list[str]) -> Scorer:
     per batch for image-conditioned ones (CoCoOp)."""
     import torch
 
-    if conditions_on_image(method):
+    if method.conditions_on_image:
         return Scorer(method.name, role, method.backbone, lambda images: method.logits(images, classnames=classnames))
     with torch.no_grad(), torch.autocast(method.device.type, enabled=False):
         feats = method.class_features(classnames).float()
@@ -59,16 +59,9 @@ def teacher_scorer(teacher, tf) -> Scorer:
     """The teacher against the rows its text side gave in ``text-features`` (``tf``, a
     :class:`~kdpipe.artefacts.class_features.ClassFeatures`): the same numbers without a second text
     pass. Its own logit scale applies, the one stored with the rows."""
-    if conditions_on_image(teacher):
+    if teacher.conditions_on_image:
         return method_scorer(teacher, "teacher", tf.classnames)
     return features_scorer(teacher, "teacher", tf.features)
-
-
-def conditions_on_image(method) -> bool:
-    """Whether ``method``'s class features depend on the image (its own ``logits``, e.g. CoCoOp)."""
-    from kdpipe.methods import PromptMethod
-
-    return type(method).logits is not PromptMethod.logits
 
 
 def collect_logits(scorers: list[Scorer], items, batch_size: int, workers: int, device, amp: bool, progress=None):
