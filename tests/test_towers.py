@@ -96,3 +96,35 @@ def test_bool_mask_refused(tiny_student):
     x = torch.randn(1, 4, tiny_student.dims.text_width)
     with pytest.raises(TypeError):
         _run_blocks(tiny_student.model.transformer, x, torch.ones(4, 4, dtype=torch.bool), None, None)
+
+
+def test_training_path_runs_sequence_first_and_gives_the_block_path_result(tiny_student):
+    """With gradients on, the towers run open_clip's blocks sequence-first (the reference layout);
+    the result is the batch-first blocks' up to float rounding, prompts and all, and gradients reach the prompts."""
+    import kdpipe.clip.towers as towers
+
+    clip = FrozenCLIP(tiny_student.model)
+    w = tiny_student.dims.vision_width
+    first = torch.randn(2, w, requires_grad=True)
+    deep = [torch.randn(2, w) for _ in range(tiny_student.dims.vision_layers - 1)]
+    images = torch.randn(3, 3, tiny_student.dims.image_size, tiny_student.dims.image_size)
+    calls = []
+    original = towers._sequence_first_block
+    towers._sequence_first_block = lambda *a: calls.append(1) or original(*a)
+    try:
+        trained = clip.vision(images, first, deep)
+    finally:
+        towers._sequence_first_block = original
+    assert calls, "the training path did not run sequence-first"
+    with torch.no_grad():
+        inferred = clip.vision(images, first, deep)
+    torch.testing.assert_close(trained.detach(), inferred, rtol=1e-4, atol=1e-5)
+    trained.sum().backward()
+    assert first.grad is not None and first.grad.abs().sum() > 0
+    tokens = tiny_student.tokenizer(["a photo of a red circle."])
+    emb = clip.text.embed(tokens).requires_grad_(True)
+    tdeep = [torch.randn(2, tiny_student.dims.text_width) for _ in range(2)]
+    trained_text = clip.text(emb, tokens, deep_prompts=tdeep)
+    with torch.no_grad():
+        inferred_text = clip.text(emb, tokens, deep_prompts=tdeep)
+    torch.testing.assert_close(trained_text.detach(), inferred_text, rtol=1e-4, atol=1e-5)

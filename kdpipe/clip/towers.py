@@ -20,12 +20,35 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
 def _expand(prompts: torch.Tensor, batch: int, dtype: torch.dtype) -> torch.Tensor:
     prompts = prompts.to(dtype)
     return prompts.unsqueeze(0).expand(batch, -1, -1) if prompts.dim() == 2 else prompts
+
+
+def _plain_block(block: nn.Module) -> bool:
+    """open_clip's standard block (self-attention through nn.MultiheadAttention, no cross-attention)."""
+    from open_clip.transformer import ResidualAttentionBlock
+
+    return (type(block) is ResidualAttentionBlock and type(block.attn) is nn.MultiheadAttention
+            and block.attn.batch_first and not hasattr(block, "ln_1_kv") and block.attn.dropout == 0.0)
+
+
+def _sequence_first_block(block: nn.Module, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+    """``block(x)`` for sequence-first ``x`` ``[L, B, W]``: the same ops without the transposes
+    ``nn.MultiheadAttention(batch_first=True)`` makes around every call."""
+    attn = block.attn
+    h = block.ln_1(x)
+    a = F.multi_head_attention_forward(
+        h, h, h, attn.embed_dim, attn.num_heads, attn.in_proj_weight, attn.in_proj_bias, None, None, False, 0.0,
+        attn.out_proj.weight, attn.out_proj.bias, training=False, need_weights=False,
+        attn_mask=attn_mask.to(h.dtype) if attn_mask is not None else None,
+    )[0]
+    x = x + block.ls_1(a)
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
 def _run_blocks(
@@ -41,19 +64,23 @@ def _run_blocks(
         # are additive; mixing them up silently corrupts attention, so refuse bool masks outright.
         raise TypeError("prompted towers take additive float attention masks only")
     batch_first = getattr(transformer, "batch_first", True)
+    if batch_first and torch.is_grad_enabled() and all(_plain_block(b) for b in transformer.resblocks):
+        # Training (gradients flow to the prompts through every block): run sequence-first, as
+        # OpenAI's CLIP code and the reference repos do, without the transposes around every
+        # batch-first nn.MultiheadAttention call. Inference keeps open_clip's own blocks
+        # (bit-identical to encode_image, and nn.MultiheadAttention's fast path).
+        run_block, batch_first = _sequence_first_block, False
+    else:
+        def run_block(block, x, mask):
+            return block(x, attn_mask=mask)
+    seq = 1 if batch_first else 0
     if not batch_first:
         x = x.transpose(0, 1).contiguous()
     for k, block in enumerate(transformer.resblocks):
         if k > 0 and deep_prompts is not None and k - 1 < len(deep_prompts) and deep_prompts[k - 1] is not None:
-            if not batch_first:
-                x = x.transpose(0, 1)
-            x = replace(x, deep_prompts[k - 1])
-            if not batch_first:
-                x = x.transpose(0, 1).contiguous()
-        x = block(x, attn_mask=attn_mask)
-    if not batch_first:
-        x = x.transpose(0, 1)
-    return x
+            x = replace(x, deep_prompts[k - 1], seq)
+        x = run_block(block, x, attn_mask)
+    return x if batch_first else x.transpose(0, 1)
 
 
 class PromptedVision(nn.Module):
@@ -87,8 +114,9 @@ class PromptedVision(nn.Module):
             x = torch.cat([x, _expand(prompts, x.shape[0], x.dtype)], dim=1)
         x = v.ln_pre(x)
 
-        def replace(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-            return torch.cat([x[:, :n_tokens], _expand(p, x.shape[0], x.dtype)], dim=1)
+        def replace(x: torch.Tensor, p: torch.Tensor, seq: int = 1) -> torch.Tensor:
+            p = _expand(p, x.shape[1 - seq], x.dtype)
+            return torch.cat([x.narrow(seq, 0, n_tokens), p if seq == 1 else p.transpose(0, 1)], dim=seq)
 
         if deep_prompts is not None and prompts is None:
             raise ValueError("deep vision prompts need input prompts to replace")
@@ -157,9 +185,11 @@ class PromptedText(nn.Module):
             embeddings, tokens, pos, mask = embeddings[:, :length], tokens[:, :length], pos[:length], mask[:length, :length]
         x = embeddings + pos.to(self.dtype)
 
-        def replace(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-            p = _expand(p, x.shape[0], x.dtype)
-            return torch.cat([x[:, :ctx_start], p, x[:, ctx_start + p.shape[1] :]], dim=1)
+        def replace(x: torch.Tensor, p: torch.Tensor, seq: int = 1) -> torch.Tensor:
+            p = _expand(p, x.shape[1 - seq], x.dtype)
+            end = ctx_start + p.shape[1]
+            parts = [x.narrow(seq, 0, ctx_start), p if seq == 1 else p.transpose(0, 1), x.narrow(seq, end, x.shape[seq] - end)]
+            return torch.cat(parts, dim=seq)
 
         x = _run_blocks(c.transformer, x, mask, deep_prompts, replace)
         x = c.ln_final(x)
