@@ -5,7 +5,10 @@ model's speed and nothing else. Measured: ``classify`` over the same images as J
 webdataset shards (written by ``kdpipe shards write``), with its decoding workers, index search and
 output writing. The ratio is baseline time / classify time: 1.0 means the pipeline costs nothing
 beyond the model. Where the time goes: decode, preprocess, model, search and write, each timed on
-its own in this process (in ``classify`` decoding and preprocessing run in workers beside the model).
+its own in this process on up to 256 distinct photos and scaled to all images (in ``classify``
+decoding and preprocessing run in workers beside the model); the images past 256 are copies. On a
+CUDA device classify also runs as ``kdpipe classify`` does there (``--decode cpu``: PIL workers
+ship uint8 pixels; ``--decode gpu``: nvJPEG), and every model call runs under classify's autocast.
 
 The model is zero-shot CLIP on the backbone (its image encoder is ``encode_image`` block by block),
 with random unit class features: the weights do not change the timing, and no text pass is needed.
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +42,8 @@ class ClassifyBench:
     shards_s: float  # classify from shards, end to end
     stages_s: dict[str, float]  # decode, preprocess, model, search, write, each alone
     rows: dict[str, int]  # rows each classify run wrote (every image, or the timing is of less work)
+    # CUDA only: "files|shards, <decode>" -> seconds with classify's own decode choice (--decode cpu|gpu)
+    device_decode_s: dict[str, float] = field(default_factory=dict)
 
     @property
     def files_ratio(self) -> float:
@@ -75,14 +80,34 @@ def synthetic_photos(folder: Path, count: int, size: tuple[int, int] = (500, 375
     return paths
 
 
+DISTINCT = 256  # distinct photos; more images are copies of them (as costly to decode, quick to make)
+
+
+def photo_files(folder: Path, count: int) -> list[Path]:
+    """``count`` JPEG files: :func:`synthetic_photos`, copied round-robin past :data:`DISTINCT`."""
+    import shutil
+
+    paths = synthetic_photos(folder, min(count, DISTINCT))
+    for i in range(len(paths), count):
+        paths.append(Path(shutil.copyfile(paths[i % DISTINCT], folder / f"photo-{i:05d}.jpg")))
+    return paths
+
+
 def _batches(tensors: list[torch.Tensor], batch: int) -> list[torch.Tensor]:
     return [torch.stack(tensors[i:i + batch]) for i in range(0, len(tensors), batch)]
 
 
 def _timed(fn) -> tuple[Any, float]:
+    _sync()
     start = time.perf_counter()
     out = fn()
+    _sync()  # GPU work is asynchronous: the time is the work's, not its launch's
     return out, time.perf_counter() - start
+
+
+def _sync() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 def bench_classify(backbone_spec: str, images: int, classes: int, batch: int, top_k: int, workers: int,
@@ -92,9 +117,11 @@ def bench_classify(backbone_spec: str, images: int, classes: int, batch: int, to
     from kdpipe.data.shards import write_shards
     from kdpipe.infer.bundle import ClassModel
     from kdpipe.infer.classify import classify
+    from kdpipe.infer.device_decode import for_device
     from kdpipe.infer.sources import open_source
     from kdpipe.infer.writers import ResultWriter, Row
     from kdpipe.methods import build_method
+    from kdpipe.train.device import autocast
 
     say = progress or (lambda msg: None)
     dev = torch.device(device)
@@ -109,40 +136,56 @@ def bench_classify(backbone_spec: str, images: int, classes: int, batch: int, to
     with tempfile.TemporaryDirectory(prefix="kdpipe-bench-classify-") as tmp:
         tmp = Path(tmp)
         say(f"writing {images} JPEGs and their shards")
-        paths = synthetic_photos(tmp / "photos", images)
-        write_shards([str(p) for p in paths], tmp / "shards", per_shard=max(1, images // 4))
+        paths = photo_files(tmp / "photos", images)
+        # at least two shards per worker: a shard is read by one worker, so fewer would idle workers
+        write_shards([str(p) for p in paths], tmp / "shards", per_shard=max(1, images // max(4, 2 * workers)))
         shard_pattern = str(tmp / "shards" / "*.tar")
 
+        # each stage alone, on the distinct photos (scaled to all images), one process
+        sample = paths[:DISTINCT]
+        scale = images / len(sample)
         say("timing each stage alone")
-        decoded, t_decode = _timed(lambda: [load_rgb(p) for p in paths])
+        decoded, t_decode = _timed(lambda: [load_rgb(p) for p in sample])
         tensors, t_pre = _timed(lambda: [transform(img) for img in decoded])
-        batches = _batches(tensors, batch)
-        with torch.inference_mode():
+        distinct = _batches(tensors, batch)
+        batches = [distinct[i % len(distinct)] for i in range(-(-images // batch))]  # as many images as classify sees
+        # the model under the autocast classify uses (bf16/fp16 on CUDA, none on the CPU)
+        with torch.inference_mode(), autocast(dev):
             encoder(batches[0].to(dev))  # warm-up: thread pools, allocations
             out, t_model = _timed(lambda: [encoder(b.to(dev)) for b in batches])
             _, t_search = _timed(lambda: [index.search(f.float(), top_k) for f in out])
             clip = backbone.model
             clip.encode_image(batches[0].to(dev))
             _, t_base = _timed(lambda: [clip.encode_image(b.to(dev)) for b in batches])
+        t_decode, t_pre = t_decode * scale, t_pre * scale
         rows = [Row(str(p), names[:top_k], [0.5] * top_k, list(range(top_k))) for p in paths]
         writer = ResultWriter(tmp / "write.jsonl", key_column="path", top_k=top_k, model=model.identity())
         _, t_write = _timed(lambda: (writer.append(rows, []), writer.close()))
 
-        def run(spec: str, out: str) -> tuple[int, float]:
+        def run(spec: str, out: str, decode: str | None = None) -> tuple[int, float]:
+            tf = for_device(transform, decode, dev) if decode else transform  # None: float tensors from PIL workers
             summary, seconds = _timed(lambda: classify(encoder, index, names, open_source(spec), tmp / out, top_k=top_k,
-                                                       batch_size=batch, workers=workers, device=dev, progress=False))
+                                                       batch_size=batch, workers=workers, device=dev, progress=False,
+                                                       transform=tf))
             return summary.rows_total, seconds
 
         say("classify from JPEG files")
         rows_files, t_files = run(str(tmp / "photos"), "files.jsonl")
         say("classify from shards")
         rows_shards, t_shards = run(shard_pattern, "shards.jsonl")
+        rows, device_decode = {"files": rows_files, "shards": rows_shards}, {}
+        if dev.type == "cuda":
+            for name, spec in (("files", str(tmp / "photos")), ("shards", shard_pattern)):
+                for decode in ("cpu", "gpu"):
+                    key = f"{name}, --decode {decode}"
+                    say(f"classify from {key}")
+                    rows[key], device_decode[key] = run(spec, f"{name}-{decode}.jsonl", decode)
 
     return ClassifyBench(
         images=images, classes=classes, batch=batch, workers=workers, device=str(dev), torch_threads=torch.get_num_threads(),
         baseline_s=t_base, files_s=t_files, shards_s=t_shards,
         stages_s={"decode": t_decode, "preprocess": t_pre, "model": t_model, "search": t_search, "write": t_write},
-        rows={"files": rows_files, "shards": rows_shards},
+        rows=rows, device_decode_s=device_decode,
     )
 
 
@@ -153,6 +196,9 @@ def summary_lines(res: ClassifyBench) -> list[str]:
         f"classify from JPEG files:     {format_duration(res.files_s)} ({ips(res.files_s):.1f} img/s) = {res.files_ratio:.2f}x the model alone",
         f"classify from shards:         {format_duration(res.shards_s)} ({ips(res.shards_s):.1f} img/s) = {res.shards_ratio:.2f}x the model alone",
     ]
+    for name, seconds in res.device_decode_s.items():
+        lines.append(f"classify from {name + ':':<22} {format_duration(seconds)} ({ips(seconds):.1f} img/s) = "
+                     f"{res.baseline_s / seconds:.2f}x the model alone")
     total = sum(res.stages_s.values())
     parts = ", ".join(f"{k} {v:.2f}s ({100 * v / total:.0f}%)" for k, v in res.stages_s.items())
     return lines + [f"each stage alone, one process: {parts}"]

@@ -128,6 +128,8 @@ def classify(
     transform = transform or getattr(encoder, "transform", None)
     if transform is None:
         raise KdpipeError("classify needs the encoder's preprocessing: pass transform= or an Encoder")
+    # a transform that reads bytes (device_decode.EncodedImage) finishes each batch on the device
+    on_device = getattr(transform, "on_device", None) if getattr(transform, "reads_bytes", False) else None
     if len(classnames) != class_index.ntotal:
         raise KdpipeError(f"{len(classnames)} class names but the class index holds {class_index.ntotal} classes; they must come from the same model")
     if batch_size < 1 or workers < 0 or top_k < 1:
@@ -159,15 +161,19 @@ def classify(
             for batch in source.batches(transform, batch_size, workers, source_done, pin_memory=dev.type == "cuda",
                                         rank=share[0], world=share[1]):
                 rows, feats = [], None
-                if batch.images is not None and batch.keys:
+                images, keys, skipped = batch.images, batch.keys, list(batch.skipped)
+                if images is not None and keys and on_device is not None:  # --decode gpu: decoded here
+                    images, keys, bad = on_device(images, keys, dev)
+                    skipped += bad
+                if images is not None and keys:
                     with autocast(dev, enabled=amp):
-                        feats = encoder(batch.images.to(dev, non_blocking=True)).float()
-                    rows = _rows(batch.keys, feats, class_index, top_k, classnames, scale, meta)
-                rows, skipped = _storable(rows, batch.skipped, emb is not None)
+                        feats = encoder(images.to(dev, non_blocking=True)).float()
+                    rows = _rows(keys, feats, class_index, top_k, classnames, scale, meta)
+                rows, skipped = _storable(rows, skipped, emb is not None)
                 have = writer.append(rows, skipped)
                 if emb is not None and feats is not None:
-                    keep = [i for i, k in enumerate(batch.keys) if k in have]
-                    emb.append([batch.keys[i] for i in keep], feats[keep])
+                    keep = [i for i, k in enumerate(keys) if k in have]
+                    emb.append([keys[i] for i in keep], feats[keep])
                 seen = len(batch.keys) + len(batch.skipped)
                 read += seen
                 already += sum(k in done for k in batch.keys) + sum(k in done for k, _ in batch.skipped)

@@ -13,6 +13,7 @@ lose rows. Resuming therefore needs the input spelled the same way (relative or 
 
 from __future__ import annotations
 
+from kdpipe.data.shards.samples import PackedImages
 from kdpipe.infer.sources import Batch, ImageSource
 
 
@@ -50,7 +51,8 @@ class ShardSource(ImageSource):
             if len(keep) == len(keys):
                 yield Batch(images, keys)
             elif keep:
-                yield Batch(images[keep], [keys[i] for i in keep])
+                kept = [images.unpack()[i] for i in keep] if isinstance(images, PackedImages) else images[keep]
+                yield Batch(kept, [keys[i] for i in keep])
         corrupt = [(sample_key(shard, name), f"{reason} (in {shard})")
                    for (shard, name), reason in sorted(stream.corrupt_reasons.items())]
         corrupt = [(k, why) for k, why in corrupt if k not in done and k not in classified]

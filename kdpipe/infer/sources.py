@@ -27,6 +27,7 @@ from typing import Callable, Iterator
 import torch
 
 from kdpipe.data.images import DECODE_ERRORS, describe_error, load_rgb
+from kdpipe.data.shards.samples import PackedImages, stack_images  # noqa: F401  (PackedImages: Batch.images)
 from kdpipe.dist import worker_init
 from kdpipe.errors import KdpipeError
 
@@ -39,7 +40,9 @@ PATH_COLUMNS = ("path", "image", "image_path", "filepath", "file", "filename", "
 class Batch:
     """Decoded images and their keys; ``skipped`` lists (key, reason) met while making this batch."""
 
-    images: torch.Tensor | None  # [B, 3, H, W], None when every image of the batch was unreadable
+    # [B, 3, H, W], None when every image of the batch was unreadable; uint8 pixels or packed
+    # encoded images when the GPU finishes them (``device_decode``)
+    images: "torch.Tensor | PackedImages | list[torch.Tensor] | None"
     keys: list[str]
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
@@ -90,6 +93,12 @@ class _PathDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         key, path = self.entries[i]
         try:
+            if getattr(self.transform, "reads_bytes", False):  # decoded on the GPU (device_decode)
+                with open(path, "rb") as f:
+                    data = f.read()
+                if not data:
+                    return key, None, "empty file (0 bytes)"
+                return key, self.transform(data), None
             img = load_rgb(path)  # training's decoder: the same file gives the same pixels here
         except DECODE_ERRORS as e:
             return key, None, unreadable_reason(path, e)
@@ -100,7 +109,7 @@ def _collate(items) -> Batch:
     keys = [k for k, img, _ in items if img is not None]
     images = [img for _, img, _ in items if img is not None]
     skipped = [(k, why) for k, img, why in items if img is None]
-    return Batch(torch.stack(images) if images else None, keys, skipped)
+    return Batch(stack_images(images) if images else None, keys, skipped)
 
 
 def loader_kwargs(workers: int, pin_memory: bool) -> dict:

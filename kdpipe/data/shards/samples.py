@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import torch
 from PIL import Image
 
 from kdpipe.data.images import DECODE_ERRORS, describe_error, load_rgb
@@ -57,3 +58,39 @@ def decode_sample(sample: dict, with_labels: bool) -> tuple[Image.Image, int | N
         return load_rgb(data), label
     except DECODE_ERRORS as e:
         raise BadSample(f"undecodable image: {describe_error(e)}") from None
+
+
+def encoded_sample(sample: dict, transform) -> torch.Tensor:
+    """The image member through a transform that reads bytes (``classify --decode gpu``)."""
+    data = image_bytes(sample)
+    try:
+        return transform(data)
+    except DECODE_ERRORS as e:
+        raise BadSample(f"undecodable image: {describe_error(e)}") from None
+
+
+class PackedImages:
+    """Images of different sizes (encoded JPEGs, decoded frames) in one flat uint8 tensor.
+
+    A DataLoader worker hands each tensor of a batch to the main process through a shared-memory
+    block of its own; 256 small tensors per batch cost more than the pixels. Packed, a batch is
+    one block, and ``unpack`` gives views of it, no copy."""
+
+    def __init__(self, images: list[torch.Tensor]):
+        self.shapes = [tuple(img.shape) for img in images]
+        self.data = torch.cat([img.reshape(-1) for img in images])
+
+    def unpack(self) -> list[torch.Tensor]:
+        sizes = [int(torch.Size(s).numel()) for s in self.shapes]
+        return [part.view(s) for part, s in zip(torch.split(self.data, sizes), self.shapes)]
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+
+def stack_images(images: list) -> torch.Tensor | PackedImages:
+    """One batch tensor when the images share a shape (preprocessed floats, or uint8 pixels
+    already cropped in the worker), else one :class:`PackedImages` (``classify --decode gpu``)."""
+    if all(img.shape == images[0].shape for img in images):
+        return torch.stack(images)
+    return PackedImages(images)

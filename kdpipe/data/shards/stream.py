@@ -24,7 +24,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from kdpipe.data.shards.patterns import expand_pattern, expected_counts
-from kdpipe.data.shards.samples import BadSample, decode_sample
+from kdpipe.data.shards.samples import BadSample, decode_sample, encoded_sample, sample_label, stack_images
 from kdpipe.data.shards.tarread import iter_samples
 from kdpipe.data.transforms import apply_seeded, sample_seed
 from kdpipe.dist import worker_init
@@ -108,11 +108,16 @@ class _WorkerSource(torch.utils.data.IterableDataset):
         for sample in _shuffled(self._raw(shards, problems), self.buffer, rng):
             key = sample["__key__"]
             try:
-                img, label = decode_sample(sample, self.with_labels)
+                if getattr(self.transform, "reads_bytes", False):  # decoded on the GPU (classify --decode gpu)
+                    image = encoded_sample(sample, self.transform)
+                    label = sample_label(sample) if self.with_labels else None
+                else:
+                    img, label = decode_sample(sample, self.with_labels)
+                    image = apply_seeded(self.transform, img, sample_seed(self.seed, self.epoch, key))
             except BadSample as e:
                 problems.append((sample["__url__"], key, str(e)))
                 continue
-            images.append(apply_seeded(self.transform, img, sample_seed(self.seed, self.epoch, key)))
+            images.append(image)
             keys.append(key)
             labels.append(label)
             urls.append(sample["__url__"])
@@ -128,7 +133,7 @@ class _WorkerSource(torch.utils.data.IterableDataset):
         if problems:
             yield ("corrupt", list(problems))
             problems.clear()
-        batch = (torch.stack(images), list(keys))
+        batch = (stack_images(images), list(keys))
         if self.with_labels:
             batch = batch + (torch.tensor(labels, dtype=torch.long),)
         if self.with_urls:
