@@ -134,5 +134,90 @@ def classify(
     _write_json_out(json_out, res.as_dict())
 
 
+def _int_list(value: str, option: str) -> list[int]:
+    from kdpipe.errors import KdpipeError
+
+    try:
+        items = [int(c) for c in value.split(",") if c.strip()]
+    except ValueError:
+        items = []
+    if not items or min(items) < 1:
+        raise KdpipeError(f"{option} {value!r}: expected comma-separated positive integers like 50,1000")
+    return items
+
+
+@bench_app.command("distill")
+def distill(
+    teacher: str = typer.Option("ViT-L-14", help="teacher backbone spec (random init when no weights are given: the timing is the same)"),
+    student: str = typer.Option("ViT-B-16", help="student backbone spec"),
+    classes: str = typer.Option("10,50", help="class counts for the reference step (its text tower encodes them all every step), comma-separated"),
+    batch: int = typer.Option(8, help="images per step (the reference recipe's 8; 256 on a GPU)"),
+    rounds: int = typer.Option(3, help="interleaved timed rounds (after one warm-up step of each variant)"),
+    device: str = typer.Option("cpu", help="cpu, cuda or auto"),
+    amp: bool = typer.Option(True, "--amp/--no-amp", help="autocast on CUDA (bf16 where supported), as distill runs; CPU is always fp32"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the numbers here"),
+) -> None:
+    """One distillation step: the reference's (teacher image + text towers) vs kdpipe's (stored class
+    features), kdpipe's with cached teacher features, and the student alone."""
+    from kdpipe.distill.bench import bench_distill, summary_lines
+    from kdpipe.errors import KdpipeError
+    from kdpipe.train.device import pick_device
+
+    sizes = _int_list(classes, "--classes")
+    if batch < 2 or rounds < 1:
+        raise KdpipeError("--batch must be >= 2 (the projector's BatchNorm) and --rounds >= 1")
+    res = bench_distill(teacher, student, sizes, batch, rounds, str(pick_device(device)), amp,
+                        progress=lambda msg: typer.echo(msg, err=True))
+    typer.echo(f"{teacher} -> {student}, batch {res.batch}, {res.image_size} px, {res.device}, {res.precision}, "
+               f"torch threads {res.torch_threads}, {res.rounds} interleaved rounds")
+    for line in summary_lines(res):
+        typer.echo(line)
+    _write_json_out(json_out, res.as_dict())
+
+
+@bench_app.command("gpu")
+def gpu(
+    out: Path = typer.Option(Path("gpu-check"), "--out", "-o", help="folder for gpu-check.json and gpu-check.md"),
+    images: int = typer.Option(8192, help="synthetic JPEGs for the classify bench"),
+    workers: Optional[int] = typer.Option(None, help="classify's decoding processes (default: cores - 2, at most 16)"),
+    rounds: int = typer.Option(3, help="interleaved rounds of the distill bench"),
+) -> None:
+    """The GPU check, one command: GPU tests (pytest -m gpu), bench distill (ViT-L/14 -> ViT-B/16,
+    batch 256) and bench classify (ViT-B/16, PIL and nvJPEG decoding); one table. Needs CUDA and a
+    source checkout (the tests)."""
+    import os
+
+    from kdpipe.gpu_check import gpu_check
+
+    n = workers if workers is not None else max(1, min(16, (os.cpu_count() or 2) - 2))
+    res = gpu_check(out, images, n, rounds, say=lambda msg: typer.echo(msg, err=True))
+    typer.echo(res.markdown())
+    typer.echo(f"written to {out}/gpu-check.md and gpu-check.json")
+    if res.failed:
+        raise typer.Exit(1)
+
+
+@bench_app.command("memory")
+def memory(
+    images: str = typer.Option("400,4000", help="unlabeled/classified image counts, comma-separated (the ratio is last / first)"),
+    workers: int = typer.Option(2, help="DataLoader decoding workers of distill and classify"),
+    batch: int = typer.Option(32, help="distill's batch size"),
+    cache_views: int = typer.Option(0, "--cache-views", help="distill.cache_views (its cache holds [V, N, D] features: grows with N by design)"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the numbers here"),
+) -> None:
+    """Peak RSS of distill and classify over 1x and 10x the images, each in a fresh process: streaming
+    keeps it flat (goal: 10x / 1x <= 1.05)."""
+    from kdpipe.bench_memory import bench_memory, summary_lines
+    from kdpipe.errors import KdpipeError
+
+    if workers < 0 or batch < 2 or cache_views < 0:
+        raise KdpipeError("--workers and --cache-views must be >= 0, --batch >= 2 (the projector's BatchNorm)")
+    res = bench_memory(_int_list(images, "--images"), workers, batch, cache_views, say=lambda msg: typer.echo(msg, err=True))
+    typer.echo(f"{res.machine}; {res.workers} workers, distill batch {res.batch}, cache_views {res.cache_views}")
+    for line in summary_lines(res):
+        typer.echo(line)
+    _write_json_out(json_out, res.as_dict())
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(bench_app, name="bench")
