@@ -16,7 +16,7 @@ app = typer.Typer(
     name="kdpipe",
     help="Distil a large CLIP into a small one with prompt learning on unlabeled images, then classify offline.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion SHELL (bash, zsh, fish, powershell)
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -61,6 +61,16 @@ def main() -> None:
     except KdpipeError as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(e.exit_code)
+    except OSError as e:
+        # a full disk, a quota or a read-only file system met outside kdpipe's own writers (which say
+        # so themselves): one line too; any other OSError is a bug and keeps its traceback
+        from kdpipe.io import disk_problem
+
+        problem = disk_problem(e)
+        if problem is None:
+            raise
+        typer.echo(f"error: {problem}", err=True)
+        sys.exit(problem.exit_code)
     except KeyboardInterrupt:
         typer.echo("interrupted: finished stages are kept; run the same command again to resume", err=True)
         sys.exit(130)

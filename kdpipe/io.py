@@ -8,22 +8,62 @@ never pickle) are the only formats kdpipe writes for itself.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
+import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 
+# What a user fixes by freeing space or choosing another place, never a bug: these OSErrors, and
+# only these, become one-line KdpipeErrors (a broad catch would hide real bugs behind a message).
+DISK_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+               errno.EROFS: "the file system is read-only"}
+
+
+def disk_problem(error: BaseException, path: str | os.PathLike | None = None, needed: int | None = None):
+    """The one-line KdpipeError for a write that failed because of the disk, or None for any other error.
+
+    ``path`` is the file being written (``error.filename`` when not given), ``needed`` its size in
+    bytes when known."""
+    from kdpipe.errors import KdpipeError
+
+    if not isinstance(error, OSError) or error.errno not in DISK_ERRNOS:
+        return None
+    where = path if path is not None else error.filename
+    what = DISK_ERRNOS[error.errno] + (f" ({needed:,} bytes needed)" if needed else "")
+    fix = "write somewhere else" if error.errno == errno.EROFS else "free some space"
+    return KdpipeError(f"cannot write {where or 'a file'}: {what}; {fix} and run the same command again "
+                       "(finished work is kept)")
+
+
 @contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling of ``path``; it replaces ``path`` only if the block succeeds."""
+def disk_errors(path: str | os.PathLike | None = None, needed: int | None = None) -> Iterator[None]:
+    """Turn a full disk, a quota or a read-only file system in the block into :func:`disk_problem`'s line."""
+    try:
+        yield
+    except OSError as e:
+        problem = disk_problem(e, path, needed)
+        if problem is None:
+            raise
+        raise problem from None
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, needed: int | None = None) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path``; it replaces ``path`` only if the block succeeds.
+
+    The temporary file is removed whatever happens; a full disk is one line naming ``path`` (and
+    ``needed``, its size in bytes, when the caller knows it)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        yield tmp
-        os.replace(tmp, path)
+        with disk_errors(path, needed):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            yield tmp
+            os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -46,9 +86,10 @@ def json_default(obj: Any) -> Any:
 
 def write_text(path: str | os.PathLike, text: str, *, fsync: bool = False) -> Path:
     """Write ``text`` atomically; ``fsync`` also forces it to disk (manifests, run state)."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
+    data = text.encode("utf-8")
+    with atomic_path(path, needed=len(data)) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
             if fsync:
                 f.flush()
                 os.fsync(f.fileno())
@@ -74,11 +115,20 @@ def read_json_or_none(path: str | os.PathLike) -> Any:
 
 def write_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict[str, str] | None = None) -> Path:
     """Tensors as safetensors, atomically and with the user's umask (safetensors itself writes 0600)."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     state = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=metadata)
+    size = sum(t.numel() * t.element_size() for t in state.values())  # the header adds a little
+    with atomic_path(path, needed=size) as tmp:
+        try:
+            save_file(state, str(tmp), metadata=metadata)
+        except SafetensorError as e:
+            # safetensors reports a failed write as "... I/O error: ... (os error 28)": give it its errno back
+            code = re.search(r"\(os error (\d+)\)", str(e))
+            if code is None:
+                raise
+            raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(tmp)) from e
         os.chmod(tmp, 0o666 & ~current_umask())
     return Path(path)
 

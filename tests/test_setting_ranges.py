@@ -191,3 +191,40 @@ def test_model_specs_are_checked_up_front_but_not_those_a_stage_writes(tmp_path)
     with pytest.raises(KdpipeError, match=r"student.backbone = 'nosuchmodel'.*unknown model"):
         check_model_specs(cfg, tmp_path / "run")
     check_model_specs(settings_from_cli(None, ["teacher.backbone=kd-tiny-t", "student.backbone=kd-tiny-s"]).config, tmp_path / "run")
+
+
+# ---- the demo world's settings and the method-specific ones (prompt length, depth, loss weights) ----
+@pytest.mark.parametrize("setting", [
+    "world.seed=-1", "world.student_steps=-1", "world.teacher_steps=-5", "world.lr=-0.1", "world.lr=nan",
+    "world.train_per_class=0", "world.val_per_class=0", "world.test_per_class=-2", "world.processes=0",
+    "teacher.promptsrc.n_ctx_text=0", "teacher.promptsrc.n_ctx_vision=-1", "teacher.promptsrc.depth_text=0",
+    "teacher.promptsrc.depth_vision=0", "teacher.promptsrc.gpa_std=0", "teacher.promptsrc.gpa_mean=0",
+    "teacher.promptsrc.gpa_ref_epochs=0", "teacher.promptsrc.text_loss_weight=-1", "teacher.promptsrc.kl_weight=inf",
+    "baselines.coop.n_ctx=0", "baselines.cocoop.n_ctx=0", "baselines.ivlp.depth_text=0", "baselines.maple.n_ctx=0",
+    "baselines.maple.depth=0", "baselines.mudpt.n_ctx=0", "baselines.mudpt.depth=0", "baselines.mudpt.fusion_mlp_ratio=0",
+    "baselines.vpt.n_ctx=-1", "baselines.vpt.depth=0",
+])
+def test_world_and_method_specific_settings_are_refused_at_parse_time(setting):
+    key = setting.split("=")[0]
+    assert refused(setting).startswith(key + " must be"), refused(setting)
+
+
+def test_their_edges_are_accepted():
+    cfg = settings_from_cli(None, ["world.seed=0", "world.lr=0", "world.student_steps=0", "world.train_per_class=1",
+                                   "baselines.vpt.n_ctx=0", "teacher.promptsrc.n_ctx_vision=0", "teacher.promptsrc.kl_weight=0",
+                                   "baselines.maple.depth=1"]).config
+    assert cfg["world"].seed == 0 and cfg["world"].train_per_class == 1
+
+
+def test_every_numeric_field_of_the_world_and_of_every_method_declares_a_range():
+    from kdpipe.methods.registry import get_method, list_methods
+    from kdpipe.stages.world import WorldConfig
+
+    unbounded = []
+    for cls, label in [(WorldConfig, "world"), *[(get_method(m).config_cls, m) for m in list_methods()]]:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if hints[f.name] in (int, float) and field_bounds(cls, f.name) is None:
+                unbounded.append(f"{label}.{f.name}")
+    # zero-shot's epochs = 0 means "nothing to train": the inherited epochs >= 1 does not apply to it
+    assert unbounded == ["zeroshot.epochs"], f"numeric settings without a declared range: {unbounded}"

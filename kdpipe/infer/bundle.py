@@ -186,9 +186,16 @@ def _tensor_bytes(t: torch.Tensor) -> bytes:
 
 
 # ---------------------------------------------------------------------------------- write
+def export_steps(with_teacher_text: bool) -> list[str]:
+    """The parts :func:`export_bundle` writes, in order: what its ``progress`` is called with."""
+    return ["weights", "class features", "class index"] + (["teacher text"] if with_teacher_text else []) + ["bundle.json"]
+
+
 def export_bundle(model: ClassModel, out: str | Path, *, index_kind: str = "auto", with_teacher_text: bool = False,
-                  overwrite: bool = False) -> Path:
-    """Write ``model`` as a bundle folder at ``out`` (built beside it, then renamed into place)."""
+                  overwrite: bool = False, progress: Callable[[str], None] | None = None) -> Path:
+    """Write ``model`` as a bundle folder at ``out`` (built beside it, then renamed into place);
+    ``progress(part)`` after each of :func:`export_steps` (a ViT-L's weights take seconds)."""
+    done = progress or (lambda part: None)
     import kdpipe
     from kdpipe.clip.backbones import TOWERS
     from kdpipe.infer.index import ClassIndex
@@ -209,11 +216,15 @@ def export_bundle(model: ClassModel, out: str | Path, *, index_kind: str = "auto
         method = model.method
         # a method scoring given class features (the student) never runs its own text tower
         _save_method(method, tmp, ("visual",) if method.needs_class_features else TOWERS)
+        done("weights")
         write_class_features(tmp / FEATURES_FILE, ClassFeatures(model.class_features, model.classnames, model.logit_scale, model.num_base))
+        done("class features")
         ClassIndex.build(model.class_features, index_kind).save(tmp / INDEX_FILE)
+        done("class index")
         if teacher is not None:
             (tmp / TEACHER_DIR).mkdir()
             _save_method(teacher, tmp / TEACHER_DIR, ("text",))  # it only ever encodes class names here
+            done("teacher text")
         bb = method.backbone
         info = {
             "format": BUNDLE_FORMAT,
@@ -232,6 +243,7 @@ def export_bundle(model: ClassModel, out: str | Path, *, index_kind: str = "auto
         }
         (tmp / BUNDLE_FILE).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
         _replace_dir(tmp, out)
+        done("bundle.json")
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -266,6 +278,8 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> ClassMo
     """Rebuild the model of a bundle folder on ``device``; needs nothing outside the folder."""
     path = Path(path)
     info_file = path / BUNDLE_FILE
+    if path.is_dir():
+        refuse_links_out(path)
     if not info_file.is_file():
         raise KdpipeError(f"{path} is not a kdpipe bundle (no {BUNDLE_FILE}); make one with kdpipe export --run-dir RUN --out {path}")
     try:
@@ -293,6 +307,24 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> ClassMo
         source=f"bundle {path}", provenance={**info.get("provenance", {}), "backbone": info["backbone"]["spec"]},
         teacher_loader=teacher_loader, index_path=path / INDEX_FILE,
     )
+
+
+def refuse_links_out(bundle: Path) -> None:
+    """Refuse a bundle holding a link (to a file or a folder) that leads out of its folder.
+
+    A bundle may come from someone else; one of its links could make kdpipe read any file the user
+    can read. Links between the bundle's own files are fine, and so is a link naming the bundle.
+    """
+    root = bundle.resolve()
+    for folder, dirs, files in os.walk(bundle):  # links to folders are listed, never entered
+        for name in dirs + files:
+            entry = Path(folder) / name
+            if entry.is_symlink():
+                target = entry.resolve()
+                if target != root and root not in target.parents:
+                    rel = entry.relative_to(bundle).as_posix()
+                    raise KdpipeError(f"bundle {bundle}: {rel} is a link to {target}, outside the bundle; "
+                                      "refusing to follow it (copy the file into the bundle instead)")
 
 
 def damaged_file(bundle: Path, name: str, reason: str) -> KdpipeError:

@@ -20,6 +20,7 @@ Parquet cannot be appended to, so rows go to atomically written part files, merg
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -31,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from kdpipe.errors import KdpipeError
-from kdpipe.io import atomic_path, read_json_or_none, write_text
+from kdpipe.io import atomic_path, disk_errors, read_json_or_none, write_text
 
 META_FORMAT = "kdpipe-classify-output"
 META_VERSION = 1
@@ -492,14 +493,23 @@ def _csv_line(cells: list[Any]) -> str:
 
 
 def _append_durably(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """Append ``data`` and force it to disk; a failed append (a full disk) is cut off again, so the
+    file keeps whole rows only and the next run resumes after the last of them."""
+    with disk_errors(path, len(data)):
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            end = os.lseek(fd, 0, os.SEEK_END)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            except OSError:
+                with contextlib.suppress(OSError):  # the write's own error is the one to report
+                    os.ftruncate(fd, end)
+                raise
+        finally:
+            os.close(fd)
 
 
 def _fsync_file(path: Path) -> None:

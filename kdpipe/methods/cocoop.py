@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdpipe.methods.base import PromptMethod
+from kdpipe.config import bounded
 from kdpipe.methods.config import MethodConfig
 from kdpipe.methods.prompts import TextContext
 from kdpipe.methods.registry import register_method
@@ -22,7 +23,7 @@ class CoCoOpConfig(MethodConfig):
     description = "CoOp context + Meta-Net bias from the frozen image feature (image-conditioned prompts)"
     reference = "KaiyangZhou/CoOp configs/trainers/CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml (scripts/cocoop/base2new_train.sh)"
 
-    n_ctx: int = 4
+    n_ctx: int = bounded(4, ge=1)
     ctx_init: str = "a photo of a"  # "" = random N(0, 0.02) init
     epochs: int = 10
     batch_size: int = 1

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from kdpipe.methods.base import PromptMethod
+from kdpipe.config import bounded
 from kdpipe.methods.config import MethodConfig
 from kdpipe.methods.prompts import TextContext
 from kdpipe.methods.registry import register_method
@@ -18,7 +19,7 @@ class CoOpConfig(MethodConfig):
     dataset_defaults = {"imagenet": {"epochs": 50}}
     reference = "KaiyangZhou/CoOp configs/trainers/CoOp/vit_b16_ctxv1.yaml (ImageNet: vit_b16_ep50_ctxv1.yaml; scripts/cocoop/base2new_train.sh)"
 
-    n_ctx: int = 4
+    n_ctx: int = bounded(4, ge=1)
     ctx_init: str = "a photo of a"  # "" = random N(0, 0.02) init
     class_specific: bool = False  # one context per class (CSC) instead of one shared
     class_position: str = "end"  # "end", "middle" or "front"

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from kdpipe.config import bounded
 from kdpipe.methods.base import PromptMethod
 from kdpipe.methods.config import MethodConfig
 from kdpipe.methods.prompts import PromptStack, TextContext, deep_prompt_rows, effective_depth
@@ -18,10 +19,10 @@ class IVLPConfig(MethodConfig):
     description = "independent deep text and vision prompts, no coupling between the towers"
     reference = "muzairkhattak/multimodal-prompt-learning configs/trainers/IVLP/vit_b16_c2_ep5_batch4_2+2ctx.yaml (scripts/independent-vlp/base2new_train_ivlp.sh)"
 
-    n_ctx_text: int = 2  # replaces "a photo", "of a" stays as frozen words
-    n_ctx_vision: int = 2
-    depth_text: int = 12  # input + blocks 1..depth-1; capped at the tower's depth
-    depth_vision: int = 12
+    n_ctx_text: int = bounded(2, ge=1)  # replaces "a photo", "of a" stays as frozen words
+    n_ctx_vision: int = bounded(2, ge=0)  # 0: no vision prompts
+    depth_text: int = bounded(12, ge=1)  # input + blocks 1..depth-1; capped at the tower's depth
+    depth_vision: int = bounded(12, ge=1)
     ctx_init: str = "a photo of a"  # learned text tokens start from these words ("" = random)
     epochs: int = 5
     batch_size: int = 4

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdpipe.config import bounded
 from kdpipe.methods.base import PromptMethod
 from kdpipe.methods.config import MethodConfig
 from kdpipe.methods.prompts import TextContext, deep_prompt_rows, effective_depth
@@ -19,8 +20,8 @@ class MaPLeConfig(MethodConfig):
     description = "deep text prompts; vision prompts = one Linear(text->vision) per depth of the text prompts"
     reference = "muzairkhattak/multimodal-prompt-learning configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml (scripts/maple/base2new_train_maple.sh)"
 
-    n_ctx: int = 2  # replaces "a photo", "of a" stays as frozen words
-    depth: int = 9  # same depth on both towers; capped at the shallower tower
+    n_ctx: int = bounded(2, ge=1)  # replaces "a photo", "of a" stays as frozen words
+    depth: int = bounded(9, ge=1)  # same depth on both towers; capped at the shallower tower
     ctx_init: str = "a photo of a"
     epochs: int = 5
     batch_size: int = 4

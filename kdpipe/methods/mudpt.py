@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdpipe.config import bounded
 from kdpipe.methods.base import PromptMethod
 from kdpipe.methods.config import MethodConfig
 from kdpipe.methods.prompts import PromptStack, TextContext, deep_prompt_rows, effective_depth
@@ -29,10 +30,10 @@ class MuDPTConfig(MethodConfig):
         "under TRAINER.MAPLE, which the MuDPT trainer does not read"
     )
 
-    n_ctx: int = 4  # prompt tokens per depth on each tower
-    depth: int = 9  # capped at the shallower tower
+    n_ctx: int = bounded(4, ge=1)  # prompt tokens per depth on each tower
+    depth: int = bounded(9, ge=1)  # capped at the shallower tower
     ctx_init: str = "a photo of a"
-    fusion_mlp_ratio: float = 1.0  # hidden width of the injection block's MLP / its width ("light")
+    fusion_mlp_ratio: float = bounded(1.0, gt=0)  # hidden width of the injection block's MLP / its width ("light")
     epochs: int = 10
     batch_size: int = 4
     lr: float = 0.0025

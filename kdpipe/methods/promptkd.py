@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdpipe.config import bounded
 from kdpipe.errors import KdpipeError
 from kdpipe.methods.base import PromptMethod
 from kdpipe.methods.config import MethodConfig
@@ -29,21 +30,15 @@ class PromptKDConfig(MethodConfig):
     )
 
     # the pipeline's student and distill sections take their defaults from these (one source)
-    n_ctx: int = 4  # vision prompt tokens per depth
-    depth: int = 9  # 9 base-to-novel, 3 cross-dataset; capped at the vision tower's depth
-    teacher_dim: int = 768  # the teacher's embed dim (768 for ViT-L/14)
+    n_ctx: int = bounded(4, ge=1)  # vision prompt tokens per depth
+    depth: int = bounded(9, ge=1)  # 9 base-to-novel, 3 cross-dataset; capped at the vision tower's depth
+    teacher_dim: int = bounded(768, ge=1)  # the teacher's embed dim (768 for ViT-L/14)
     epochs: int = 20
     batch_size: int = 8
     lr: float = 0.005
 
     def prompt_shape(self) -> tuple[str, str]:
         return f"{self.n_ctx} vision", f"{self.depth} vision"
-
-    def validate(self) -> None:
-        super().validate()
-        for name in ("n_ctx", "teacher_dim"):
-            if getattr(self, name) < 1:
-                raise KdpipeError(f"{name} must be >= 1 (promptkd), got {getattr(self, name)}")
 
 
 @register_method("promptkd")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from kdpipe.errors import KdpipeError
+from kdpipe.config import bounded
 from kdpipe.methods.base import batch_accuracy
 from kdpipe.methods.ivlp import IVLP, IVLPConfig
 from kdpipe.methods.prompts import hand_prompt_features
@@ -36,18 +36,13 @@ class PromptSRCConfig(IVLPConfig):
     epochs: int = 20
     batch_size: int = 4
     lr: float = 0.0025
-    text_loss_weight: float = 25.0
-    image_loss_weight: float = 10.0
-    kl_weight: float = 1.0
-    gpa_mean: float = 15.0  # epoch (1-based) of the Gaussian's peak, for gpa_ref_epochs epochs
-    gpa_std: float = 1.0  # in epochs
-    gpa_ref_epochs: int = 20  # with another epoch count the peak moves proportionally (mean * epochs / 20)
+    text_loss_weight: float = bounded(25.0, ge=0)
+    image_loss_weight: float = bounded(10.0, ge=0)
+    kl_weight: float = bounded(1.0, ge=0)
+    gpa_mean: float = bounded(15.0, gt=0)  # epoch (1-based) of the Gaussian's peak, for gpa_ref_epochs epochs
+    gpa_std: float = bounded(1.0, gt=0)  # in epochs
+    gpa_ref_epochs: int = bounded(20, ge=1)  # with another epoch count the peak moves proportionally (mean * epochs / 20)
     # the reference teacher on ViT-L/14 uses batch_size 8, lr 0.005 (set by the teacher recipe)
-
-    def validate(self) -> None:
-        super().validate()
-        if not self.gpa_std > 0:
-            raise KdpipeError(f"gpa_std must be > 0, got {self.gpa_std}")
 
 
 @register_method("promptsrc")

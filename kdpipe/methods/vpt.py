@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from kdpipe.errors import KdpipeError
+from kdpipe.config import bounded
 from kdpipe.methods.base import PromptMethod
 from kdpipe.methods.config import MethodConfig
 from kdpipe.methods.prompts import PromptStack, effective_depth, hand_prompt_features
@@ -19,8 +20,8 @@ class VPTConfig(MethodConfig):
     description = "vision-only prompts (shallow or deep) with the fixed text prompt 'a photo of a {}.'"
     reference = "muzairkhattak/multimodal-prompt-learning configs/trainers/VPT/vit_b16_c2_ep5_batch4_4.yaml (scripts/vpt/base2new_train_vpt.sh)"
 
-    n_ctx: int = 8  # vision prompt tokens per layer (0 = none: plain zero-shot CLIP)
-    depth: int = 12  # 1 = shallow VPT; capped at the vision tower's depth
+    n_ctx: int = bounded(8, ge=0)  # vision prompt tokens per layer (0 = none: plain zero-shot CLIP)
+    depth: int = bounded(12, ge=1)  # 1 = shallow VPT; capped at the vision tower's depth
     template: str = "a photo of a {}."
     epochs: int = 5
     batch_size: int = 4
@@ -31,8 +32,6 @@ class VPTConfig(MethodConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.n_ctx < 0:
-            raise KdpipeError(f"n_ctx must be >= 0, got {self.n_ctx}")
         if "{}" not in self.template:
             raise KdpipeError(f"template {self.template!r} needs a {{}} where the class name goes")
 

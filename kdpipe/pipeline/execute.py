@@ -132,7 +132,9 @@ def execute_instance(plan: Plan, run_dir: Path, inst: Instance, ranks: Ranks) ->
         log.error(f"failed: {reason}")
         log.debug("".join(traceback.format_exception(type(e), e, e.__traceback__)))
         if ranks.leader:
-            write_json(folder / FAILED, {"reason": reason, "error": type(e).__name__, "at": now()}, sort_keys=True, fsync=True)
+            # on a full disk this note does not fit either: the stage's own error is the one to report
+            with contextlib.suppress(KdpipeError):
+                write_json(folder / FAILED, {"reason": reason, "error": type(e).__name__, "at": now()}, sort_keys=True, fsync=True)
         raise
     finally:
         close_logger(log)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kdpipe.config import config_section, runtime_setting
+from kdpipe.config import bounded, config_section, runtime_setting
 from kdpipe.io import write_json
 from kdpipe.pipeline import register_stage
 from kdpipe.errors import KdpipeError
@@ -44,16 +44,16 @@ _PROGRESS_EVERY = 5  # pretraining steps between progress messages from the work
 @config_section("world")
 @dataclass
 class WorldConfig:
-    seed: int = 0  # renders of the downstream dataset and pretraining of both CLIPs
+    seed: int = bounded(0, ge=0)  # renders of the downstream dataset and pretraining of both CLIPs (numpy seeds are >= 0)
     budget: str = "full"  # pretraining preset of kdpipe.world: full (the demo) or quick (tests)
-    student_steps: int = 0  # pretraining steps of world-b (0: the budget's preset)
-    teacher_steps: int = 0  # pretraining steps of world-l (0: the budget's preset)
-    lr: float = 0.0  # pretraining peak learning rate of both (0: the budget's preset)
-    train_per_class: int = 100  # downstream images per class and split (>= 50 keeps gaps above noise)
-    val_per_class: int = 50
-    test_per_class: int = 50
+    student_steps: int = bounded(0, ge=0)  # pretraining steps of world-b (0: the budget's preset)
+    teacher_steps: int = bounded(0, ge=0)  # pretraining steps of world-l (0: the budget's preset)
+    lr: float = bounded(0.0, ge=0)  # pretraining peak learning rate of both (0: the budget's preset)
+    train_per_class: int = bounded(100, ge=1)  # downstream images per class and split (>= 50 keeps gaps above noise)
+    val_per_class: int = bounded(50, ge=1)
+    test_per_class: int = bounded(50, ge=1)
     cache: bool = runtime_setting(True)  # reuse / fill the user cache of pretrained worlds
-    processes: int = runtime_setting(2)  # pretraining processes (one model each, one thread each)
+    processes: int = runtime_setting(2, ge=1)  # pretraining processes (one model each, one thread each)
 
     def per_class(self) -> dict[str, int]:
         return {"train": self.train_per_class, "val": self.val_per_class, "test": self.test_per_class}
