@@ -131,8 +131,12 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Model:
 
 
 def run(target: str = "all", *, run_dir: str | Path, recipe: str | None = None,
-        settings: Mapping[str, Any] | None = None, with_deps: bool = False, force: bool = False, jobs: int = 1):
+        settings: Mapping[str, Any] | None = None, with_deps: bool = False, force: bool = False, jobs: int = 1,
+        only: bool = False):
     """Run what is missing or stale, as ``kdpipe run TARGET --run-dir RUN_DIR`` does; returns the RunReport.
+
+    A stage as ``target`` brings it and everything downstream of it up to date; ``only=True`` runs
+    just that stage (``--only``).
 
     ``settings`` maps config keys to values (``{"distill.lr": 0.01}``), like ``--set``. As on the
     command line, the run dir remembers recipe and settings (``run.json``): a later call on it
@@ -146,5 +150,5 @@ def run(target: str = "all", *, run_dir: str | Path, recipe: str | None = None,
     saved_recipe, remembered = remembered_settings(run_dir)
     # the caller's settings are its command line (trusted like --set), remembered as given
     chosen = settings_from_cli(recipe or saved_recipe, base=remembered, schema=GRAPH.schema, values=settings)
-    return run_stages(chosen.config, run_dir, target=target, with_deps=with_deps, force=force, graph=GRAPH,
+    return run_stages(chosen.config, run_dir, target=target, with_deps=with_deps, force=force, graph=GRAPH, downstream=not only,
                       on_locked=lambda: write_run_settings(run_dir, chosen.recipe, chosen.overrides), jobs=jobs)

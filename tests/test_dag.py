@@ -553,4 +553,4 @@ def test_jobs_start_the_longest_chain_first(toy):
     chain = chain_lengths(plan, plan.select("all"))
     # stages from each one to the end of its longest chain: prep -> train -> report, fam -> agg, sd -> sd2
     assert chain["prep"] == 3 and chain["train"] == 2 and chain["report"] == 1
-    assert chain["fam:m1"] == 2 and chain["sd"] == 2 and chain["sd2"] == 1
+    assert chain["fam:m1"] == 2 and chain["sd@seed1"] == 2 and chain["sd2@seed1"] == 1  # no run.seeds: run.seed's instance

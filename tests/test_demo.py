@@ -78,12 +78,12 @@ def test_backbones_are_the_world_stage_checkpoints(demo_runs):
     assert rows[("teacher", "promptsrc")]["backbone"] == str(world / "world-l.safetensors")
     assert rows[("student", "promptkd")]["backbone"] == str(world / "world-b.safetensors")
     # the stages that load a backbone are downstream of the world stage: their fingerprints follow it
-    for folder in ("teacher-promptsrc", "baseline-coop", "distill"):
+    for folder in ("teacher-promptsrc-seed1", "baseline-coop-seed1", "distill-seed1"):
         assert "world" in _manifest(demo_runs.run1 / folder)["upstream"], folder
 
 
 def test_distillation_raises_student_teacher_agreement(demo_runs):
-    m = _manifest(demo_runs.run1 / "distill")["metrics"]
+    m = _manifest(demo_runs.run1 / "distill-seed1")["metrics"]
     assert m["agreement"] > m["agreement_start"] + 0.05, m
 
 
@@ -131,7 +131,7 @@ def test_world_stage_exists_only_for_the_world_dataset():
     demo = Plan(GRAPH, resolve_config("demo", [("teacher.backbone", "/x/world-l.safetensors", "test"),
                                               ("student.backbone", "/x/world-b.safetensors", "test")], schema=GRAPH.schema))
     needs_world = {n for n, inst in demo.instances.items() if "world" in inst.deps}
-    assert {"teacher:promptsrc", "distill", "baseline:coop", "baseline:zeroshot"} <= needs_world
+    assert {"teacher:promptsrc@seed1", "distill@seed1", "baseline:coop@seed1", "baseline:zeroshot@seed1"} <= needs_world
     assert list(demo.instances)[0] == "world"
 
 

@@ -57,13 +57,13 @@ def test_distill_reads_cached_teacher_features(tmp_path):
     assert teacher_calls[0] == 0
 
     run = tmp_path / "run"
-    tensors, meta = read_tensors(run / "teacher-cache" / "features.safetensors")
-    keys = json.loads((run / "teacher-cache" / "keys.json").read_text())["keys"]
+    tensors, meta = read_tensors(run / "teacher-cache-seed1" / "features.safetensors")
+    keys = json.loads((run / "teacher-cache-seed1" / "keys.json").read_text())["keys"]
     feats = tensors["features"]
     assert meta["views"] == 2 and feats.shape == (2, len(keys), 48) and feats.dtype == torch.float16
 
     # view 1 holds the teacher's features of exactly the images distill sees in epochs 1, 3, ...
-    teacher, _ = load_method(run / "teacher-promptsrc" / "teacher")
+    teacher, _ = load_method(run / "teacher-promptsrc-seed1" / "teacher")
     student_bb = load_backbone("kd-tiny-s")
     shards = json.loads((run / "shards" / "shards.json").read_text())
     stream = ShardStream(run / "shards" / shards["train"], build_transform(True, 32, student_bb.mean, student_bb.std), seed=1, epoch=1, batch_size=8)
@@ -73,5 +73,5 @@ def test_distill_reads_cached_teacher_features(tmp_path):
     assert torch.allclose(got, want, atol=2e-3)
     assert not torch.allclose(feats[0][torch.tensor([keys.index(k) for k in batch_keys])].float(), want, atol=2e-3)
 
-    curve = json.loads((run / "distill" / "curves.json").read_text())["curve"]
+    curve = json.loads((run / "distill-seed1" / "curves.json").read_text())["curve"]
     assert curve[-1]["agreement"] > curve[0]["agreement"]

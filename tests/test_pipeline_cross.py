@@ -27,11 +27,11 @@ def test_cross_dataset_run_scores_all_target_classes(tmp_path):
     assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
 
     run = tmp_path / "run"
-    teacher = json.loads((run / "teacher-promptsrc" / "teacher.json").read_text())
+    teacher = json.loads((run / "teacher-promptsrc-seed1" / "teacher.json").read_text())
     assert teacher["classnames"] == ["red fox", "green frog", "blue jay", "yellow lab", "purple finch", "orange cat"]
-    student = json.loads((run / "distill" / "student.json").read_text())
+    student = json.loads((run / "distill-seed1" / "student.json").read_text())
     assert student["classnames"] == list(TEXTURES) and student["config"]["depth"] == 3  # the recipe's shallower prompts
-    metrics = json.loads((run / "evaluate" / "metrics.json").read_text())
+    metrics = json.loads((run / "evaluate-seed1" / "metrics.json").read_text())
     assert metrics["mode"] == "cross" and metrics["base_classes"] == metrics["classes"] == len(TEXTURES)
     for row in metrics["rows"]:
         assert row["dataset"] == "dtd" and row["base"] is None and row["hm"] is None and 0 <= row["accuracy"] <= 100

@@ -33,9 +33,9 @@ def test_run_all_under_torchrun_with_two_processes(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     run = tmp_path / "run"
-    manifest = json.loads((run / "distill" / "manifest.json").read_text())
+    manifest = json.loads((run / "distill-seed1" / "manifest.json").read_text())
     assert manifest["world_size"] == 2
-    history = json.loads((run / "distill" / "curves.json").read_text())["history"]
+    history = json.loads((run / "distill-seed1" / "curves.json").read_text())["history"]
     # every epoch stops with the shorter rank: 18 or 20 images in batches of 8 -> 3 steps
     assert [h["steps"] for h in history] == [3, 3, 3]
     rows = json.loads((run / "report" / "metrics.json").read_text())["rows"]

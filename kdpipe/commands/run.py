@@ -23,7 +23,7 @@ SET_HELP = "override one setting, e.g. --set distill.lr=0.01 (repeatable; checke
 
 # Typer options shared by run and status; each shortcut maps to a config key in kdpipe.config.SHORTCUTS.
 _recipe = typer.Option(None, "--recipe", "-r", help=RECIPE_HELP)
-_run_dir = typer.Option(None, "--run-dir", help="run directory (default: runs/<run.name>, else runs/<recipe>-<dataset>)")
+_run_dir = typer.Option(None, "--run-dir", help="run directory (default: runs/<run.name> when run.name is set, else runs/<dataset> for the default recipe, runs/<recipe>-<dataset> otherwise)")
 _teacher = typer.Option(None, "--teacher", help="teacher backbone (teacher.backbone), e.g. vit-l-14")
 _student = typer.Option(None, "--student", help="student backbone (student.backbone), e.g. vit-b-16")
 _dataset = typer.Option(None, "--dataset", help="dataset name (data.dataset)")
@@ -51,7 +51,8 @@ def _settings(run_dir: Optional[Path], recipe: Optional[str], sets: list[str], s
     return settings, run_dir, bool(saved_recipe or remembered)
 
 
-def check_model_specs(cfg, run_dir: Path, graph=None, target: str = "all", with_deps: bool = False) -> None:
+def check_model_specs(cfg, run_dir: Path, graph=None, target: str = "all", with_deps: bool = False,
+                      downstream: bool = False) -> None:
     """Check every backbone spec (:func:`kdpipe.config.model_spec` settings) that a selected stage
     reads before the first stage runs (:func:`kdpipe.clip.backbones.check_spec`: no weights loaded,
     nothing downloaded). A file that a stage of this run writes (the demo world's checkpoints) is
@@ -64,7 +65,7 @@ def check_model_specs(cfg, run_dir: Path, graph=None, target: str = "all", with_
     if not keys:
         return
     plan = Plan(graph if graph is not None else GRAPH, cfg)
-    reads = {r for name in plan.select(target, with_deps) for r in plan.instances[name].reads(SEED_KEY)}
+    reads = {r for name in plan.select(target, with_deps, downstream) for r in plan.instances[name].reads(SEED_KEY)}
     root = Path(run_dir).expanduser().resolve()
     written = {(root / inst.folder / out).resolve() for inst in plan.instances.values() for out in inst.spec.outputs}
     for key in keys:
@@ -77,7 +78,8 @@ def check_model_specs(cfg, run_dir: Path, graph=None, target: str = "all", with_
 
 
 def default_run_dir(cfg, recipe: str) -> Path:
-    """``runs/<run.name>`` when a name was given, else ``runs/<recipe>-<dataset>``."""
+    """``runs/<run.name>`` when a name was given, else ``runs/<dataset>`` for the default recipe and
+    ``runs/<recipe>-<dataset>`` for any other (the README's examples use these names)."""
     flat = cfg.flat()
     name = flat.get("run.name")
     if not name or name == "default":
@@ -91,7 +93,8 @@ def default_run_dir(cfg, recipe: str) -> Path:
 def run(
     target: str = typer.Argument("all", help="'all', a stage (distill), a family member (baseline:coop) or one seed (distill@seed2)"),
     with_deps: bool = typer.Option(False, "--with-deps", help="also run what the stage needs, when not done"),
-    force: bool = typer.Option(False, "--force", help="re-run the target even when it is done (from scratch)"),
+    only: bool = typer.Option(False, "--only", help="run just the named stage, not what is downstream of it (which may then be stale)"),
+    force: bool = typer.Option(False, "--force", help="re-run the named stage even when it is done (from scratch); what is downstream re-runs only if its inputs changed"),
     recipe: Optional[str] = _recipe,
     run_dir: Optional[Path] = _run_dir,
     teacher: Optional[str] = _teacher,
@@ -106,6 +109,10 @@ def run(
 ) -> None:
     """Run what is missing or stale, in order; finished stages are skipped, an interrupted one resumes.
 
+    'kdpipe run STAGE' brings STAGE and everything downstream of it up to date (distill: then
+    evaluate and report); --only runs just that stage. A downstream stage that also needs a stage
+    that is not done waits, and says so.
+
     The run dir remembers its settings (run.json): a later command on it reuses them, and any
     recipe, shortcut or --set given then changes just those settings.
     """
@@ -115,17 +122,19 @@ def run(
     settings, rd, had_saved = _settings(run_dir, recipe, sets, shortcuts, allow_pipe)
     shown = ", ".join(f"{k}={v}" for k, v in settings.overrides.items()) or "none"
     typer.echo(f"run dir {rd}  recipe {settings.recipe}  overrides: {shown}{'  (merged with run.json)' if had_saved else ''}", err=True)
-    check_model_specs(settings.config, rd, GRAPH, target, with_deps)  # a bad --student fails now, not hours in
+    check_model_specs(settings.config, rd, GRAPH, target, with_deps, not only)  # a bad --student fails now, not hours in
     try:
         report = run_stages(
-            settings.config, rd, target=target, with_deps=with_deps, force=force, graph=GRAPH,
+            settings.config, rd, target=target, with_deps=with_deps, force=force, graph=GRAPH, downstream=not only,
             on_locked=lambda: write_run_settings(rd, settings.recipe, settings.overrides), jobs=jobs,
         )
     except KeyboardInterrupt:
         # typer turns Ctrl-C into a silent exit 130; say what was kept and how to go on
-        typer.echo(f"interrupted: finished stages are kept; run `kdpipe run {target} --run-dir {rd}` to resume", err=True)
+        typer.echo(f"interrupted: finished stages are kept; run `kdpipe run {target}{' --only' if only else ''} --run-dir {rd}` to resume", err=True)
         raise typer.Exit(130) from None
     verb = "nothing to do: everything is up to date" if not report.ran else f"ran {len(report.ran)} stage(s)"
+    if report.waiting:
+        verb += f", {len(report.waiting)} waiting for stages outside the selection"
     typer.echo(f"{verb}; `kdpipe status --run-dir {rd}` shows every stage", err=True)
 
 
@@ -140,6 +149,7 @@ def status(
     seeds: Optional[str] = _seeds,
     sets: list[str] = _sets,
     show_config: bool = typer.Option(False, "--config", help="also print the resolved settings (every key --set accepts)"),
+    as_json: bool = typer.Option(False, "--json", help="print the stages as one JSON document on stdout (for scripts; same exit status)"),
     allow_pipe: bool = _allow_pipe,
 ) -> None:
     """Show every stage: done / stale (and why) / missing / failed, wall time and headline metric.
@@ -156,6 +166,23 @@ def status(
     cfg = settings.config
     check_model_specs(cfg, rd, GRAPH)  # what `kdpipe run` would refuse, status reports the same way
     rows = stage_statuses(cfg, rd, graph=GRAPH)
+    from kdpipe.pipeline import Plan
+    from kdpipe.pipeline.seed_layout_migration import seed_layout_notes
+
+    for line in seed_layout_notes(Plan(GRAPH, cfg), rd):  # old folders are never passed over in silence
+        typer.echo(line, err=True)
+    if as_json:
+        import json
+
+        from kdpipe.pipeline.status import status_document
+
+        doc = status_document(rows, rd, settings.recipe)
+        if show_config:
+            doc["config"] = cfg.flat()
+        typer.echo(json.dumps(doc, indent=2, default=str))
+        if any(r.state == "failed" for r in rows):
+            raise typer.Exit(1)
+        return
     if show_config:
         for key, value in sorted(cfg.flat().items()):
             typer.echo(f"{key} = {value!r}")

@@ -1,7 +1,7 @@
 """A classify model straight from a run directory: the student (default), the teacher or a baseline.
 
-Stage folders as the runner names them (``distill`` or ``distill-seed1`` ...), each done only with a
-valid ``manifest.json``. The student scores against the ``text-features`` stage's stored rows;
+Stage folders as the runner names them (``distill-seed1`` ...; ``distill`` in run dirs of the older
+layout, whose seed is the ``run.seed`` its manifest recorded), each done only with a valid ``manifest.json``. The student scores against the ``text-features`` stage's stored rows;
 the teacher against the same rows (its own text side computed them); a text baseline computes its
 class features once over the same class list. The teacher of the same seed is the student's text
 side for ``--classes`` with new names.
@@ -33,15 +33,26 @@ def _role_pattern(role: str) -> tuple[str, Callable[[Path], Path]]:
 
 
 def stage_folders(run_dir: Path, pattern: str) -> dict[int | None, Path]:
-    """Done folders matching ``pattern`` (plus an optional ``-seedN``), by seed."""
-    from kdpipe.pipeline import read_manifest
+    """Done folders matching ``pattern`` (plus an optional ``-seedN``), by seed.
+
+    An unseeded folder of the older layout counts as the seed it ran with (its manifest's
+    ``run.seed``), never as a seed of its own, and gives way to that seed's folder when both exist."""
+    from kdpipe.pipeline import SEED_KEY, read_manifest
 
     found: dict[int | None, Path] = {}
+    unseeded: dict[int | None, Path] = {}
     for d in sorted(p for p in run_dir.iterdir() if p.is_dir()):
         matches, seed = layout.folder_seed(pattern, d.name)
-        if matches and read_manifest(d) is not None:
+        manifest = read_manifest(d) if matches else None
+        if manifest is None:
+            continue
+        if seed is None:
+            ran_with = (manifest.get("config") or {}).get(SEED_KEY)
+            unseeded[ran_with if isinstance(ran_with, int) else None] = d
+        else:
             found[seed] = d
-    return found
+    merged = {**unseeded, **found}
+    return {s: merged[s] for s in sorted(merged, key=lambda s: (s is None, s or 0))}
 
 
 def _pick(run_dir: Path, role: str, pattern: str, seed: int | None) -> tuple[Path, int | None]:

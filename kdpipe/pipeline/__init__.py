@@ -17,7 +17,9 @@ Two ways one registration becomes several instances:
   members ``zeroshot, coop`` gives ``baseline:zeroshot`` and ``baseline:coop`` (folders
   ``baseline-zeroshot/`` ...). ``reads`` may name ``{member}``, e.g. ``"baselines.{member}"``.
 - *seeded* stages (``seeded=True``): with ``run.seeds = [1, 2, 3]`` they become ``distill@seed1``
-  ... (folders ``distill-seed1/`` ...), each seeing ``run.seed`` set to its seed.
+  ... (folders ``distill-seed1/`` ...), each seeing ``run.seed`` set to its seed. Without
+  ``run.seeds`` the one instance is ``run.seed``'s (``distill@seed1``), so adding seeds later reuses
+  it; folders of the older unseeded layout are moved once (:mod:`~kdpipe.pipeline.seed_layout_migration`).
 
 A stage depending on a family or seeded stage gets every instance of it in ``ctx.inputs``, keyed
 by instance name; a seeded stage depending on a seeded stage gets only the one with its own seed,

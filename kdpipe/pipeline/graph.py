@@ -36,7 +36,9 @@ class StageSpec:
     name: str
     fn: StageFn
     reads: tuple[str, ...] = ()  # dotted keys or whole sections; may contain "{member}"
-    deps: tuple[str, ...] = ()  # registered stage names (a family name means all its members)
+    # registered stage names (a family name means all its members; "family:{member}": the member
+    # of the same name as this instance's)
+    deps: tuple[str, ...] = ()
     outputs: tuple[str, ...] = ()  # files (or glob patterns) the stage must leave in its folder
     identity: Callable[[Config], Any] | None = None  # identity of user inputs (e.g. dir_listing)
     expand: Callable[[Config], list[str]] | None = None  # family: config -> member names
@@ -48,6 +50,9 @@ class StageSpec:
     # stage upstream of the pipeline's own), ``when(cfg)`` False gives the stage no instances
     feeds: tuple[str, ...] = ()
     when: Callable[[Config], bool] | None = None
+    # family: the member whose instance keeps the stage's plain name (member None, as an unexpanded
+    # stage), so a family that grew out of a single stage keeps that stage's folder and fingerprint
+    plain: Callable[[Config], str] | None = None
 
 
 @dataclass
@@ -60,9 +65,10 @@ class Instance:
     seed: int | None
     deps: list[str]
     folder: str
+    plain_member: str | None = None  # the family member a plainly named instance stands for
 
     def reads(self, seed_key: str) -> list[str]:
-        keys = [r.replace("{member}", self.member or "") for r in self.spec.reads]
+        keys = [r.replace("{member}", self.member or self.plain_member or "") for r in self.spec.reads]
         if self.spec.seeded and seed_key not in keys:
             keys.append(seed_key)
         return keys
@@ -94,6 +100,7 @@ class StageGraph:
         description: str = "",
         feeds: Iterable[str] = (),
         when: Callable[[Config], bool] | None = None,
+        plain: Callable[[Config], str] | None = None,
     ) -> Callable[[StageFn], StageFn]:
         """Decorator registering ``fn(ctx) -> metrics`` as stage ``name`` (see the module docs)."""
         if not name or any(c in name for c in ":@/\\ "):
@@ -107,7 +114,7 @@ class StageGraph:
                 name=name, fn=fn, reads=tuple(reads), deps=tuple(deps), outputs=tuple(outputs), identity=identity,
                 expand=expand, seeded=seeded, headline=headline, version=version,
                 description=description or (fn.__doc__ or "").strip().split("\n")[0],
-                feeds=tuple(feeds), when=when,
+                feeds=tuple(feeds), when=when, plain=plain,
             )
             return fn
 
@@ -142,11 +149,19 @@ class StageGraph:
         return order
 
     def seeds(self, cfg: Config) -> list[int]:
-        if self.seeds_key not in self.schema.keys():
+        """The seeds a seeded stage runs once each with: ``run.seeds``, else ``[run.seed]``.
+
+        A run without ``run.seeds`` is the instance of its one seed (``distill@seed1``, folder
+        ``distill-seed1``), not a layout of its own: adding ``--seeds 1,2,3`` later finds seed 1 done.
+        """
+        keys = self.schema.keys()
+        if self.seeds_key not in keys:
             return []
         seeds = [int(s) for s in (cfg.value(self.seeds_key) or [])]
         if len(set(seeds)) != len(seeds):
             raise KdpipeError(f"{self.seeds_key} lists a seed twice: {seeds}")
+        if not seeds and self.seed_key in keys:
+            seeds = [int(cfg.value(self.seed_key))]
         return seeds
 
     def instances(self, cfg: Config) -> dict[str, Instance]:
@@ -168,20 +183,23 @@ class StageGraph:
                 if len(set(members)) != len(members):
                     raise KdpipeError(f"stage family {spec.name!r} lists a member twice: {members}")
             seed_list: list[int | None] = list(seeds) if (spec.seeded and seeds) else [None]
+            plain = spec.plain(cfg) if (spec.plain is not None and members) else None
             by_spec[spec.name] = []
             for member in members:
+                shown = None if member == plain else member
                 for seed in seed_list:
-                    name = spec.name + (f":{member}" if member else "") + (f"@seed{seed}" if seed is not None else "")
+                    name = spec.name + (f":{shown}" if shown else "") + (f"@seed{seed}" if seed is not None else "")
                     deps: list[str] = []
                     for dep in self.deps_of(spec.name):
                         base, _, want_member = dep.partition(":")
+                        want_member = want_member.replace("{member}", member or "")
                         for d in by_spec[base]:
-                            if want_member and d.member != want_member:
+                            if want_member and (d.member or d.plain_member) != want_member:
                                 continue
                             if seed is not None and d.seed is not None and d.seed != seed:
                                 continue
                             deps.append(d.name)
-                    inst = Instance(name, spec, member, seed, deps, folder_name(name))
+                    inst = Instance(name, spec, shown, seed, deps, folder_name(name), plain_member=plain if shown is None else None)
                     by_spec[spec.name].append(inst)
                     instances[name] = inst
         return instances

@@ -15,6 +15,7 @@ from kdpipe.pipeline.graph import Instance, StageGraph, StageSpec, closest
 from kdpipe.pipeline.hashing import digest
 from kdpipe.pipeline.lock import RunLock
 from kdpipe.pipeline.manifest import ATTEMPT, CKPT, FAILED, MANIFEST, outputs_digest, read_manifest, verify_outputs
+from kdpipe.pipeline.metric_units import format_metric
 
 
 @dataclass
@@ -88,9 +89,10 @@ class Plan:
         self._expected: dict[str, Expected] = {}
 
     # ---- selection ------------------------------------------------------------------------------
-    def select(self, target: str = "all", with_deps: bool = False) -> list[str]:
+    def select(self, target: str = "all", with_deps: bool = False, downstream: bool = False) -> list[str]:
         """Instance names matched by ``target`` (``all``, a stage, ``family:member``, an instance),
-        plus everything they need when ``with_deps``; in run order."""
+        plus everything they need when ``with_deps`` and everything that needs them (directly or
+        not) when ``downstream``; in run order."""
         names = list(self.instances)
         if target == "all":
             chosen = set(names)
@@ -108,6 +110,7 @@ class Plan:
                         f"{spec.name!r} has: {', '.join(members) or '(no instances)'}"
                     )
                 raise KdpipeError(f"unknown stage {target!r}; {closest(target, ['all'] + names + list(self.graph.specs))}")
+        targets = set(chosen)
         if with_deps:
             stack = list(chosen)
             while stack:
@@ -115,6 +118,14 @@ class Plan:
                     if d not in chosen:
                         chosen.add(d)
                         stack.append(d)
+        if downstream:
+            # what needs the targets (not what needs their dependencies); instances come in
+            # dependency order, so one pass picks up dependents of dependents
+            below = set(targets)
+            for n in names:
+                if n not in below and any(d in below for d in self.instances[n].deps):
+                    below.add(n)
+            chosen |= below
         return [n for n in names if n in chosen]
 
     # ---- fingerprints ---------------------------------------------------------------------------
@@ -212,9 +223,8 @@ def headline(spec: StageSpec, metrics: dict) -> str:
     key = spec.headline
     if key is None:
         key = next((k for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)), None)
-    if key is None or metrics.get(key) is None:
+    if key is None:
         return ""
-    value = metrics[key]
-    return f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
+    return format_metric(key, metrics)  # in the unit its stage registered (metric_units.py)
 
 

@@ -16,6 +16,7 @@ from kdpipe.pipeline.graph import StageGraph, pipeline
 from kdpipe.pipeline.lock import ReadOnlyFolder, RunLock, check_run_dir
 from kdpipe.pipeline.manifest import outputs_digest
 from kdpipe.pipeline.plan import Plan, headline
+from kdpipe.pipeline.seed_layout_migration import migrate_seed_layout, seed_layout_notes
 from kdpipe.progress import format_duration
 
 
@@ -23,6 +24,7 @@ from kdpipe.progress import format_duration
 class RunReport:
     ran: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    waiting: list[str] = field(default_factory=list)  # downstream stages whose other inputs are not done
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -40,12 +42,15 @@ def run_stages(
     echo: Callable[[str], None] = _echo_stderr,
     on_locked: Callable[[], None] | None = None,
     jobs: int = 1,
+    downstream: bool = False,
 ) -> RunReport:
-    """Run what is missing or stale among ``target`` (and, with ``with_deps``, what it needs).
+    """Run what is missing or stale among ``target`` (and, with ``with_deps``, what it needs; with
+    ``downstream``, what needs it: ``kdpipe run STAGE`` without ``--only``).
 
     ``force`` re-runs the targets even when done (not the dependencies pulled in by ``with_deps``).
     A dependency outside the selection that is not done stops the run with one line saying what
-    to run. ``on_locked`` runs once the run-dir lock is held (the CLI saves its settings there).
+    to run; a downstream stage in that case waits (``RunReport.waiting``), since the user did not
+    ask for it by name. ``on_locked`` runs once the run-dir lock is held (the CLI saves its settings there).
     Under ``torchrun`` every rank calls this; rank 0 decides and the others follow (:class:`kdpipe.dist.Ranks`).
     ``jobs`` > 1 runs stages whose inputs are ready side by side in worker processes (not under
     torchrun, where the ranks already share the machine; see :mod:`kdpipe.pipeline.parallel`).
@@ -56,7 +61,7 @@ def run_stages(
     run_dir = Path(run_dir)
     ranks = Ranks()
     plan = Plan(graph, cfg)
-    selected = plan.select(target, with_deps)
+    selected = plan.select(target, with_deps, downstream)
     targets = set(plan.select(target, False))
     for name in selected:
         plan.expected(name)  # bad inputs (a missing data root ...) fail here, before anything is touched
@@ -67,8 +72,12 @@ def run_stages(
         """Rank 0: skip or run ``name`` (and prepare its folder when running)."""
         inst = plan.instances[name]
         for dep in inst.deps:
+            if dep in report.waiting:
+                return wait(name, f"needs {dep}, which waits too")
             if dep not in selected and dep not in report.ran:
                 st = plan.status(run_dir, dep)
+                if st.state != "done" and name not in targets:
+                    return wait(name, f"needs {dep}, which is {st.state}")
                 if st.state != "done":
                     raise KdpipeError(
                         f"stage {name} needs {dep}, which is {st.state}{' (' + st.reason + ')' if st.reason else ''}; "
@@ -83,6 +92,11 @@ def run_stages(
         inputs = {d: outputs_digest(run_dir / plan.instances[d].folder) for d in inst.deps}
         prepare(run_dir / inst.folder, plan.expected(name).fingerprint, fresh=force and name in targets, inputs=inputs)
         return {"run": True}
+
+    def wait(name: str, why: str) -> dict[str, Any]:
+        echo(f"wait  {name}: {why} (`kdpipe run {name} --with-deps` runs it)")
+        report.waiting.append(name)
+        return {"run": False, "waiting": True}
 
     def leader_step(step: Callable[[], Any]) -> Any:
         # Rank 0 runs ``step``; an error there reaches the other ranks as the same one line.
@@ -108,8 +122,12 @@ def run_stages(
             if todo:
                 raise KdpipeError(f"{e}, and {todo[0]} needs to run there; copy the run dir somewhere writable") from None
             check_run_dir(run_dir)
+            for line in seed_layout_notes(plan, run_dir):
+                echo(line)
             return
         check_run_dir(run_dir)
+        for line in migrate_seed_layout(plan, run_dir):  # before any stage is judged done or not
+            echo(line)
         if on_locked is not None:
             on_locked()
 
@@ -126,11 +144,15 @@ def run_stages(
             from kdpipe.pipeline.parallel import run_parallel
 
             run_parallel(plan, selected, jobs, graph, cfg, run_dir, decide, finished,
-                         report.skipped.append)
+                         lambda n: n in report.waiting or report.skipped.append(n))
         else:
             for name in selected:
-                if not leader_step(lambda: decide(name))["run"]:
-                    report.skipped.append(name)
+                decision = leader_step(lambda: decide(name))
+                if not decision["run"]:
+                    if decision.get("waiting") and name not in report.waiting:
+                        report.waiting.append(name)  # other torchrun ranks learn it from rank 0 here
+                    elif not decision.get("waiting"):
+                        report.skipped.append(name)
                     continue
                 finished(name, *execute_instance(plan, run_dir, plan.instances[name], ranks))
     finally:

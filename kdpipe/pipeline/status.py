@@ -36,3 +36,15 @@ def format_status(rows: list[StageStatus]) -> str:
         "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + ("  " + row[4] if row[4] else "")
         for row in table
     ).rstrip()
+
+
+def status_document(rows: list[StageStatus], run_dir: str | Path, recipe: str) -> dict:
+    """What ``kdpipe status --json`` prints: the same rows with stable keys, times in seconds."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r.state] = counts.get(r.state, 0) + 1
+    stages = [
+        {"name": r.name, "state": r.state, "reason": r.reason, "wall_time_s": r.wall_time_s, "headline": r.headline, "folder": r.folder}
+        for r in rows
+    ]
+    return {"run_dir": str(run_dir), "recipe": recipe, "stages": stages, "counts": counts}
