@@ -8,11 +8,12 @@ Either way, plain lines go to the stage log at the same cadence so the log shows
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 PLAIN_EVERY_FRACTION = 0.05  # a plain line every 5 % of the total ...
 PLAIN_EVERY_SECONDS = 30.0  # ... or every 30 s, whichever comes first
@@ -164,6 +165,23 @@ class Progress:
             self._bar = None
         if ok and self.done != self._last_line_step:
             self._line(time.monotonic())
+
+
+@contextlib.contextmanager
+def busy(desc: str, plain: bool | None = None) -> Iterator[None]:
+    """One opaque step that takes seconds but has no count (importing torch and open_clip, building
+    a model): a spinner on a terminal; otherwise a line before and one with the time after, on
+    stderr, so a log never shows an unexplained silence (stdout stays for the command's answer)."""
+    if not (plain_mode() if plain is None else plain):
+        from rich.console import Console
+
+        with Console(stderr=True).status(desc):
+            yield
+        return
+    t0 = time.monotonic()
+    print(f"{desc} ...", file=sys.stderr, flush=True)
+    yield
+    print(f"{desc}: done in {format_duration(time.monotonic() - t0)}", file=sys.stderr, flush=True)
 
 
 class _LiveStderrHandler(logging.Handler):

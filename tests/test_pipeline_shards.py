@@ -31,7 +31,8 @@ def test_user_shards_hold_out_a_slice_and_distill_drops_its_keys(tmp_path):
     make_fake_pets(tmp_path / "data")
     items = load_dataset("oxford_pets", tmp_path / "data").train
     write_shards(items, tmp_path / "mine", per_shard=20, keep_labels=False)
-    result = _run_shards(tmp_path, f"shards.unlabeled={tmp_path / 'mine'}", "shards.holdout=5")
+    result = _run_shards(tmp_path, f"shards.unlabeled={tmp_path / 'mine'}", "shards.holdout=5",
+                         "shards.holdout_fraction=0.1")  # 10% of 72 does not cap the 5
     assert result.exit_code == 0, result.output
 
     info = read_shards_info(tmp_path / "run" / "shards", _cfg(f"shards.unlabeled={tmp_path / 'mine'}"))

@@ -14,9 +14,10 @@ Whatever the spelling, a pretrained tag builds the activation its weights were t
 and so does OpenAI's own TorchScript file given as ``ViT-B-16:/path/ViT-B-16.pt``. A plain state
 dict (``ARCH:PATH``) cannot say how it was trained: its architecture is taken as given.
 
-Weights are never fetched when ``HF_HUB_OFFLINE=1``: a missing checkpoint fails in well under a
-second with one line saying what was looked for and how to provide it, instead of open_clip's
-~45 s of retries.
+Weights are never fetched when ``HF_HUB_OFFLINE=1`` or the hub cannot be reached (one short
+connect, :mod:`kdpipe.clip.hub_access`): a missing checkpoint fails in seconds with one line naming
+the cache folder searched and both ways to provide it, instead of huggingface_hub's ~75 s of
+retries; cached weights load with the hub switched off.
 """
 
 from __future__ import annotations
@@ -149,15 +150,13 @@ def read_dims(model: nn.Module) -> BackboneDims:
     )
 
 
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def _missing_weights(what: str, looked: str, arch: str = "ARCH") -> KdpipeError:
+def _missing_weights(what: str, cache: str, looked: str, why: str, arch: str = "ARCH") -> KdpipeError:
+    """One line: what is missing, where it was looked for, why it cannot be fetched, the two ways to
+    provide it (``arch`` is the spelling a local file needs, ``-quickgelu`` included)."""
     return KdpipeError(
-        f"weights for {what} not found ({looked}) and HF_HUB_OFFLINE=1 forbids downloading; "
-        "download them once on a machine online (they land in the Hugging Face cache, HF_HOME), "
-        f"copy that cache here, or pass a local checkpoint as {arch}:/path/to/weights.(pt|safetensors)"
+        f"weights for {what} not found in the cache {cache} ({looked}) and {why}; either provide a populated "
+        f"HF_HOME (download them once on a machine online, copy its Hugging Face cache here, set HF_HOME to it) "
+        f"or pass a local file as {arch}:/path/{arch.removesuffix('-quickgelu')}.pt (.pt or .safetensors)"
     )
 
 
@@ -193,39 +192,53 @@ def check_spec(spec: str, will_exist: Collection[Path] = ()) -> None:
         _known_tag(arch, pretrained)
 
 
-def _check_tag_available(arch: str, tag: str, cache_dir: str | None) -> None:
-    """Fail fast (offline) or with a clear line (unknown tag) before open_clip tries the network."""
+def _check_tag_available(arch: str, tag: str, cache_dir: str | None) -> bool:
+    """Fail fast (no download possible) or with a clear line (unknown tag) before open_clip tries
+    the network. True when the weights are in the hub cache: then they load with the hub switched
+    off, so a machine without network never enters huggingface_hub's retry loop."""
+    import huggingface_hub
+
+    from kdpipe.clip.hub_access import hub_cache, why_no_download
+
     cfg = _known_tag(arch, tag)
-    if not _offline():
-        return
     hub = cfg.get("hf_hub", "")
     if hub:
-        from huggingface_hub import try_to_load_from_cache
-
         repo, filename = os.path.split(hub)
         filenames = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
         for name in filenames:
-            hit = try_to_load_from_cache(repo, name, cache_dir=cache_dir)
-            if isinstance(hit, str):
-                return
-        raise _missing_weights(f"{arch}:{tag}", f"hf-hub {repo}, files {', '.join(filenames)}", arch)
+            if isinstance(huggingface_hub.try_to_load_from_cache(repo, name, cache_dir=cache_dir), str):
+                return True
+        why = why_no_download()  # asks the network only now that the cache has nothing
+        if why is not None:
+            raise _missing_weights(f"{arch}:{tag}", hub_cache(cache_dir), f"hf-hub {repo}, files {', '.join(filenames)}", why, arch)
+        return False
     url = cfg.get("url", "")
     if url:
         target = Path(cache_dir or Path.home() / ".cache" / "clip") / os.path.basename(url)
-        if not target.is_file():
-            raise _missing_weights(f"{arch}:{tag}", str(target), arch)
+        why = None if target.is_file() else why_no_download()
+        if why is not None:
+            raise _missing_weights(f"{arch}:{tag}", str(target.parent), target.name, why, arch)
+    return False
 
 
-def _check_schema_available(spec: str) -> None:
+def _check_schema_available(spec: str) -> bool:
+    """Fail fast on a missing ``local-dir:`` folder, or an ``hf-hub:`` model that is not cached
+    where nothing can be downloaded. True when it must load from the cache with the hub off."""
     schema, _, ident = spec.partition(":")
     if schema == "local-dir":
         if not Path(ident).is_dir():
             raise KdpipeError(f"local-dir {ident} does not exist (expected a folder with open_clip_config.json and weights)")
-    elif schema == "hf-hub" and _offline():
-        from huggingface_hub import try_to_load_from_cache
+    elif schema == "hf-hub":
+        import huggingface_hub
 
-        if not isinstance(try_to_load_from_cache(ident, "open_clip_config.json"), str):
-            raise _missing_weights(spec, f"hf-hub {ident}, open_clip_config.json")
+        from kdpipe.clip.hub_access import hub_cache, why_no_download
+
+        why = why_no_download()
+        if why is not None:
+            if not isinstance(huggingface_hub.try_to_load_from_cache(ident, "open_clip_config.json"), str):
+                raise _missing_weights(spec, hub_cache(), f"hf-hub {ident}, open_clip_config.json", why)
+            return True
+    return False
 
 
 def _saved_metadata(path: Path) -> dict[str, str]:
@@ -329,15 +342,18 @@ def load_backbone(spec: str, device: str | torch.device = "cpu", cache_dir: str 
     import open_clip
     from safetensors import SafetensorError
 
+    from kdpipe.clip.hub_access import hub_switched_off
+
     register_builtin_configs()
     saved = _checkpoint_spec(spec)
     if saved is not None:
         return _load_saved(spec, saved, device)
     arch, pretrained = parse_spec(spec)
     torchscript = None  # OpenAI's own archive: built without weights, then filled from the archive
+    from_cache = False  # weights in the hub cache: read with the hub switched off (no retry loop offline)
     weights_file = None  # ARCH:PATH: read by open_clip with torch.load(weights_only=True) or safetensors
     if arch.startswith(("hf-hub:", "local-dir:")):
-        _check_schema_available(arch)
+        from_cache = _check_schema_available(arch)
     elif pretrained is not None:
         if Path(pretrained).expanduser().is_file():
             pretrained = str(Path(pretrained).expanduser())
@@ -351,12 +367,12 @@ def load_backbone(spec: str, device: str | torch.device = "cpu", cache_dir: str 
         elif _looks_like_file(pretrained):
             raise KdpipeError(f"checkpoint file {pretrained} does not exist")
         else:
-            _check_tag_available(arch, pretrained, cache_dir)
+            from_cache = _check_tag_available(arch, pretrained, cache_dir)
     try:
         # Random init (an architecture without weights) must be the same model on every load, or a
         # stage that reloads the backbone (evaluate, classify) would not see the weights the
         # prompts were trained against. Seed it from the name, without touching the caller's RNG.
-        with torch.random.fork_rng(devices=[]), strict_activation(spec):
+        with torch.random.fork_rng(devices=[]), strict_activation(spec), hub_switched_off(from_cache):
             torch.manual_seed(_name_seed(arch))
             model, preprocess_train, preprocess_test = open_clip.create_model_and_transforms(
                 arch, pretrained=pretrained, device=device, cache_dir=cache_dir
@@ -372,7 +388,8 @@ def load_backbone(spec: str, device: str | torch.device = "cpu", cache_dir: str 
     except (RuntimeError, FileNotFoundError, KeyError, ValueError, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise KdpipeError(f"could not load {spec}: {first}") from e
-    tokenizer = open_clip.get_tokenizer(arch, cache_dir=cache_dir)
+    with hub_switched_off(from_cache):
+        tokenizer = open_clip.get_tokenizer(arch, cache_dir=cache_dir)
     return _assemble(spec, arch, model, (preprocess_train, preprocess_test), tokenizer, model_config(arch))
 
 

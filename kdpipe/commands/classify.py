@@ -34,6 +34,8 @@ def classify(
     seed: Optional[int] = typer.Option(None, "--seed", help="run directories with several seeds: which one"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an output written by another model or with other settings"),
     no_amp: bool = typer.Option(False, "--no-amp", help="run the model in fp32 on CUDA (default: bf16/fp16 autocast)"),
+    decode: str = typer.Option("auto", "--decode", help="where JPEGs are decoded and preprocessed: cpu (PIL, in the workers), gpu "
+                               "(nvJPEG, batched; workers only read bytes) or auto (gpu on a CUDA device)"),
 ) -> None:
     """Top-k labels for every image of a folder, list or shard set, with a student bundle or a run.
 
@@ -45,6 +47,7 @@ def classify(
     import torch
 
     from kdpipe.infer.classify import classify as run_classify
+    from kdpipe.infer.device_decode import for_device
     from kdpipe.dist import default_workers, rank_world
     from kdpipe.infer.runs import load_model
     from kdpipe.infer.sources import open_source
@@ -59,6 +62,7 @@ def classify(
     if classes is not None:
         cm = cm.with_classes(read_class_file(classes))
     enc = cm.to(dev).encoder()
+    enc.transform = for_device(enc.transform, decode, dev)
     class_index = cm.index(index, dev).set_search(nprobe=nprobe, ef_search=ef_search)
     summary = run_classify(enc, class_index, cm.classnames, source, out, top_k=top_k, batch_size=batch_size,
                            workers=default_workers() if workers is None else workers, device=dev, progress=True, overwrite=overwrite, amp=not no_amp,
@@ -80,17 +84,23 @@ def export(
 ) -> None:
     """Write a self-contained bundle: weights, learned prompts + projector, class features, index, preprocessing."""
     from kdpipe.errors import KdpipeError
-    from kdpipe.infer.bundle import export_bundle
+    from kdpipe.infer.bundle import export_bundle, export_steps
     from kdpipe.infer.runs import load_run
     from kdpipe.io import ensure_dir
+    from kdpipe.progress import Progress
 
     if not run_dir.is_dir():
         raise KdpipeError(f"--run-dir {run_dir} does not exist (give the run directory of a finished `kdpipe run`)")
     if out.exists() and not out.is_dir():
         raise KdpipeError(f"--out {out} is a file; a bundle is a folder: choose another path")
     ensure_dir(out.parent, "the folder of --out")  # before the model loads: a typo fails at once
-    cm = load_run(run_dir, stage, seed, "cpu")
-    path = export_bundle(cm, out, index_kind=index, with_teacher_text=with_teacher_text, overwrite=overwrite)
+    steps = export_steps(with_teacher_text)
+    # loading the run and writing a ViT-L's weights each take seconds: one bar over all parts
+    with Progress(1 + len(steps), "export", unit="part") as bar:
+        cm = load_run(run_dir, stage, seed, "cpu")
+        bar.update(1, part="model loaded")
+        path = export_bundle(cm, out, index_kind=index, with_teacher_text=with_teacher_text, overwrite=overwrite,
+                             progress=lambda part: bar.update(1, part=part))
     size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
     typer.echo(f"wrote {path} ({size / 2**20:.1f} MiB): {cm.method.name} on {cm.provenance.get('backbone')}, "
                f"{len(cm.classnames)} classes x {cm.dim}{', with the teacher text side' if with_teacher_text else ''}")

@@ -2,12 +2,42 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+from typing import Any
 
 import typer
 
 DEFAULT_BACKBONE = "ViT-B-16"  # open_clip architecture, random init: counts depend on shapes only
+
+
+def method_rows(backbone: str, teacher_dim: int) -> list[dict[str, Any]]:
+    """Each method's learned-parameter count on ``backbone`` and its reference schedule (None where
+    it trains nothing)."""
+    from kdpipe.clip import load_backbone, parse_spec
+    from kdpipe.methods import build_method, get_method, list_methods
+
+    # Counts depend on shapes only: build the spec's architecture with random init, so no weights
+    # are read or downloaded (open_clip's random-init warning is noise here).
+    arch, _ = parse_spec(backbone)
+    logging.disable(logging.WARNING)
+    try:
+        bb = load_backbone(backbone if arch.startswith(("hf-hub:", "local-dir:")) else arch)
+    finally:
+        logging.disable(logging.NOTSET)
+    rows = []
+    for name in list_methods():
+        overrides = {"teacher_dim": teacher_dim} if "teacher_dim" in get_method(name).config_cls.field_names() else None
+        m = build_method(name, bb, ["class"], overrides)
+        cfg, learned = m.cfg, m.num_learned()
+        trains = learned > 0
+        rows.append({
+            "method": name, "learned": learned, "epochs": cfg.epochs if trains else None,
+            "batch_size": cfg.batch_size if trains else None, "lr": float(cfg.lr) if trains else None,
+            "description": cfg.description,
+        })
+    return rows
 
 
 def methods(
@@ -18,38 +48,32 @@ def methods(
     reference: bool = typer.Option(
         False, "--reference", help="show each method's default prompts and schedule with the official config they come from"
     ),
+    as_json: bool = typer.Option(False, "--json", help="print the rows as JSON on stdout (for scripts)"),
 ) -> None:
     """List the prompt methods with a one-line description and their learned-parameter count."""
     from rich.console import Console
     from rich.table import Table
 
-    from kdpipe.clip import load_backbone
-    from kdpipe.methods import build_method, get_method, list_methods
+    from kdpipe.progress import busy
 
     if reference:
-        Console(width=None if sys.stdout.isatty() else 200).print(reference_table())
+        if as_json:
+            typer.echo(json.dumps(reference_rows(), indent=2))
+        else:
+            Console(width=None if sys.stdout.isatty() else 200).print(reference_table())
         return
 
-    # Counts depend on shapes only: build the spec's architecture with random init, so no weights
-    # are read or downloaded (open_clip's random-init warning is noise here).
-    from kdpipe.clip import parse_spec
-
-    arch, _ = parse_spec(backbone)
-    logging.disable(logging.WARNING)
-    try:
-        bb = load_backbone(backbone if arch.startswith(("hf-hub:", "local-dir:")) else arch)
-    finally:
-        logging.disable(logging.NOTSET)
+    with busy(f"building every method on {backbone}"):  # torch, open_clip and a ViT: seconds
+        rows = method_rows(backbone, teacher_dim)
+    if as_json:
+        typer.echo(json.dumps({"backbone": backbone, "methods": rows}, indent=2))
+        return
     table = Table(title=f"prompt methods (learned parameters on {backbone}, reference defaults)")
     for col, justify in (("method", "left"), ("learned", "right"), ("epochs", "right"), ("batch", "right"), ("lr", "right"), ("description", "left")):
         table.add_column(col, justify=justify)
-    for name in list_methods():
-        overrides = {"teacher_dim": teacher_dim} if "teacher_dim" in get_method(name).config_cls.field_names() else None
-        m = build_method(name, bb, ["class"], overrides)
-        cfg = m.cfg
-        trains = m.num_learned() > 0
-        row = [str(cfg.epochs), str(cfg.batch_size), f"{cfg.lr:g}"] if trains else ["-", "-", "-"]
-        table.add_row(name, f"{m.num_learned():,}", *row, cfg.description)
+    for r in rows:
+        trained = [str(r["epochs"]), str(r["batch_size"]), f"{r['lr']:g}"] if r["epochs"] is not None else ["-", "-", "-"]
+        table.add_row(r["method"], f"{r['learned']:,}", *trained, r["description"])
     Console().print(table)
 
 

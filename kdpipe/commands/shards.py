@@ -89,7 +89,7 @@ def inspect(
     with Progress(n, "shards inspect", unit="shard") as bar:
         report = inspect_shards(pattern, decode=not no_decode, progress=bar.update)
     console = Console()
-    table = Table(title=f"{n} shards")
+    table = Table(title=f"{n} shards (MB: the samples' members, the same read from a file or through pipe:)")
     for col, justify in (("shard", "left"), ("samples", "right"), ("MB", "right"), ("members", "left"), ("corrupt", "right")):
         table.add_column(col, justify=justify)
     for s in report.shards:
@@ -97,13 +97,14 @@ def inspect(
         table.add_row(Path(s.url).name if "://" not in s.url else s.url, str(s.samples), f"{s.bytes / 1e6:.2f}", members, str(len(s.corrupt)))
     console.print(table)
     classes = f"{len(report.labels)} classes" if report.labels else "no labels"
-    console.print(f"total: {report.samples} readable samples, {report.bytes / 1e6:.2f} MB, {classes}, {len(report.corrupt)} corrupt")
+    console.print(f"total: {report.samples} readable samples, {report.bytes / 1e6:.2f} MB of members, {classes}, {len(report.corrupt)} corrupt")
     if report.labels:
         shown = sorted(report.labels.items())
         text = ", ".join(f"{k}{' ' + repr(report.classnames[k]) if k in report.classnames else ''}: {v}" for k, v in shown[:20])
         console.print(f"per class: {text}{' ...' if len(shown) > 20 else ''}", highlight=False)
     for shard, key, reason in report.corrupt:
-        console.print(f"corrupt: {shard} [{key}]: {reason}", highlight=False, markup=False)
+        # one line per member, never wrapped: scripts grep these and a cut reason reads as two
+        console.print(f"corrupt: {shard} [{key}]: {reason}", highlight=False, markup=False, soft_wrap=True)
     if report.corrupt:
         raise typer.Exit(1)  # a check that found damage must not look like a pass to a script
 

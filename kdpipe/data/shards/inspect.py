@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
-from kdpipe.data.shards.patterns import expand_pattern, expected_counts, is_url
+from kdpipe.data.shards.patterns import expand_pattern, expected_counts
 from kdpipe.data.shards.samples import BadSample, decode_sample, optional_label
 from kdpipe.data.shards.tarread import iter_samples
 
@@ -17,7 +16,7 @@ from kdpipe.data.shards.tarread import iter_samples
 class ShardInfo:
     url: str
     samples: int = 0  # readable samples
-    bytes: int = 0  # size of the members read (the file size for local shards)
+    bytes: int = 0  # size of the members read: the same whether the shard is a file or a pipe: stream
     extensions: Counter = field(default_factory=Counter)
     corrupt: list[tuple[str, str]] = field(default_factory=list)  # (key, reason)
 
@@ -88,8 +87,6 @@ def inspect_shards(pattern, decode: bool = True, progress: Callable[[int], None]
         if promised is not None and seen + len(dropped) < promised:
             missing = promised - seen - len(dropped)
             info.corrupt.append(("<missing>", f"{missing} of {promised} samples missing (archive ends early)"))
-        if not is_url(url):
-            info.bytes = os.path.getsize(url)
         infos.append(info)
         if progress is not None:
             progress(1)
