@@ -21,13 +21,22 @@ from kdpipe.errors import KdpipeError
 from kdpipe.io import read_json, read_tensors
 
 FEATURES = "features.safetensors"
-KEYS = "keys.json"
+KEYS = "keys.json"  # {"keys": [...], "shards": [...]}: row i holds member keys[i] of shard shards[i]
+
+
+def member_ids(urls: Sequence[str], keys: Sequence[str], root: str | Path) -> list[tuple[str, str]]:
+    """The cache's identity of each image: (shard, key). A key alone repeats across shard sets (every
+    ``kdpipe shards write`` set starts at ``00000000``). A shard under ``root`` (the shards stage's
+    train location) is named relative to it, so built shards keep their identity when the run dir moves."""
+    prefix = str(root).rstrip("/") + "/"
+    return [(u[len(prefix):] if u.startswith(prefix) else u, k) for u, k in zip(urls, keys)]
 
 
 class CachedTeacher:
     """A :class:`~kdpipe.distill.TeacherFeatures` source reading ``[V, N, D]`` stored features.
 
-    ``view`` selects which augmented view the current epoch trains on (set by the caller).
+    ``view`` selects which augmented view the current epoch trains on (set by the caller). Rows are
+    looked up by whatever identity ``keys`` holds: :func:`member_ids` pairs for a stored cache.
     """
 
     def __init__(self, features: torch.Tensor, keys: Sequence[str], device: str | torch.device = "cpu"):
@@ -47,8 +56,11 @@ class CachedTeacher:
         folder = Path(folder)
         if not (folder / FEATURES).is_file() or not (folder / KEYS).is_file():
             raise KdpipeError(f"teacher cache in {folder} is missing; run the teacher-cache stage (kdpipe run teacher-cache)")
+        rows = read_json(folder / KEYS)
+        if "shards" not in rows:  # written when images were keyed by key alone: namesakes shared a row
+            raise KdpipeError(f"teacher cache in {folder} keys images without their shard (older kdpipe); re-run teacher-cache")
         tensors, _ = read_tensors(folder / FEATURES)
-        return cls(tensors["features"], read_json(folder / KEYS)["keys"], device)
+        return cls(tensors["features"], list(zip(rows["shards"], rows["keys"])), device)
 
     def __call__(self, images: torch.Tensor, keys: Sequence[str]) -> torch.Tensor:
         try:

@@ -25,7 +25,7 @@ from kdpipe.io import read_json, write_json
 from kdpipe.pipeline import register_stage
 from kdpipe.errors import KdpipeError
 from kdpipe.progress import step_reporter
-from kdpipe.stages import inputs
+from kdpipe.stages import inputs, teachers
 from kdpipe.train.checkpoint import resumed_step
 from kdpipe.stages import teacher_cache  # noqa: F401  (registers the optional stage distill may read from)
 
@@ -76,16 +76,31 @@ def in_step_with_other_ranks(batches: Iterable, world: int) -> Iterator:
         yield batch
 
 
-def filtered_batches(stream: Iterable, exclude: frozenset[str]) -> Iterator:
-    """Drop held-out keys (user shards hold them) and batches too small for BatchNorm."""
+def holdout_exclusion(shards_info: dict) -> frozenset:
+    """What distill drops from the user's shards: the held-out (shard URL, key) pairs; bare keys
+    for a ``shards.json`` written before the shards were recorded."""
+    if not shards_info.get("filter_holdout"):
+        return frozenset()
+    members = shards_info.get("holdout_members")
+    return frozenset(map(tuple, members)) if members is not None else frozenset(shards_info["holdout_keys"])
+
+
+def filtered_batches(stream: Iterable, exclude: frozenset) -> Iterator:
+    """Drop held-out samples (user shards hold them) and batches too small for BatchNorm.
+
+    ``exclude`` holds (shard URL, key) pairs, matched against a stream that yields URLs last
+    (``with_urls=True``): a key alone repeats across shard sets. Bare keys are matched too. The URLs
+    stay last in what it yields: the teacher cache identifies images by shard and key as well."""
     for batch in stream:
         images, keys = batch[0], list(batch[1])
+        urls = batch[-1] if len(batch) > 2 and isinstance(batch[-1], list) else None
         if exclude:
-            keep = [i for i, k in enumerate(keys) if k not in exclude]
+            keep = [i for i, (u, k) in enumerate(zip(urls or [None] * len(keys), keys)) if (u, k) not in exclude and k not in exclude]
             if len(keep) != len(keys):
                 images, keys = images[keep], [keys[i] for i in keep]
+                urls = urls and [urls[i] for i in keep]
         if len(keys) >= MIN_BATCH:
-            yield images, keys
+            yield (images, keys) if urls is None else (images, keys, urls)
 
 
 def build_student(cfg, backbone, classnames: list[str], class_features, dataset: str | None):
@@ -138,7 +153,7 @@ def teacher_input(teacher_backbone, student_backbone) -> Callable | None:
 
 @register_stage(
     DISTILL,
-    reads=["student", "distill", "data.dataset", "data.crop_scale"],
+    reads=["student", "distill", "data.dataset", "data.crop_scale", "teacher.ensemble"],
     deps=["teacher", "text-features", "shards", "teacher-cache"],
     outputs=[f"{STUDENT_STEM}.safetensors", f"{STUDENT_STEM}.json", CURVES],
     seeded=True,
@@ -153,7 +168,9 @@ def run(ctx) -> dict:
     from kdpipe.data.shards import ShardStream
     from kdpipe.data.transforms import build_transform
     from kdpipe.distill import DistillStep, ForwardTeacher, measure_agreement
-    from kdpipe.distill.teacher_cache import CachedTeacher
+    from kdpipe.distill.ensemble_step import mean_weights
+    from kdpipe.distill.teacher_cache import CachedTeacher, member_ids
+    from kdpipe.stages.distill_ensemble import ensemble_steps
     from kdpipe.methods.io import load_method, save_method
     from kdpipe.stages.shards import read_shards_info
     from kdpipe.train import OptimConfig, autocast, fit
@@ -164,37 +181,53 @@ def run(ctx) -> dict:
     # under torchrun each rank streams its own shards and fit averages the gradients
     rank, world = rank_world()
 
-    tf = read_class_features(features_path(inputs.upstream(ctx, "text-features")))
-    teacher, tmeta = load_method(teacher_stem(inputs.upstream(ctx, "teacher")), device=device)
+    # the PRIMARY teacher (the first of teacher.members): its class features are the student's classifier
+    tf = read_class_features(features_path(teachers.primary_upstream(ctx, "text-features")))
+    teacher, tmeta = load_method(teacher_stem(teachers.primary_upstream(ctx, "teacher")), device=device)
     sb = load_backbone(cfg["student"].backbone, device=device)
     torch.manual_seed(seed)  # the student's initial prompts and projector are part of the seeded result
     student = build_student(cfg, sb, tf.classnames, tf.features, cfg["data"].dataset).to(device)
     student.set_class_features(tf.features.to(device))
 
     shards = read_shards_info(inputs.upstream(ctx, "shards"), ctx.cfg)
-    exclude = frozenset(shards["holdout_keys"]) if shards.get("filter_holdout") else frozenset()
+    exclude = holdout_exclusion(shards)
     adapt = teacher_input(teacher.backbone, sb)
     amp_ctx = (lambda: autocast(device, amp)) if amp else None
     forward = ForwardTeacher(teacher, amp=amp_ctx, adapt=adapt)
     # the held-out probe always runs the teacher (those images are in no cache); training reads
     # the teacher-cache stage's features when there is one
-    cached = CachedTeacher.load(inputs.upstream(ctx, "teacher-cache"), device) if d.cache_views > 0 else None
-    step = DistillStep(student, cached if cached is not None else forward, tf.features, tf.logit_scale, d.temperature, d.kd_weight, device, amp=amp_ctx)
-    probe = DistillStep(student, forward, tf.features, tf.logit_scale, d.temperature, d.kd_weight, device, amp=amp_ctx)
+    cached = CachedTeacher.load(teachers.primary_upstream(ctx, "teacher-cache"), device) if d.cache_views > 0 else None
+    several = len(teachers.member_names(cfg)) > 1
+    if several:  # an ensemble target; one teacher keeps the single-teacher step below, exactly
+        ens = ensemble_steps(ctx, student, sb, (cached if cached is not None else forward, forward, tf, tmeta), device, amp_ctx)
+        step, probe = ens.step, ens.probe
+    else:
+        step = DistillStep(student, cached if cached is not None else forward, tf.features, tf.logit_scale, d.temperature, d.kd_weight, device, amp=amp_ctx)
+        probe = DistillStep(student, forward, tf.features, tf.logit_scale, d.temperature, d.kd_weight, device, amp=amp_ctx)
 
     train_tf = inputs.train_transform(cfg, sb)
     test_tf = build_transform(False, sb.dims.image_size, sb.mean, sb.std)
     stream = ShardStream(
         shards["train"], train_tf, seed=seed, epoch=0, batch_size=d.batch_size, workers=d.workers,
-        rank=rank, world_size=world, log=ctx.log,
+        rank=rank, world_size=world, with_urls=True, log=ctx.log,
     )
+
+    # damaged shard members met in any pass, train or held-out ({(shard, key): reason}): the log
+    # says which, the manifest's metrics how many, so a run on damaged data shows in its results
+    damaged: dict[tuple[str, str], str] = {}
+
+    def tallied(passes: ShardStream) -> Iterator:
+        try:
+            yield from passes
+        finally:  # also when the epoch stops early (another rank ran out of batches)
+            damaged.update(passes.corrupt_reasons)
 
     def holdout() -> Iterable:
         if not shards["holdout"]:
             return []  # nothing held out: agreement is not measured
-        return ShardStream(
+        return tallied(ShardStream(
             shards["holdout"], test_tf, seed=0, epoch=0, batch_size=max(d.batch_size, 64), workers=min(d.workers, 2), log=ctx.log
-        )
+        ))
 
     probes = AgreementLog(Path(ctx.ckpt_dir) / "agreement.json", write=rank == 0)
     if 0 not in probes:
@@ -205,12 +238,15 @@ def run(ctx) -> dict:
         if cached is not None:
             # replay the cached view's augmentation (and with it that view's shard order)
             cached.view = epoch % cached.views
+            for other in (ens.caches if several else []):  # the other teachers' caches hold the same views
+                other.view = cached.view
             stream.set_epoch(cached.view)
         else:
             stream.set_epoch(epoch)
-        for i, batch in enumerate(in_step_with_other_ranks(filtered_batches(stream, exclude), world)):
+        for i, batch in enumerate(in_step_with_other_ranks(filtered_batches(tallied(stream), exclude), world)):
             if i >= skip:
-                yield batch
+                # the cache finds an image by (shard, key): keys repeat across shard sets
+                yield (batch[0], member_ids(batch[2], batch[1], shards["train"])) if cached is not None else batch
 
     def probe_after(row: dict) -> None:
         """``fit``'s epoch-end callback: the held-out probe every ``agreement_every`` epochs and after
@@ -243,22 +279,28 @@ def run(ctx) -> dict:
         )
     curve = []
     for epoch, point in sorted(probes.points.items()):
-        row = {"epoch": epoch, "agreement": point["agreement"], "kd_loss": point["kd_loss"]}
+        # images: the held-out count, so the report can say what an agreement of 100% rests on
+        row = {"epoch": epoch, "agreement": point["agreement"], "kd_loss": point["kd_loss"], "images": point.get("images")}
         train = next((h for h in history if h["epoch"] == epoch), None)
         if train is not None:
             row.update(train_loss=train.get("kd_loss"), train_agreement=train.get("agreement"), lr=train.get("lr"))
         curve.append(row)
     if rank == 0:
+        # several teachers: which, and how they were combined (the report shows "ensemble")
+        several_meta = {"teachers": ens.described, "ensemble": cfg["teacher"].ensemble} if several else {}
         save_method(student, student_stem(ctx.dir), role="student", seed=seed, teacher=tmeta["method"],
-                           teacher_backbone=tmeta["backbone"], transductive=shards.get("transductive", False))
+                           teacher_backbone=tmeta["backbone"], transductive=shards.get("transductive", False), **several_meta)
         write_json(ctx.dir / CURVES, {"seed": seed, "curve": curve, "history": history})
     start, end = curve[0], curve[-1]
     ctx.log.info(f"agreement {_pct(start['agreement'])} -> {_pct(end['agreement'])} on the held-out slice")
+    ensemble_metrics = {"ensemble": cfg["teacher"].ensemble, "teacher_weights": mean_weights(history)} if several else {}
     return {
+        **ensemble_metrics,  # several teachers: the choice and each teacher's mean weight over the run
         "agreement": end["agreement"],
         "agreement_start": start["agreement"],
         "heldout_kd_loss": end["kd_loss"],
         "train_loss": history[-1].get("kd_loss") if history else None,
+        "corrupt_members": len(damaged),  # skipped shard members (this rank's shards under torchrun)
     }
 
 

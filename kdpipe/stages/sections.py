@@ -18,6 +18,7 @@ backbone specs (``model_spec``) are parsed by ``kdpipe run`` / ``status`` before
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -83,10 +84,33 @@ class DataConfig:
         return self.source or self.dataset
 
 
-@config_section("teacher", members=method_config)
+def teacher_member_config(name: str) -> type:
+    """Member schema of ``teacher.<method>``: that method's config plus the member's own ``backbone``
+    (a teacher of ``teacher.members`` other than the primary may live in another embedding space)."""
+    cls = method_config(name)
+    if cls is None:
+        return None
+    if name not in _TEACHER_MEMBER_CLASSES:
+        _TEACHER_MEMBER_CLASSES[name] = dataclasses.make_dataclass(
+            f"Teacher{cls.__name__}", [("backbone", str, field(default=""))], bases=(cls,))
+    return _TEACHER_MEMBER_CLASSES[name]
+
+
+_TEACHER_MEMBER_CLASSES: dict[str, type] = {}  # one class per method, so checks compare equal types
+TEACHER_MEMBER_KEYS = ("backbone",)  # member-table keys that are the teacher's, not its method's
+
+
+@config_section("teacher", members=teacher_member_config)
 @dataclass
 class TeacherConfig:
-    method: str = "promptsrc"  # any registered prompt method
+    method: str = "promptsrc"  # any registered prompt method (the only teacher when `members` is empty)
+    # several teachers (kdpipe.stages.teachers): method names, the first one the PRIMARY (its class
+    # features are the student's classifier); `teacher.<method>.backbone` gives one its own backbone
+    # (default: `backbone`). Empty: [method], the single teacher of PromptKD.
+    members: list[str] = field(default_factory=list)
+    # how the teachers' softened probabilities become the target (kdpipe.distill.ensemble): mean, or
+    # confidence (per-image weights from each teacher's max probability). One teacher: no effect.
+    ensemble: Literal["mean", "confidence"] = "mean"
     backbone: str = model_spec("vit-l-14")  # friendly name, open_clip NAME:TAG, hf-hub:..., or a checkpoint path
     # The PromptKD reference teacher (PromptSRC on ViT-L/14) trains with batch 8 and lr 0.005 instead
     # of PromptSRC's ViT-B/16 defaults; None keeps the method's own reference value.
@@ -133,8 +157,9 @@ class DistillConfig:
 @config_section("shards")
 @dataclass
 class ShardsConfig:
-    # A user's webdataset pattern (local path, brace pattern or pipe: URL). Empty: build shards from
-    # the train split of ALL classes with labels dropped (PromptKD's transductive setting).
+    # "all" (or empty): the train split of ALL classes, labels dropped (PromptKD's transductive
+    # setting); "base": base classes only (inductive; cross-dataset: the source's images); anything
+    # else: a user's webdataset pattern (local path, brace pattern or pipe: URL). kdpipe/stages/shards.py
     unlabeled: str = ""
     per_shard: int = bounded(1000, ge=1)  # samples per tar shard
     max_side: int = bounded(256, ge=0)  # shorter side resized to at most this many pixels (0: keep originals)
@@ -155,6 +180,8 @@ class BaselinesConfig:
 class EvaluateConfig:
     batch_size: int = runtime_setting(64, ge=1)
     split: Literal["test", "val"] = "test"
+    # cross mode: more datasets scored on all their classes (domain generalisation: the ImageNet variants)
+    targets: list[str] = field(default_factory=list)
 
 
 @config_section("report")

@@ -1,8 +1,9 @@
 """Stage ``teacher:<method>``: the prompted teacher (PromptSRC on ViT-L/14 by default), few-shot on
 the training classes (base classes in base-to-novel mode), one instance per seed.
 
-A one-member family named after ``teacher.method`` so that the ``teacher.<method>.*`` override
-table is part of its fingerprint. Writes ``teacher.safetensors`` (learned prompts, meta inside) and
+A family with one member per teacher of :mod:`kdpipe.stages.teachers` (``teacher.members``, else
+``teacher.method``), so that the ``teacher.<method>.*`` override table (the member's own
+``backbone`` included) is part of that member's fingerprint only. Writes ``teacher.safetensors`` (learned prompts, meta inside) and
 ``teacher.json`` (the same meta plus seed, shots and training history).
 """
 
@@ -12,23 +13,19 @@ from typing import Any
 
 from kdpipe.artefacts.run_layout import TEACHER, TEACHER_STEM, teacher_stem
 from kdpipe.pipeline import register_stage
-from kdpipe.stages import inputs
+from kdpipe.stages import inputs, teachers
+from kdpipe.stages.sections import TEACHER_MEMBER_KEYS
 from kdpipe.stages.fewshot import stage_metrics, train_fewshot
 
 
-def teacher_overrides(cfg) -> dict[str, Any]:
-    """Method settings: the teacher section's batch/lr/epochs, then the ``teacher.<method>`` table."""
+def teacher_overrides(cfg, method: str | None = None) -> dict[str, Any]:
+    """Method settings of teacher ``method`` (default: the primary): the teacher section's
+    batch/lr/epochs, then the ``teacher.<method>`` table (less the teacher's own ``backbone``)."""
     t = cfg["teacher"]
     out = {k: getattr(t, k) for k in ("batch_size", "lr", "epochs") if getattr(t, k) is not None}
-    out.update(cfg.member("teacher", t.method))
+    table = cfg.member("teacher", method or teachers.primary_name(cfg))
+    out.update({k: v for k, v in table.items() if k not in TEACHER_MEMBER_KEYS})
     return out
-
-
-def _member(cfg) -> list[str]:
-    from kdpipe.stages.sections import check_methods
-
-    check_methods([cfg["teacher"].method], "teacher.method")
-    return [cfg["teacher"].method]
 
 
 @register_stage(
@@ -38,7 +35,7 @@ def _member(cfg) -> list[str]:
         "teacher.backbone", "teacher.batch_size", "teacher.lr", "teacher.epochs", "teacher.{member}",
     ],
     outputs=[f"{TEACHER_STEM}.safetensors", f"{TEACHER_STEM}.json"],
-    expand=_member,
+    expand=teachers.member_names,
     seeded=True,
     identity=inputs.source_identity,
     headline="train_loss",
@@ -47,11 +44,12 @@ def _member(cfg) -> list[str]:
 )
 def run(ctx) -> dict:
     t = ctx.cfg["teacher"]
+    member = next(m for m in teachers.members(ctx.cfg) if m.name == ctx.member)
     facts = train_fewshot(
         ctx,
         method_name=ctx.member,
-        backbone_spec=t.backbone,
-        overrides=teacher_overrides(ctx.cfg),
+        backbone_spec=member.backbone,
+        overrides=teacher_overrides(ctx.cfg, ctx.member),
         seed=ctx.seed,
         out_stem=teacher_stem(ctx.dir),
         role="teacher",

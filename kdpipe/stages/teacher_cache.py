@@ -2,9 +2,13 @@
 ``V`` augmented views of every unlabeled image, computed once (one instance per seed, as the
 views depend on the stream's seed). ``distill`` then reads them instead of running the teacher.
 
+A family with one member per teacher (:mod:`kdpipe.stages.teachers`), the primary's instance named
+plainly (``teacher-cache@seed1``), another teacher's ``teacher-cache:<method>@seed1``: each holds
+its own teacher's features, in its own embedding space, for the same images and views.
+
 Writes ``features.safetensors`` (``features`` ``[V, N, D]`` fp16, L2-normalised rows) and
-``keys.json`` (the N image keys, the row order). Each finished view is checkpointed, so a killed
-run resumes at the next view.
+``keys.json`` (the N images' shard and key, the row order: keys repeat across shard sets). Each
+finished view is checkpointed, so a killed run resumes at the next view.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from kdpipe.dist import leader_only
 from kdpipe.io import read_json, read_tensors, write_json, write_tensors
 from kdpipe.pipeline import register_stage
 from kdpipe.errors import KdpipeError
-from kdpipe.stages import inputs
+from kdpipe.stages import inputs, teachers
 
 BATCH = 64  # features do not depend on batching; a larger batch only runs the teacher faster
 
@@ -31,7 +35,7 @@ def _write_cache(ctx) -> dict:
     from kdpipe.clip import load_backbone
     from kdpipe.data.shards import ShardStream
     from kdpipe.distill import ForwardTeacher
-    from kdpipe.distill.teacher_cache import FEATURES, KEYS
+    from kdpipe.distill.teacher_cache import FEATURES, KEYS, member_ids
     from kdpipe.methods.io import load_method
     from kdpipe.stages.distill import teacher_input
     from kdpipe.stages.shards import read_shards_info
@@ -55,21 +59,21 @@ def _write_cache(ctx) -> dict:
             if tensor_file.is_file() and key_file.is_file():
                 continue  # finished before an interruption
             stream = ShardStream(shards["train"], transform, seed=seed, epoch=view, batch_size=BATCH,
-                                 workers=cfg["distill"].workers, log=ctx.log)
+                                 workers=cfg["distill"].workers, with_urls=True, log=ctx.log)
             keys, feats = [], []
-            for images, batch_keys in stream:
+            for images, batch_keys, urls in stream:
                 feats.append(source(images.to(device, non_blocking=True), batch_keys).half().cpu())
-                keys += batch_keys
+                keys += member_ids(urls, batch_keys, shards["train"])
                 bar.update(len(batch_keys), images=len(batch_keys))
             write_tensors(tensor_file, {"features": torch.cat(feats)})
-            write_json(key_file, {"keys": keys})
+            write_json(key_file, {"members": keys})
 
-    order = sorted(read_json(_view_files(ckpt, 0)[1])["keys"])
+    order = sorted(map(tuple, read_json(_view_files(ckpt, 0)[1])["members"]))
     index = {k: i for i, k in enumerate(order)}
     stacked = None
     for view in range(views):
         tensor_file, key_file = _view_files(ckpt, view)
-        keys = read_json(key_file)["keys"]
+        keys = list(map(tuple, read_json(key_file)["members"]))
         if sorted(keys) != order:
             raise KdpipeError(f"view {view} of the teacher cache saw other images than view 0; are the shards changing?")
         feats = read_tensors(tensor_file)[0]["features"]
@@ -77,7 +81,7 @@ def _write_cache(ctx) -> dict:
             stacked = torch.empty(views, len(order), feats.shape[1], dtype=torch.float16)
         stacked[view].index_copy_(0, torch.tensor([index[k] for k in keys]), feats)
     write_tensors(ctx.dir / FEATURES, {"features": stacked}, {"views": views, "seed": seed})
-    write_json(ctx.dir / KEYS, {"keys": order})
+    write_json(ctx.dir / KEYS, {"keys": [k for _, k in order], "shards": [s for s, _ in order]})
     ctx.log.info(f"cached {views} view(s) of {len(order)} images x {stacked.shape[2]} teacher features ({stacked.numel() * 2 / 2**20:.1f} MiB)")
     return {"images": len(order), "views": views}
 
@@ -85,8 +89,11 @@ def _write_cache(ctx) -> dict:
 @register_stage(
     "teacher-cache",
     reads=["distill.cache_views", "student.backbone", "data.crop_scale"],
-    deps=["teacher", "shards"],
+    deps=["teacher:{member}", "shards"],
     outputs=["features.safetensors", "keys.json"],
+    expand=teachers.member_names,
+    plain=teachers.primary_name,
+    version=2,  # 2: images keyed by (shard, key); 1: by key alone, so namesakes in two shard sets shared a row
     seeded=True,
     when=lambda cfg: cfg["distill"].cache_views > 0,
     headline="images",

@@ -1,5 +1,9 @@
 """Stage ``text-features``: the trained teacher's text side, run ONCE over every class name.
 
+A family with one member per teacher (:mod:`kdpipe.stages.teachers`): each teacher's rows live in
+its own embedding space. The primary teacher's instance keeps the plain name (``text-features@seed1``)
+and its rows are the student's classifier; ``text-features:<method>`` holds another teacher's.
+
 Writes (one instance per seed) ``text_features.safetensors``: ``features`` ``[C, D]`` (L2-normalised
 rows, base classes first), with the class names, the teacher's logit scale and the number of base
 classes in its metadata, plus ``classes.index`` (a FAISS inner-product index over the rows, with its
@@ -15,17 +19,31 @@ from kdpipe.artefacts.class_features import ClassFeatures, write_class_features
 from kdpipe.artefacts.run_layout import FEATURES_FILE, INDEX_FILE, TEXT_FEATURES, features_path, index_path, teacher_stem
 from kdpipe.dist import leader_only
 from kdpipe.pipeline import register_stage
-from kdpipe.stages import inputs
+from kdpipe.progress import Progress
+from kdpipe.stages import inputs, teachers
 
 
-def compute_text_features(teacher, classnames: list[str], num_base: int) -> ClassFeatures:
-    """Run the teacher's (prompted) text side over ``classnames`` once, in fp32, without gradients."""
+# class names per text pass: ImageNet's 1000 names through a ViT-L text tower take a while, and a
+# chunk at a time lets the progress bar move (each row depends on its own class name only)
+CHUNK = 100
+
+
+def compute_text_features(teacher, classnames: list[str], num_base: int, progress: Progress | None = None,
+                          chunk: int = CHUNK) -> ClassFeatures:
+    """Run the teacher's (prompted) text side over ``classnames`` once, in fp32, without gradients;
+    ``progress`` advances by the classes of each chunk."""
     import torch
     import torch.nn.functional as F
 
+    names = list(classnames)
+    parts = []
     with torch.no_grad(), torch.autocast(teacher.device.type, enabled=False):
-        feats = F.normalize(teacher.class_features(classnames).float(), dim=-1).cpu()
-    return ClassFeatures(feats, list(classnames), float(teacher.clip.logit_scale), num_base)
+        for start in range(0, len(names), chunk):
+            part = names[start:start + chunk]
+            parts.append(F.normalize(teacher.class_features(part).float(), dim=-1).cpu())
+            if progress is not None:
+                progress.update(len(part))
+    return ClassFeatures(torch.cat(parts), names, float(teacher.clip.logit_scale), num_base)
 
 
 def _write_text_features(ctx) -> dict:
@@ -39,7 +57,8 @@ def _write_text_features(ctx) -> dict:
     num_base = base_count(len(classnames)) if cfg["data"].mode == "base2novel" else len(classnames)
     # the target's name: a hand-template teacher (zero-shot) prompts with the target's templates
     teacher, meta = load_method(teacher_stem(inputs.upstream(ctx, "teacher")), device=inputs.device_of(cfg), dataset=splits.name)
-    tf = compute_text_features(teacher, classnames, num_base)
+    with ctx.progress(len(classnames), desc="text-features", unit="class") as bar:
+        tf = compute_text_features(teacher, classnames, num_base, progress=bar)
     tf.meta = {"teacher": meta["method"], "teacher_backbone": meta["backbone"], "dataset": cfg["data"].dataset, "seed": ctx.seed}
     write_class_features(features_path(ctx.dir), tf)
     ClassIndex.build(tf.features, "flat").save(index_path(ctx.dir))
@@ -53,8 +72,10 @@ def _write_text_features(ctx) -> dict:
 @register_stage(
     TEXT_FEATURES,
     reads=["data.mode"],
-    deps=["teacher"],
+    deps=["teacher:{member}"],
     outputs=[FEATURES_FILE, INDEX_FILE],
+    expand=teachers.member_names,
+    plain=teachers.primary_name,
     seeded=True,
     identity=inputs.data_identity,
     headline="classes",
