@@ -177,6 +177,9 @@ def test_distillation_raises_student_teacher_agreement(pipeline):
         assert curve[0]["epoch"] == 0 and curve[-1]["epoch"] == SETTINGS["distill.epochs"]
         assert curve[-1]["agreement"] > curve[0]["agreement"]
         assert curve[-1]["kd_loss"] < curve[0]["kd_loss"]
+        # the held-out count, which the report's agreement plot names
+        held_out = 6 * 12 - json.loads((pipeline.run_dir / "shards" / "shards.json").read_text())["images"]
+        assert curve[0]["images"] == curve[-1]["images"] == held_out
 
 
 def test_distill_killed_and_resumed_matches_uninterrupted(pipeline, tmp_path, monkeypatch):

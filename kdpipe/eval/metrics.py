@@ -67,6 +67,9 @@ class MetricRow:
     hm: float | None
     accuracy: float | None = None  # all classes at once (the cross-dataset number)
     extra: dict = field(default_factory=dict)  # e.g. per-seed std on mean rows
+    # the student's unlabeled set: "transductive" (novel or target images in it), "inductive" or
+    # "user shards" (kdpipe/stages/shards.py); None for methods that learn from labels only
+    protocol: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -78,17 +81,22 @@ def _avg(values: list[float | None]) -> float | None:
 
 
 def mean_rows(rows: Iterable[MetricRow]) -> list[MetricRow]:
-    """One ``seed="mean"`` row per (method, role, backbone, dataset), in first-seen order."""
+    """One ``seed="mean"`` row per (method, role, backbone, dataset, protocol), in first-seen order.
+
+    The protocol is part of the group: a student distilled on novel-class images (transductive)
+    and one that never saw them (inductive) are different results and never share a mean.
+    """
     groups: dict[tuple, list[MetricRow]] = {}
     for r in rows:
         if r.seed != "mean":
-            groups.setdefault((r.method, r.role, r.backbone, r.dataset), []).append(r)
+            groups.setdefault((r.method, r.role, r.backbone, r.dataset, r.protocol), []).append(r)
     out = []
-    for (method, role, backbone, dataset), members in groups.items():
+    for (method, role, backbone, dataset, protocol), members in groups.items():
         base = _avg([m.base for m in members])
         novel = _avg([m.novel for m in members])
         extra = {"seeds": [m.seed for m in members]}
-        for key in ("base", "novel", "accuracy"):
+        # the spread of per-seed HMs (the mean row's HM itself is the HM of the averages)
+        for key in ("base", "novel", "hm", "accuracy"):
             vals = [getattr(m, key) for m in members]
             if len(members) > 1 and all(v is not None and not math.isnan(v) for v in vals):
                 extra[f"{key}_std"] = pstdev(vals)
@@ -104,6 +112,7 @@ def mean_rows(rows: Iterable[MetricRow]) -> list[MetricRow]:
                 hm=harmonic_mean(base, novel),
                 accuracy=_avg([m.accuracy for m in members]),
                 extra=extra,
+                protocol=protocol,
             )
         )
     return out

@@ -7,3 +7,4 @@ once per seed (``run.seeds``); report combines every seed and their mean.
 
 from kdpipe.stages import sections  # noqa: F401  (config sections first: stages read them)
 from kdpipe.stages import baseline, distill, evaluate, report, shards, teacher, text_features, world  # noqa: F401
+from kdpipe.stages import metric_formats  # noqa: F401  (how their headline metrics print)

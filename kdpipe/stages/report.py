@@ -1,7 +1,10 @@
 """Stage ``report``: every seed's rows plus their mean as Markdown and CSV tables, ``metrics.json``,
 a bar chart of base / novel / HM per method and the distillation loss and agreement curves.
 
-Mean rows average base and novel over seeds and take the HM of those averages, as the papers do.
+Mean rows average base and novel over seeds and take the HM of those averages, as the papers do;
+a student row says which protocol its unlabeled set followed (transductive / inductive / user
+shards), and rows of different protocols never share a mean. In cross-dataset mode ``results.md``
+opens with the papers' transfer table: source column, one column per target, their average.
 """
 
 from __future__ import annotations
@@ -15,17 +18,21 @@ CURVES = "distill_curves.png"
 
 
 def _write_report(ctx) -> dict:
+    from kdpipe.eval.labels import backbone_label
     from kdpipe.eval.metrics import mean_rows
     from kdpipe.report import plot_base_novel, plot_curves, write_tables
     from kdpipe.stages.distill import CURVES as CURVES_JSON
-    from kdpipe.stages.evaluate import read_rows
+    from kdpipe.stages.evaluate import METRICS, read_rows
 
     cfg = ctx.cfg
-    rows, notes = [], []
+    rows, notes, transfer_source = [], [], None
     for folder in sorted(set(ctx.inputs_of("evaluate").values())):
         seed_rows, seed_notes = read_rows(folder)
         rows += seed_rows
         notes += [n for n in seed_notes if n not in notes]
+        evaluated = read_json(folder / METRICS)
+        if evaluated.get("mode") == "cross":  # the papers' transfer layout: source, targets, average
+            transfer_source = evaluated.get("source") or evaluated["rows"][0]["dataset"]
     rows.sort(key=lambda r: r.seed)
     seeds = {r.seed for r in rows}
     # a mean over one seed would only repeat its rows
@@ -37,20 +44,25 @@ def _write_report(ctx) -> dict:
         data = read_json(folder / CURVES_JSON)
         curves[f"seed {data['seed']}"] = data["curve"]
 
-    summary = means or rows
+    # the headline is the run's own dataset (the first each evaluate scored), not a transfer target
+    summary = [r for r in (means or rows) if not rows or r.dataset == rows[0].dataset]
     student = next((r for r in summary if r.role == "student"), None)
     teacher = next((r for r in summary if r.role == "teacher"), None)
+    # short backbone names: a local checkpoint's full path belongs in the manifests, not in titles
     title = cfg["report"].title or (
-        f"{student.dataset}: {teacher.method} on {teacher.backbone} -> promptkd on {student.backbone}" if student and teacher else "kdpipe results"
+        f"{student.dataset}: {teacher.method} on {backbone_label(teacher.backbone)} -> promptkd on {backbone_label(student.backbone)}"
+        if student and teacher else "kdpipe results"
     )
-    write_tables(everything, ctx.dir, title=title, notes=notes, images=[BARS, CURVES])
+    write_tables(everything, ctx.dir, title=title, notes=notes, images=[BARS, CURVES], transfer_source=transfer_source)
     write_json(ctx.dir / "metrics.json", {"title": title, "rows": [r.to_dict() for r in everything], "notes": notes})
     plot_base_novel(everything, ctx.dir / BARS, title=title)
     plot_curves(curves, ctx.dir / CURVES, title="distillation")
     ctx.log.info(f"wrote {ctx.dir / 'results.md'}")
-    # headline: the student's HM (base-to-novel) or all-class accuracy (cross-dataset), seed mean
+    # headline: the student's HM (base-to-novel) or all-class accuracy (cross-dataset), seed mean,
+    # in percent; ``score`` names which (kdpipe/stages/metric_formats.py prints it so)
     out = {"seeds": len(seeds)}
     if student is not None:
+        out["score"] = "hm" if student.hm is not None else "accuracy"
         out.update(student=student.hm if student.hm is not None else student.accuracy,
                    student_base=student.base, student_novel=student.novel, student_accuracy=student.accuracy)
     if teacher is not None:
@@ -64,6 +76,9 @@ def _write_report(ctx) -> dict:
     deps=["evaluate", "distill"],
     outputs=["results.md", "results.csv", "metrics.json", BARS, CURVES],
     headline="student",
+    # 2: short backbone names, one decimal, ± seed std, error bars, legends outside;
+    # 3: each student row's protocol, the transfer table in cross-dataset mode
+    version=3,
     description="tables and plots of every method and seed",
 )
 def run(ctx) -> dict:
