@@ -1,17 +1,27 @@
 """Stage ``shards``: the unlabeled distillation set as webdataset tar shards, plus a held-out slice.
 
-Default (PromptKD's transductive setting, recorded in ``shards.json`` and in every report): the
-train split of ALL classes, base and novel, with labels dropped. With ``shards.unlabeled`` (or
-``--set shards.unlabeled=PATTERN``) the user's own shards are streamed as they are instead.
+``shards.unlabeled`` picks the set, and with it the protocol recorded in ``shards.json``
+(``protocol``) and in every report row of the student:
+
+- ``all`` (or empty, the default): the train split of ALL classes, base and novel, labels dropped:
+  PromptKD's transductive setting. In cross-dataset mode: every train image of the target.
+  When the distillation set IS the teacher's labelled source (domain generalisation: ImageNet in,
+  its shifted versions only evaluated) no unseen class or domain is in it: inductive.
+- ``base``: only the train images of the base classes (cross-dataset: of the source dataset the
+  teacher learned from, none of the target's): inductive, no novel-class image reaches distillation.
+- anything else: a pattern naming the user's own shards, streamed as they are (protocol
+  ``user shards``: kdpipe cannot know what they hold).
 
 A held-out slice (``shards.holdout`` images, at most ``shards.holdout_fraction`` of the set) is
 kept out of training to measure student-teacher agreement each epoch: built shards leave those
 images out; with user shards, the first images of the first shard are copied to ``holdout/`` and
-distill drops their keys from the training stream.
+distill drops them from the training stream by shard and key (``holdout_members``: keys repeat
+across shard sets, every ``kdpipe shards write`` set starts at ``00000000``).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import random
 from pathlib import Path
@@ -30,10 +40,62 @@ HOLDOUT_SEED = 20240601  # the slice is a property of the data, not of a trainin
 ORDER_SEED = 20240602  # the stored order, likewise (the stream reshuffles shards and a buffer per epoch)
 
 
+# Protocol names, as ``shards.json`` and the report write them.
+TRANSDUCTIVE = "transductive"
+INDUCTIVE = "inductive"
+USER_SHARDS = "user shards"
+
+
+def _all_classes(cfg) -> tuple[list, str, str]:
+    splits = inputs.load_splits(cfg)
+    protocol = built_protocol(cfg)
+    what = ("the source dataset the teacher learned from" if protocol == INDUCTIVE
+            else "base and novel" if cfg["data"].mode == "base2novel" else "the target")
+    return list(splits.train), f"train split of all {splits.num_classes} classes of {splits.name} ({what}), labels dropped", protocol
+
+
+def _base_classes(cfg) -> tuple[list, str, str]:
+    from kdpipe.data.splits import base_novel_labels
+
+    d = cfg["data"]
+    if d.mode == "cross":
+        # the classes the teacher learned are the source's: none of the target's images
+        splits = inputs.load_splits(cfg, source=True)
+        return list(splits.train), f"train split of the source {splits.name} (no image of the target {d.dataset}), labels dropped", INDUCTIVE
+    splits = inputs.load_splits(cfg)
+    base, _ = base_novel_labels(splits.num_classes)
+    keep = set(base)
+    items = [it for it in splits.train if it.label in keep]
+    return items, f"train split of the {len(base)} base classes of {splits.name} (of {splits.num_classes}; no novel-class image), labels dropped", INDUCTIVE
+
+
+# ``shards.unlabeled`` words -> (train items, what they are, protocol); any other value is a
+# pattern naming the user's own shards. "" is the default's spelling of "all".
+UNLABELED_SETS = {"": _all_classes, "all": _all_classes, "base": _base_classes}
+
+
+def built_protocol(cfg) -> str | None:
+    """The protocol of a set kdpipe builds, from the settings alone; None for the user's shards."""
+    d, word = cfg["data"], cfg["shards"].unlabeled
+    if word not in UNLABELED_SETS:
+        return None
+    # with "all", the distillation set may be the teacher's own labelled source (domain
+    # generalisation): then the student sees no class and no domain the teacher did not learn from
+    if word == "base" or (d.mode == "cross" and d.train_dataset == d.dataset):
+        return INDUCTIVE
+    return TRANSDUCTIVE
+
+
 def _identity(cfg) -> Any:
     pattern = cfg["shards"].unlabeled
-    if not pattern:
-        return inputs.data_identity(cfg)
+    if pattern in UNLABELED_SETS:
+        identity = inputs.data_identity(cfg)
+        if pattern == "base" and cfg["data"].mode == "cross":
+            identity = inputs.source_identity(cfg)
+        # the transductive default keeps the identity older run dirs were fingerprinted with; the
+        # protocol is named when it differs, so a setting that flips it redoes the shards
+        protocol = built_protocol(cfg)
+        return identity if protocol == TRANSDUCTIVE else {**identity, "protocol": protocol, "mode": cfg["data"].mode}
     if pattern.startswith("pipe:"):
         return {"pattern": pattern}
     from kdpipe.data.shards import expand_pattern
@@ -56,7 +118,7 @@ def read_shards_info(stage_dir: str | Path, cfg) -> dict[str, Any]:
     stage_dir = Path(stage_dir)
     info = read_json(stage_dir / INFO)
     pattern = cfg["shards"].unlabeled
-    info["train"] = pattern if pattern else str(stage_dir / TRAIN_DIR)
+    info["train"] = str(stage_dir / TRAIN_DIR) if pattern in UNLABELED_SETS else pattern
     info["holdout"] = str(stage_dir / HOLDOUT_DIR) if (stage_dir / HOLDOUT_DIR).is_dir() else ""
     return info
 
@@ -66,14 +128,44 @@ def holdout_size(total: int, cfg) -> int:
     return max(0, min(s.holdout, int(total * s.holdout_fraction)))
 
 
-def _copy_first_samples(pattern: str, n: int, out: Path) -> list[str]:
-    """Copy the first ``n`` readable samples of the user's shards, bytes untouched, into one tar."""
+def _refuse_too_few_left(found: str, total: int, held: int, cfg) -> None:
+    """Refuse a set the held-out slice leaves too little of, here rather than as an empty epoch in
+    distill; the one line gives the numbers and the settings to change."""
+    from kdpipe.stages.distill import MIN_BATCH
+
+    if total - held >= MIN_BATCH:
+        return
+    s = cfg["shards"]
+    raise KdpipeError(
+        f"{found}, {held} held out for agreement (shards.holdout={s.holdout}, shards.holdout_fraction={s.holdout_fraction:g}), "
+        f"leaving {total - held} for distillation, which needs at least {MIN_BATCH} (a batch the projector's BatchNorm can "
+        "train on); lower shards.holdout or shards.holdout_fraction (shards.holdout=0 measures no agreement), or add images"
+    )
+
+
+def _count_samples(pattern: str, limit: int) -> int:
+    """Readable samples in the user's shards, counted no further than ``limit``."""
+    from kdpipe.data.shards import expand_pattern
+    from kdpipe.data.shards.tarread import iter_samples
+
+    n = 0
+    for url in expand_pattern(pattern):
+        for _ in iter_samples(url, lambda *problem: None):  # corrupt ones are reported by distill
+            n += 1
+            if n >= limit:
+                return n
+    return n
+
+
+def _copy_first_samples(pattern: str, n: int, out: Path) -> list[list[str]]:
+    """Copy the first ``n`` readable samples of the user's shards, bytes untouched, into one tar;
+    returns their [shard URL, key] pairs."""
     import webdataset as wds
 
     from kdpipe.data.shards import expand_pattern
     from kdpipe.data.shards.tarread import iter_samples
 
-    keys: list[str] = []
+    keys: list[list[str]] = []
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     try:
@@ -81,7 +173,7 @@ def _copy_first_samples(pattern: str, n: int, out: Path) -> list[str]:
             for url in expand_pattern(pattern):
                 for sample in iter_samples(url, lambda *problem: None):  # corrupt ones are reported by distill
                     sink.write({k: v for k, v in sample.items() if not k.startswith("__") or k == "__key__"})
-                    keys.append(sample["__key__"])
+                    keys.append([url, sample["__key__"]])
                     if len(keys) >= n:
                         break
                 if len(keys) >= n:
@@ -98,41 +190,62 @@ def _write_shards(ctx) -> dict:
     from kdpipe.data.shards import write_shards
 
     s = ctx.cfg["shards"]
-    if s.unlabeled:
-        n_hold = max(1, min(s.holdout, 10_000)) if s.holdout else 0
-        keys = _copy_first_samples(s.unlabeled, n_hold, ctx.dir / HOLDOUT_DIR / "holdout-000000.tar") if n_hold else []
+    if s.unlabeled not in UNLABELED_SETS:
+        from kdpipe.stages.distill import MIN_BATCH
+
+        # Count only as far as it matters: past holdout / holdout_fraction images the fraction no
+        # longer caps the slice, and a big remote set is not read through just to size it.
+        wanted = min(s.holdout, 10_000)
+        limit = math.ceil(wanted / s.holdout_fraction) + MIN_BATCH
+        total = _count_samples(s.unlabeled, limit)
+        if total == 0:
+            raise KdpipeError(f"shards.unlabeled {s.unlabeled!r} holds no readable samples; give a pattern naming webdataset .tar shards")
+        n_hold = min(wanted, holdout_size(total, ctx.cfg))
+        _refuse_too_few_left(f"shards.unlabeled {s.unlabeled!r} holds {total} readable samples", total, n_hold, ctx.cfg)
+        members = _copy_first_samples(s.unlabeled, n_hold, ctx.dir / HOLDOUT_DIR / "holdout-000000.tar") if n_hold else []
+        keys = [key for _, key in members]
         info = {
             "source": "user shards",
             "train": s.unlabeled,
             "holdout": HOLDOUT_DIR if keys else "",
             "holdout_keys": keys,
+            "holdout_members": members,
             "filter_holdout": True,
             "transductive": False,
+            "protocol": USER_SHARDS,
             "images": None,
         }
-        ctx.log.info(f"using the user's shards {s.unlabeled}; {len(keys)} images held out for agreement")
+        counted = f"{total}{'+' if total >= limit else ''}"
+        ctx.log.info(f"using the user's shards {s.unlabeled}; {len(keys)} of {counted} images held out for agreement")
     else:
-        splits = inputs.load_splits(ctx.cfg)
-        items = list(splits.train)
+        items, source, protocol = UNLABELED_SETS[s.unlabeled](ctx.cfg)
         if len(items) < 2:
-            raise KdpipeError(f"{splits.name} has {len(items)} train images; distillation needs unlabeled images")
+            raise KdpipeError(f"the {source} holds {len(items)} images; distillation needs unlabeled images")
         n_hold = holdout_size(len(items), ctx.cfg)
+        _refuse_too_few_left(f"the {source} holds {len(items)} images", len(items), n_hold, ctx.cfg)
         held_idx = set(random.Random(HOLDOUT_SEED).sample(range(len(items)), n_hold))
         train = [it for i, it in enumerate(items) if i not in held_idx]
         held = [it for i, it in enumerate(items) if i in held_idx]
-        write_shards(train, ctx.dir / TRAIN_DIR, per_shard=s.per_shard, max_side=s.max_side, keep_labels=False, shuffle_seed=ORDER_SEED)
-        if held:
-            write_shards(held, ctx.dir / HOLDOUT_DIR, per_shard=s.per_shard, max_side=s.max_side, keep_labels=False)
+        # decoding and resizing a big train split takes minutes: one bar over both folders
+        with ctx.progress(len(items), desc="shards", unit="image") as bar:
+            def done(n: int) -> None:
+                bar.update(n, images=n)
+
+            write_shards(train, ctx.dir / TRAIN_DIR, per_shard=s.per_shard, max_side=s.max_side, keep_labels=False,
+                         shuffle_seed=ORDER_SEED, progress=done)
+            if held:
+                write_shards(held, ctx.dir / HOLDOUT_DIR, per_shard=s.per_shard, max_side=s.max_side, keep_labels=False, progress=done)
         info = {
-            "source": f"train split of all {splits.num_classes} classes of {splits.name}, labels dropped",
+            "source": source,
             "train": TRAIN_DIR,
             "holdout": HOLDOUT_DIR if held else "",
             "holdout_keys": [],
             "filter_holdout": False,
-            "transductive": True,
+            "transductive": protocol == TRANSDUCTIVE,
+            "protocol": protocol,
             "images": len(train),
         }
-        ctx.log.info(f"{len(train)} unlabeled images of all {splits.num_classes} classes (transductive, as in PromptKD), {len(held)} held out")
+        ctx.log.info(f"{len(train)} unlabeled images, the {source} ({protocol}), {len(held)} held out")
     write_json(ctx.dir / INFO, info)
     return {"images": info["images"] or 0, "holdout": len(info["holdout_keys"]) or n_hold, "transductive": info["transductive"]}
 
