@@ -22,6 +22,14 @@ def _write_json_out(path: Optional[Path], res: dict) -> None:
         write_json(path, res)
 
 
+def _print_result(header: str, lines: list[str], json_out: Optional[Path], res: dict) -> None:
+    """A bench's plain-text result (a header line, then its lines) and, with --json, its numbers."""
+    typer.echo(header)
+    for line in lines:
+        typer.echo(line)
+    _write_json_out(json_out, res)
+
+
 @bench_app.command("index")
 def index(
     classes: str = typer.Option("1000,20000", help="class counts for flat search, comma-separated"),
@@ -38,14 +46,10 @@ def index(
     from rich.console import Console
     from rich.table import Table
 
-    from kdpipe.errors import KdpipeError
     from kdpipe.infer.bench import bench_index
     from kdpipe.train.device import pick_device
 
-    try:
-        sizes = tuple(int(c) for c in classes.split(",") if c.strip())
-    except ValueError:
-        raise KdpipeError(f"--classes {classes!r}: expected comma-separated integers like 1000,20000") from None
+    sizes = tuple(_int_list(classes, "--classes"))
     dev = str(pick_device(device))
     res = bench_index(sizes, approx_classes, dim, batch, top_k, repeats, dev, tuple(k for k in kinds.split(",") if k.strip()))
     console = Console()
@@ -127,11 +131,8 @@ def classify(
         raise KdpipeError("--images and --batch-size must be >= 1, --classes >= --top-k, --workers >= 0")
     res = bench_classify(backbone, images, classes, batch, top_k, workers, str(pick_device(device)),
                          progress=lambda msg: typer.echo(msg, err=True))
-    typer.echo(f"{backbone}, {res.images} images, {res.classes} classes, batch {res.batch}, {res.workers} workers, "
-               f"{res.device}, torch threads {res.torch_threads}")
-    for line in summary_lines(res):
-        typer.echo(line)
-    _write_json_out(json_out, res.as_dict())
+    _print_result(f"{backbone}, {res.images} images, {res.classes} classes, batch {res.batch}, {res.workers} workers, "
+                  f"{res.device}, torch threads {res.torch_threads}", summary_lines(res), json_out, res.as_dict())
 
 
 def _int_list(value: str, option: str) -> list[int]:
@@ -168,11 +169,8 @@ def distill(
         raise KdpipeError("--batch must be >= 2 (the projector's BatchNorm) and --rounds >= 1")
     res = bench_distill(teacher, student, sizes, batch, rounds, str(pick_device(device)), amp,
                         progress=lambda msg: typer.echo(msg, err=True))
-    typer.echo(f"{teacher} -> {student}, batch {res.batch}, {res.image_size} px, {res.device}, {res.precision}, "
-               f"torch threads {res.torch_threads}, {res.rounds} interleaved rounds")
-    for line in summary_lines(res):
-        typer.echo(line)
-    _write_json_out(json_out, res.as_dict())
+    _print_result(f"{teacher} -> {student}, batch {res.batch}, {res.image_size} px, {res.device}, {res.precision}, "
+                  f"torch threads {res.torch_threads}, {res.rounds} interleaved rounds", summary_lines(res), json_out, res.as_dict())
 
 
 @bench_app.command("gpu")
@@ -213,10 +211,8 @@ def memory(
     if workers < 0 or batch < 2 or cache_views < 0:
         raise KdpipeError("--workers and --cache-views must be >= 0, --batch >= 2 (the projector's BatchNorm)")
     res = bench_memory(_int_list(images, "--images"), workers, batch, cache_views, say=lambda msg: typer.echo(msg, err=True))
-    typer.echo(f"{res.machine}; {res.workers} workers, distill batch {res.batch}, cache_views {res.cache_views}")
-    for line in summary_lines(res):
-        typer.echo(line)
-    _write_json_out(json_out, res.as_dict())
+    _print_result(f"{res.machine}; {res.workers} workers, distill batch {res.batch}, cache_views {res.cache_views}",
+                  summary_lines(res), json_out, res.as_dict())
 
 
 def register(app: typer.Typer) -> None:
