@@ -104,6 +104,11 @@ def test_adding_a_teacher_reruns_only_what_depends_on_it(one_teacher, tmp_path):
     assert meta["ensemble"] == "mean" and len(meta["teachers"]) == 2
     # the student's classifier (and so its projector) stays in the primary teacher's space
     assert meta["config"]["teacher_dim"] == primary.features.shape[1]
+    # classify --stage teacher, and the student's text side for new class names, are the primary's
+    from kdpipe.infer.runs import load_run
+
+    assert load_run(run_dir, "teacher").method.name == "promptsrc"
+    assert load_run(run_dir, "student").teacher_loader().name == "promptsrc"
 
     # confidence weighting: only the distillation and what follows it re-run
     report = _run(run_dir, data_root, settings={**SECOND, "teacher.ensemble": "confidence"})

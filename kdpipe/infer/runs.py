@@ -9,6 +9,7 @@ side for ``--classes`` with new names.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Callable
 
@@ -69,6 +70,19 @@ def _pick(run_dir: Path, role: str, pattern: str, seed: int | None) -> tuple[Pat
     return folder, s
 
 
+def _teacher_of(run_dir: Path, tf_folder: Path) -> Path | None:
+    """The teacher whose text side made the class features in ``tf_folder`` (the primary's: the
+    student's classifier), read from that stage's manifest. With several teachers the folder name
+    alone cannot tell (``teacher-promptsrc``, ``teacher-zeroshot``, and ``teacher-cache`` matches too)."""
+    from kdpipe.pipeline import read_manifest
+    from kdpipe.pipeline.graph import folder_name
+
+    upstream = (read_manifest(tf_folder) or {}).get("upstream") or {}
+    names = [n for n in upstream if n.split("@")[0].split(":")[0] == layout.TEACHER]
+    folder = run_dir / folder_name(names[0]) if len(names) == 1 else None
+    return folder if folder is not None and read_manifest(folder) is not None else None
+
+
 def load_run(run_dir: str | Path, role: str = "student", seed: int | None = None, device="cpu") -> ClassModel:
     """The model of one finished stage of a run directory, ready for :func:`classify`."""
     from kdpipe.artefacts.class_features import read_class_features
@@ -78,6 +92,8 @@ def load_run(run_dir: str | Path, role: str = "student", seed: int | None = None
     pattern, stem = _role_pattern(role)
     folder, seed = _pick(run_dir, role, pattern, seed)
     tf_folder, _ = _pick(run_dir, layout.TEXT_FEATURES, layout.TEXT_FEATURES_FOLDER, seed)
+    if role == "teacher":
+        folder = _teacher_of(run_dir, tf_folder) or folder
     tf = read_class_features(layout.features_path(tf_folder))
     method, meta = load_method(stem(folder), device=device)
     source = f"{role} of run {run_dir}" + (f" (seed {seed})" if seed is not None else "")
@@ -89,14 +105,17 @@ def load_run(run_dir: str | Path, role: str = "student", seed: int | None = None
         index_path = None
     teacher_loader = None
     if role == "student":
-        teacher_folder, _ = _pick(run_dir, "teacher", layout.TEACHER_FOLDER, seed)
-
-        def teacher_loader():
-            return load_method(layout.teacher_stem(teacher_folder), device=device)[0]
-
+        teacher_folder = _teacher_of(run_dir, tf_folder) or _pick(run_dir, "teacher", layout.TEACHER_FOLDER, seed)[0]
+        teacher_loader = functools.partial(_load_method_only, layout.teacher_stem(teacher_folder), device)
     return ClassModel(method, tf.classnames, feats, float(method.clip.logit_scale), tf.num_base, source=source,
                       provenance={"run_dir": str(run_dir.resolve()), "stage": folder.name, "seed": seed, "backbone": meta["backbone"]},
                       teacher_loader=teacher_loader, index_path=index_path)
+
+
+def _load_method_only(stem: Path, device):
+    from kdpipe.methods.io import load_method
+
+    return load_method(stem, device=device)[0]
 
 
 def image_independent_class_features(method, classnames: list[str]):
