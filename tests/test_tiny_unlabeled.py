@@ -45,5 +45,5 @@ def test_built_shards_all_held_out_are_refused_with_the_numbers(tmp_path):
     result = _run_shards(tmp_path, "shards.holdout_fraction=1", "shards.holdout=100")
     assert isinstance(result.exception, KdpipeError), result.output
     text = str(result.exception)
-    for part in ("72 train images", "72 held out", "leaving 0", "at least 2", "shards.holdout", "shards.holdout_fraction"):
+    for part in ("holds 72 images", "72 held out", "leaving 0", "at least 2", "shards.holdout", "shards.holdout_fraction"):
         assert part in text, text
