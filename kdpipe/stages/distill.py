@@ -24,6 +24,7 @@ from kdpipe.dist import rank_world
 from kdpipe.io import read_json, write_json
 from kdpipe.pipeline import register_stage
 from kdpipe.errors import KdpipeError
+from kdpipe.eval.labels import backbone_label
 from kdpipe.progress import step_reporter
 from kdpipe.stages import inputs, teachers
 from kdpipe.train.checkpoint import resumed_step
@@ -256,8 +257,8 @@ def run(ctx) -> dict:
             probes.record(done, measure_agreement(probe, holdout()))
 
     ctx.log.info(
-        f"student {cfg['student'].method} on {sb.spec}: {student.num_learned():,} learned parameters; teacher "
-        f"{tmeta['method']} on {tmeta['backbone']}; {len(tf.classnames)} classes; w={d.kd_weight:g} tau={d.temperature:g}"
+        f"student {cfg['student'].method} on {backbone_label(sb.spec)}: {student.num_learned():,} learned parameters; teacher "
+        f"{tmeta['method']} on {backbone_label(tmeta['backbone'])}; {len(tf.classnames)} classes; w={d.kd_weight:g} tau={d.temperature:g}"
     )
     # steps per epoch are known for shards built here; a user's shard set is counted as it streams
     per_epoch = math.ceil(shards["images"] / world / d.batch_size) if shards.get("images") else None

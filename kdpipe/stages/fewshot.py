@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from kdpipe.eval.labels import backbone_label
 from kdpipe.progress import step_reporter
 from kdpipe.stages import inputs
 from kdpipe.train.checkpoint import resumed_step
@@ -83,7 +84,7 @@ def train_fewshot(
         ctx.log.warning(short)
     real = shots["shots_min"] if shots["shots_min"] == shots["shots_max"] else f"{shots['shots_min']}-{shots['shots_max']}"
     ctx.log.info(
-        f"{role} {method_name} on {backbone_spec}, seed {seed}: {len(data.train)} images of "
+        f"{role} {method_name} on {backbone_label(backbone_spec)}, seed {seed}: {len(data.train)} images of "
         f"{len(data.classnames)} classes ({real}-shot), {method.num_learned():,} learned parameters"
     )
     epochs, bs = method.cfg.epochs, method.cfg.batch_size

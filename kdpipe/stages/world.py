@@ -181,7 +181,9 @@ def pretrain_world(ctx) -> dict[str, dict]:
             results[arch] = future.result()  # a failure in a worker surfaces here, with its message
     for arch in todo:
         r = results[arch]
-        ctx.log.info(f"{arch}: {r['steps']} steps in {r['seconds']:.0f}s, loss {r['final_loss']:.3f}, zero-shot {r['zeroshot']}")
+        z = r["zeroshot"]  # percent, on held-out renders (WorldPretrainResult.zeroshot)
+        ctx.log.info(f"{arch}: {r['steps']} steps in {r['seconds']:.0f}s, loss {r['final_loss']:.3f}; zero-shot on held-out "
+                     f"renders: clean {z['clean']:.1f}%, shifted base {z['base']:.1f} novel {z['novel']:.1f} HM {z['hm']:.1f}")
     return results
 
 
