@@ -40,13 +40,18 @@ def make_teacher(backbone):
     return build_method("coop", backbone, CLASSES, overrides={"n_ctx": 2}).eval()
 
 
-@pytest.fixture()
-def model(tiny_student, tiny_teacher):
+def make_model(tiny_student, tiny_teacher) -> ClassModel:
+    """The tiny student scoring against its coop teacher's class features, teacher text side included."""
     teacher = make_teacher(tiny_teacher)
     with torch.no_grad():
         feats = F.normalize(teacher.class_features(CLASSES).float(), dim=-1)
     return ClassModel(make_student(tiny_student), CLASSES, feats, 100.0, 3, source="test model",
                       provenance={"backbone": "kd-tiny-s"}, teacher_loader=lambda: teacher)
+
+
+@pytest.fixture()
+def model(tiny_student, tiny_teacher):
+    return make_model(tiny_student, tiny_teacher)
 
 
 def run(cm, folder, out, **kw):

@@ -44,18 +44,9 @@ def one_line(e) -> str:
 
 @pytest.fixture(scope="module")
 def bundle_src(tmp_path_factory, tiny_student, tiny_teacher):
-    import torch.nn.functional as F
+    from test_classify_bundle import make_model
 
-    from test_classify import CLASSES
-    from test_classify_bundle import make_student, make_teacher
-
-    from kdpipe.infer.bundle import ClassModel
-
-    teacher = make_teacher(tiny_teacher)
-    with torch.no_grad():
-        feats = F.normalize(teacher.class_features(CLASSES).float(), dim=-1)
-    cm = ClassModel(make_student(tiny_student), CLASSES, feats, 100.0, 3, source="test model",
-                    provenance={"backbone": "kd-tiny-s"}, teacher_loader=lambda: teacher)
+    cm = make_model(tiny_student, tiny_teacher)
     out = tmp_path_factory.mktemp("bundles") / "src"
     export_bundle(cm, out, index_kind="flat", with_teacher_text=True)
     return out

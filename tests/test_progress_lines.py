@@ -43,16 +43,10 @@ def test_text_features_report_progress_per_chunk_and_match_one_pass(tiny_teacher
 
 
 def test_export_reports_every_part_it_writes(tmp_path, tiny_student, tiny_teacher):
-    import torch.nn.functional as F
+    from kdpipe.infer.bundle import export_bundle, export_steps
+    from test_classify_bundle import make_model
 
-    from kdpipe.infer.bundle import ClassModel, export_bundle, export_steps
-    from test_classify_bundle import CLASSES, make_student, make_teacher
-
-    teacher = make_teacher(tiny_teacher)
-    with torch.no_grad():
-        feats = F.normalize(teacher.class_features(CLASSES).float(), dim=-1)
-    cm = ClassModel(make_student(tiny_student), CLASSES, feats, 100.0, 3, source="test model",
-                    provenance={"backbone": "kd-tiny-s"}, teacher_loader=lambda: teacher)
+    cm = make_model(tiny_student, tiny_teacher)
     parts: list[str] = []
     export_bundle(cm, tmp_path / "b", with_teacher_text=True, progress=parts.append)
     assert parts == export_steps(with_teacher_text=True) and "teacher text" in parts
