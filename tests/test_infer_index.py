@@ -147,3 +147,16 @@ def test_logsumexp_is_over_all_classes():
     feats, queries = unit(20000, 8, 17), unit(3, 8, 18)
     lse = ClassIndex.build(feats).logsumexp(queries, 30.0, chunk=7000)
     assert torch.allclose(lse, torch.logsumexp(30.0 * queries.double() @ feats.double().T, dim=1))
+
+
+@pytest.mark.parametrize("backend", ["faiss", "torch"])
+def test_search_logsumexp_equals_search_and_logsumexp(backend):
+    # torch: one float64 pass over the classes (in chunks) gives both; faiss: the two calls
+    feats, queries = unit(20000, 8, 17), unit(5, 8, 18)
+    index = ClassIndex.build(feats, kind="flat")
+    index.force_flat_backend(backend)
+    scores, ids, lse = index.search_logsumexp(queries, 4, 30.0, 6, chunk=7000)
+    ref_scores, ref_ids = index.search(queries, 4)
+    assert torch.equal(ids, ref_ids) and torch.equal(scores, ref_scores)
+    assert torch.equal(lse, index.logsumexp(queries, 30.0, 6, chunk=7000))
+    assert index.backend_used == backend

@@ -183,7 +183,7 @@ def classify(
         writer.close()
         check_accounted(writer, read, already)
         return ClassifySummary(
-            out=writer.out, source=source.describe(), rows_total=len(writer.rows_done) + writer.written,
+            out=writer.out, source=source.describe(), rows_total=writer.rows_resumed + writer.written,
             rows_new=writer.written, resumed=writer.resumed, skipped_new=writer.newly_skipped,
             skipped_total=len(writer.skipped_done) + len(writer.newly_skipped), seconds=time.perf_counter() - start,
         )
@@ -247,7 +247,7 @@ def _classify_parts(run, out: Path, writer_args: dict[str, Any], overwrite: bool
     summary = summary or ClassifySummary(out=out, source="", rows_total=0, rows_new=0, resumed=0)
     if main is not None:
         main.merge(paths)
-        summary.out, summary.rows_total = out, len(main.rows_done) + main.written
+        summary.out, summary.rows_total = out, main.rows_resumed + main.written
         summary.skipped_total = len(main.skipped_done) + len(main.newly_skipped)
     elif not merge:
         summary.parts = paths
@@ -294,11 +294,11 @@ def _keep_meta_columns(source: ImageSource, keep_meta: Sequence[str]) -> list[st
 def _rows(keys: list[str], feats: torch.Tensor, index: ClassIndex, top_k: int, classnames: list[str], scale: float,
           meta: ShardMeta | None) -> list[Row]:
     """Result rows: top-k by cosine, and the softmax over ALL classes at ``scale`` for those k."""
-    scores, ids = index.search(feats, top_k)
     # probs from the cosines as written (rounded), over all classes, not the index's candidates:
     # a function of the stored scores that does not move with the batch an image shares
+    scores, ids, lse = index.search_logsumexp(feats, top_k, scale, SCORE_DECIMALS)
     cos = torch.round(scores.double(), decimals=SCORE_DECIMALS)
-    probs = torch.exp(scale * cos - index.logsumexp(feats, scale, SCORE_DECIMALS)[:, None])
+    probs = torch.exp(scale * cos - lse[:, None])
     rows = []
     for key, s, p, i in zip(keys, cos.tolist(), probs.tolist(), ids.tolist()):
         keep = [j for j, c in enumerate(i) if c >= 0]  # approximate indexes may find fewer than k

@@ -135,6 +135,32 @@ class ClassIndex:
         Ties are broken by the smaller class id. An approximate index that finds fewer than ``k``
         classes for a query pads with id -1 and score -inf.
         """
+        q, n, backend = self._plan(queries, k)
+        cand = self._candidates(backend, q, n)
+        self.backend_used = backend
+        return self._rescore(q, cand, k)
+
+    def search_logsumexp(self, queries, k: int, scale: float, decimals: int | None = None,
+                         chunk: int = 16384) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`search` and :meth:`logsumexp` of the same queries. On the torch flat path one
+        float64 pass over the classes gives both the candidates and the softmax denominator."""
+        q, n, backend = self._plan(queries, k)
+        if backend != "torch":
+            scores, ids = self.search(q, k)
+            return scores, ids, self.logsumexp(q, scale, decimals, chunk)
+        lse, cand_scores, cand_ids = [], [], []
+        for start, cos in self._cosines(q, chunk):
+            lse.append(torch.logsumexp(scale * (cos if decimals is None else torch.round(cos, decimals=decimals)), dim=1))
+            top = cos.topk(min(n, cos.shape[1]), dim=1)
+            cand_scores.append(top.values)
+            cand_ids.append(top.indices + start)
+        best = torch.cat(cand_scores, 1).topk(n, dim=1).indices
+        cand = torch.cat(cand_ids, 1).gather(1, best)
+        self.backend_used = backend
+        return (*self._rescore(q, cand, k), torch.logsumexp(torch.stack(lse, 1), dim=1).cpu())
+
+    def _plan(self, queries, k: int) -> tuple[torch.Tensor, int, str]:
+        """Checked float32 queries, the candidate count and the backend that answers them."""
         q = _as_float32_rows(queries, "queries") if not isinstance(queries, torch.Tensor) else queries.detach().float()
         if q.dim() != 2 or q.shape[1] != self.dim:
             raise KdpipeError(
@@ -144,13 +170,14 @@ class ClassIndex:
         if k < 1:
             raise KdpipeError(f"top-k must be at least 1, got {k}")
         n = min(k + TIE_MARGIN, self.ntotal)
-        if self.kind == "flat":
-            backend = self._flat_backend(q, n)
-        else:
-            backend = "faiss"
-        cand = self._candidates(backend, q, n)
-        self.backend_used = backend
-        return self._rescore(q, cand, k)
+        return q, n, self._flat_backend(q, n) if self.kind == "flat" else "faiss"
+
+    def _cosines(self, queries: torch.Tensor, chunk: int):
+        """(first class id, float64 cosines [B, <=chunk]) over all classes, ``chunk`` classes at a time."""
+        f = self._torch_features
+        q = queries.detach().to(f.device, torch.float64)
+        for i in range(0, self.ntotal, chunk):
+            yield i, q @ f[i:i + chunk].double().T
 
     def _candidates(self, backend: str, q: torch.Tensor, n: int) -> torch.Tensor:
         if backend == "torch":
@@ -191,14 +218,8 @@ class ClassIndex:
         ``decimals`` rounds the cosines first, as the output rounds its scores: an encoder's features
         move in the 7th digit with the batch an image shares, and the scale (~100) would carry that
         into the probabilities. Chunked over classes so memory stays at ``B x chunk``."""
-        f = self._torch_features
-        q = queries.detach().to(f.device, torch.float64)
-
-        def cosines(rows: torch.Tensor) -> torch.Tensor:
-            cos = q @ rows.double().T
-            return cos if decimals is None else torch.round(cos, decimals=decimals)
-
-        parts = [torch.logsumexp(scale * cosines(f[i:i + chunk]), dim=1) for i in range(0, self.ntotal, chunk)]
+        parts = [torch.logsumexp(scale * (cos if decimals is None else torch.round(cos, decimals=decimals)), dim=1)
+                 for _, cos in self._cosines(queries, chunk)]
         return torch.logsumexp(torch.stack(parts, 1), dim=1).cpu()
 
     def _rescore(self, q: torch.Tensor, cand: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

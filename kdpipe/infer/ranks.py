@@ -83,7 +83,7 @@ def classify_ranked(run: Callable[[ResultWriter, set[str]], Any], out: Path, wri
             merged = merge_parts(main)
             main.close()
             summary.rows_new, summary.resumed, summary.out = merged, len(done), out
-            summary.rows_total = len(main.rows_done) + main.written
+            summary.rows_total = main.rows_resumed + main.written
             summary.skipped_new = main.newly_skipped
             summary.skipped_total = len(main.skipped_done) + len(main.newly_skipped)
         return summary

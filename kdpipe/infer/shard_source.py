@@ -51,7 +51,8 @@ class ShardSource(ImageSource):
             if len(keep) == len(keys):
                 yield Batch(images, keys)
             elif keep:
-                kept = [images.unpack()[i] for i in keep] if isinstance(images, PackedImages) else images[keep]
+                unpacked = images.unpack() if isinstance(images, PackedImages) else None  # once, not per image
+                kept = [unpacked[i] for i in keep] if unpacked is not None else images[keep]
                 yield Batch(kept, [keys[i] for i in keep])
         corrupt = [(sample_key(shard, name), f"{reason} (in {shard})")
                    for (shard, name), reason in sorted(stream.corrupt_reasons.items())]

@@ -355,9 +355,11 @@ class ResultWriter:
         else:
             self._check_previous()
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.rows_done = self.file.recover()
+        # one set of keys for the whole run (it grows by each batch); the resumed rows only as a count
         self.skipped_done = self.skipped.recover()
-        self.done = self.rows_done | self.skipped_done
+        self.done = self.file.recover()
+        self.rows_resumed = len(self.done)
+        self.done |= self.skipped_done
         self.resumed = len(self.done)
         _write_meta(meta_path(self.out), self.meta)
         self.written = 0
