@@ -53,13 +53,10 @@ class EnsembleStep(DistillStep):
         self.mode = mode
         self.last_weights: torch.Tensor | None = None  # [K, B] of the last batch
 
-    def logits(self, images: torch.Tensor, keys) -> tuple[torch.Tensor, torch.Tensor]:
-        teacher_logits = [class_logits(m.source(images, keys), m.class_features, m.scale) for m in self.members]
-        with self.amp():
-            student_features = self.student.encode_images(images)
-        s = class_logits(student_features, self.class_features, self.student_scale)
-        t, self.last_weights = ensemble_logits(teacher_logits, self.temperature, self.mode)
-        return s, t
+    def teacher_logits(self, images: torch.Tensor, keys) -> torch.Tensor:
+        each = [class_logits(m.source(images, keys), m.class_features, m.scale) for m in self.members]
+        t, self.last_weights = ensemble_logits(each, self.temperature, self.mode)
+        return t
 
     def __call__(self, batch) -> tuple[torch.Tensor, dict[str, float]]:
         loss, logs = super().__call__(batch)

@@ -43,19 +43,20 @@ class DistillStep:
         self.weight = float(weight)
         self.amp = amp or contextlib.nullcontext
         self.last_batch_size = 0  # for images/s in progress displays
+        # the student's own frozen CLIP temperature, as the reference uses it: read once, not per
+        # step (a float() of a device tensor would stall every step's forward until it is done)
+        self.student_scale = float(student.clip.logit_scale)
 
-    @property
-    def student_scale(self) -> float:
-        # the student's own frozen CLIP temperature, as the reference uses it
-        return float(self.student.clip.logit_scale)
+    def teacher_logits(self, images: torch.Tensor, keys) -> torch.Tensor:
+        """The target logits ``[B, C]`` in fp32 for one batch already on the device."""
+        return class_logits(self.teacher(images, keys), self.class_features, self.teacher_scale)
 
     def logits(self, images: torch.Tensor, keys) -> tuple[torch.Tensor, torch.Tensor]:
         """(student logits, teacher logits) in fp32 for one batch already on the device."""
-        teacher_features = self.teacher(images, keys)
+        t = self.teacher_logits(images, keys)
         with self.amp():
             student_features = self.student.encode_images(images)
         s = class_logits(student_features, self.class_features, self.student_scale)
-        t = class_logits(teacher_features, self.class_features, self.teacher_scale)
         return s, t
 
     def __call__(self, batch) -> tuple[torch.Tensor, dict[str, float]]:

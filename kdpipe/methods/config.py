@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
-from kdpipe.config import bounded, check_range, check_ranges, coerce, field_types
+from kdpipe.config import bounded, check_ranges, coerce, field_types
 from kdpipe.errors import KdpipeError
 
 
@@ -49,16 +49,14 @@ class MethodConfig:
             )
         # the same checks as the pipeline's config: strings from a command line are parsed
         typed = {k: coerce(v, known[k], f"{cls.__name__}.{k}") for k, v in values.items()}
-        for k, v in typed.items():
-            check_range(cls, k, v, f"{cls.__name__}.{k}")
         cfg = cls(**typed)
-        cfg.validate()
+        cfg.validate()  # the declared ranges of every field, overrides included
         return cfg
 
     def validate(self) -> None:
         """Refuse settings no run can use: the declared ranges (lr finite and > 0, momentum in
         [0, 1), ...); subclasses add their own checks."""
-        check_ranges(self)
+        check_ranges(self, f"{type(self).__name__}.")
 
     def prompt_shape(self) -> tuple[str, str]:
         """(context tokens, prompt depth) as the reference table shows them; methods with prompts override."""
