@@ -102,10 +102,11 @@ class Ranks:
                 self.created_group = False
 
 
-def leader_only(fn: Callable[[], Any]) -> Any:
+def leader_only(fn: Callable[[], Any], ranks: Ranks | None = None) -> Any:
     """Run ``fn`` on rank 0 only; the other ranks wait and get its (JSON-able) result, or its error
-    as their own. For work that writes shared files and gains nothing from more processes."""
-    ranks = Ranks()
+    as their own. For work that writes shared files and gains nothing from more processes.
+    ``ranks``: the caller's :class:`Ranks` (its process group), else a new one."""
+    ranks = ranks if ranks is not None else Ranks()
     if ranks.world == 1:
         return fn()
     if ranks.leader:

@@ -23,10 +23,6 @@ def plain(key: str, value: Any, metrics: dict) -> str:
     return f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
 
 
-def percent(key: str, value: float, metrics: dict) -> str:
-    return f"{key}={value:.1f}%"
-
-
 def fraction_as_percent(key: str, value: float, metrics: dict) -> str:
     return f"{key}={100 * value:.1f}%"
 

@@ -79,6 +79,14 @@ def _show(value: Any) -> str:
     return json.dumps(value) if isinstance(value, (str, list, dict)) or value is None else str(value)
 
 
+def stage_fingerprint(stage: str, member: str | None, version: Any, config: dict[str, Any],
+                      upstream: dict[str, str], identity: str | None) -> str:
+    """An instance's fingerprint from what goes into it (:meth:`Plan.expected`; the seed-layout
+    migration recomputes it from what a manifest records)."""
+    return digest({"stage": stage, "member": member, "version": version, "config": config,
+                   "upstream": upstream, "identity": identity})
+
+
 class Plan:
     """The instances of one config, and what the run directory says about each."""
 
@@ -150,10 +158,7 @@ class Plan:
             raise
         except KdpipeError as e:
             raise InputsError(name, str(e)) from None
-        fp = digest({
-            "stage": inst.spec.name, "member": inst.member, "version": inst.spec.version,
-            "config": config, "upstream": upstream, "identity": identity,
-        })
+        fp = stage_fingerprint(inst.spec.name, inst.member, inst.spec.version, config, upstream, identity)
         self._expected[name] = Expected(fp, config, upstream, identity, inst.spec.version)
         return self._expected[name]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from kdpipe.config import Config
-from kdpipe.dist import Ranks
+from kdpipe.dist import Ranks, leader_only
 from kdpipe.errors import KdpipeError
 from kdpipe.pipeline.execute import execute_instance, prepare
 from kdpipe.pipeline.graph import StageGraph, pipeline
@@ -98,21 +98,6 @@ def run_stages(
         report.waiting.append(name)
         return {"run": False, "waiting": True}
 
-    def leader_step(step: Callable[[], Any]) -> Any:
-        # Rank 0 runs ``step``; an error there reaches the other ranks as the same one line.
-        if not ranks.leader:
-            msg = ranks.share(None)
-        else:
-            try:
-                msg = {"ok": step()}
-            except KdpipeError as e:
-                ranks.share({"error": str(e)})
-                raise
-            ranks.share(msg)
-        if "error" in msg:
-            raise KdpipeError(msg["error"])
-        return msg["ok"]
-
     def take_lock() -> None:
         try:
             lock.__enter__()
@@ -139,7 +124,7 @@ def run_stages(
         report.metrics[name] = metrics
 
     try:
-        leader_step(take_lock)
+        leader_only(take_lock, ranks)  # rank 0 runs it; an error there reaches the other ranks as one line
         if jobs > 1 and ranks.world == 1:
             from kdpipe.pipeline.parallel import run_parallel
 
@@ -147,7 +132,7 @@ def run_stages(
                          lambda n: n in report.waiting or report.skipped.append(n))
         else:
             for name in selected:
-                decision = leader_step(lambda: decide(name))
+                decision = leader_only(lambda: decide(name), ranks)
                 if not decision["run"]:
                     if decision.get("waiting") and name not in report.waiting:
                         report.waiting.append(name)  # other torchrun ranks learn it from rank 0 here

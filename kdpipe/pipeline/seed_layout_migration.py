@@ -20,9 +20,8 @@ from pathlib import Path
 
 from kdpipe.io import write_json
 from kdpipe.pipeline.graph import folder_name
-from kdpipe.pipeline.hashing import digest
 from kdpipe.pipeline.manifest import MANIFEST, ManifestVersionError, read_manifest
-from kdpipe.pipeline.plan import Plan
+from kdpipe.pipeline.plan import Plan, stage_fingerprint
 
 
 @dataclass
@@ -64,10 +63,8 @@ def find_old_folders(plan: Plan, run_dir: Path) -> OldFolders:
 def _fingerprint(manifest: dict, name: str, upstream: dict[str, str]) -> str:
     """The fingerprint :meth:`Plan.expected` gives, from what a manifest records."""
     stage, _, member = name.split("@")[0].partition(":")
-    return digest({
-        "stage": stage, "member": member or None, "version": manifest.get("stage_version"),
-        "config": manifest.get("config") or {}, "upstream": upstream, "identity": manifest.get("identity"),
-    })
+    return stage_fingerprint(stage, member or None, manifest.get("stage_version"), manifest.get("config") or {},
+                             upstream, manifest.get("identity"))
 
 
 def _rewrite_manifests(run_dir: Path, renamed: dict[str, str]) -> None:

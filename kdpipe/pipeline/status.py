@@ -18,12 +18,17 @@ def stage_statuses(cfg: Config, run_dir: str | Path, graph: StageGraph | None = 
     return Plan(graph, cfg).statuses(Path(run_dir))
 
 
-def summarize(rows: list[StageStatus]) -> str:
-    """``3 done, 1 stale, 2 missing``."""
+def _counts(rows: list[StageStatus]) -> dict[str, int]:
+    """state -> how many rows have it, in the order states first appear."""
     counts: dict[str, int] = {}
     for r in rows:
         counts[r.state] = counts.get(r.state, 0) + 1
-    return ", ".join(f"{n} {state}" for state, n in counts.items())
+    return counts
+
+
+def summarize(rows: list[StageStatus]) -> str:
+    """``3 done, 1 stale, 2 missing``."""
+    return ", ".join(f"{n} {state}" for state, n in _counts(rows).items())
 
 
 def format_status(rows: list[StageStatus]) -> str:
@@ -40,11 +45,8 @@ def format_status(rows: list[StageStatus]) -> str:
 
 def status_document(rows: list[StageStatus], run_dir: str | Path, recipe: str) -> dict:
     """What ``kdpipe status --json`` prints: the same rows with stable keys, times in seconds."""
-    counts: dict[str, int] = {}
-    for r in rows:
-        counts[r.state] = counts.get(r.state, 0) + 1
     stages = [
         {"name": r.name, "state": r.state, "reason": r.reason, "wall_time_s": r.wall_time_s, "headline": r.headline, "folder": r.folder}
         for r in rows
     ]
-    return {"run_dir": str(run_dir), "recipe": recipe, "stages": stages, "counts": counts}
+    return {"run_dir": str(run_dir), "recipe": recipe, "stages": stages, "counts": _counts(rows)}
