@@ -58,6 +58,7 @@ TOWERS = ("visual", "text")
 # the top-level CLIP attributes of the built-in text tower (everything else but logit_scale/bias is visual.*)
 _TEXT_TOWER = frozenset({"token_embedding", "positional_embedding", "transformer", "ln_final", "text_projection", "attn_mask"})
 _registered_dirs: set[Path] = set()
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")  # what a spec names as a checkpoint file
 
 
 def register_config_dir(path: str | Path) -> None:
@@ -178,17 +179,12 @@ def check_spec(spec: str, will_exist: Collection[Path] = ()) -> None:
     """Check ``spec`` without loading or downloading weights: the name, the tag and its activation,
     the files and folders it names. Paths in ``will_exist`` (resolved; files an earlier stage of the
     same run writes, like the demo world's checkpoints) count as present."""
-    def there(text: str) -> bool:
-        return Path(text).expanduser().resolve() in will_exist
-
-    if there(spec.strip()):
+    if Path(spec.strip()).expanduser().resolve() in will_exist:
         return
     arch, pretrained = parse_spec(spec)  # names, bare checkpoint files, the tag's activation
     if arch.startswith("local-dir:"):
         _check_schema_available(arch)
-    elif pretrained is not None and not Path(pretrained).expanduser().is_file() and not there(pretrained):
-        if _looks_like_file(pretrained):
-            raise KdpipeError(f"checkpoint file {pretrained} does not exist")
+    elif pretrained is not None and _weights_path(pretrained, will_exist) is None:
         _known_tag(arch, pretrained)
 
 
@@ -310,7 +306,7 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
 def _checkpoint_spec(spec: str) -> Path | None:
     """The file a bare ``PATH`` spec names (a .safetensors kdpipe saved), None for other specs."""
     path = Path(spec.strip()).expanduser()
-    if path.suffix not in {".safetensors", ".pt", ".pth", ".bin"} or ":" in spec.strip().split("/")[0]:
+    if path.suffix not in WEIGHT_SUFFIXES or ":" in spec.strip().split("/")[0]:
         return None
     if not path.is_file():
         raise KdpipeError(f"checkpoint file {path} does not exist")
@@ -322,10 +318,21 @@ def _checkpoint_spec(spec: str) -> Path | None:
     return path
 
 
+def _weights_path(pretrained: str, will_exist: Collection[Path] = ()) -> str | None:
+    """The local file the ``PATH`` of ``ARCH:PATH`` names, None for a pretrained tag; a path that
+    names no file (and is not in ``will_exist``, resolved paths written later in the run) is refused."""
+    path = Path(pretrained).expanduser()
+    if path.is_file() or path.resolve() in will_exist:
+        return str(path)
+    if _looks_like_file(pretrained):
+        raise KdpipeError(f"checkpoint file {pretrained} does not exist")
+    return None
+
+
 def _looks_like_file(pretrained: str) -> bool:
     return (
         "/" in pretrained
-        or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors"))
+        or pretrained.endswith(WEIGHT_SUFFIXES)
         or Path(pretrained).expanduser().is_file()
     )
 
@@ -355,19 +362,16 @@ def load_backbone(spec: str, device: str | torch.device = "cpu", cache_dir: str 
     if arch.startswith(("hf-hub:", "local-dir:")):
         from_cache = _check_schema_available(arch)
     elif pretrained is not None:
-        if Path(pretrained).expanduser().is_file():
-            pretrained = str(Path(pretrained).expanduser())
-            if is_torchscript_archive(pretrained):
-                arch, torchscript, pretrained = arch_for_openai_file(arch, pretrained), pretrained, None
-            else:
-                weights_file = pretrained
-                problem = _weights_file_problem(weights_file)
-                if problem is not None:
-                    raise _not_weights_only(spec, weights_file, problem)
-        elif _looks_like_file(pretrained):
-            raise KdpipeError(f"checkpoint file {pretrained} does not exist")
-        else:
+        path = _weights_path(pretrained)
+        if path is None:
             from_cache = _check_tag_available(arch, pretrained, cache_dir)
+        elif is_torchscript_archive(path):
+            arch, torchscript, pretrained = arch_for_openai_file(arch, path), path, None
+        else:
+            pretrained = weights_file = path
+            problem = _weights_file_problem(weights_file)
+            if problem is not None:
+                raise _not_weights_only(spec, weights_file, problem)
     try:
         # Random init (an architecture without weights) must be the same model on every load, or a
         # stage that reloads the backbone (evaluate, classify) would not see the weights the

@@ -15,6 +15,11 @@ bench_app = typer.Typer(help="Benchmarks: each prints ratios against a plain bas
                         no_args_is_help=True)
 
 
+# the options every bench shares (typer reads an Option object, never changes it: one serves all)
+DEVICE_OPTION = typer.Option("cpu", help="cpu, cuda or auto")
+JSON_OPTION = typer.Option(None, "--json", help="also write the numbers here")
+
+
 def _write_json_out(path: Optional[Path], res: dict) -> None:
     if path:
         from kdpipe.io import write_json
@@ -38,9 +43,9 @@ def index(
     batch: int = typer.Option(256, help="queries per search (the classify batch size)"),
     top_k: int = typer.Option(5, "--top-k"),
     repeats: int = typer.Option(5, help="timed searches per measurement (after one warm-up)"),
-    device: str = typer.Option("cpu", help="cpu, cuda or auto"),
+    device: str = DEVICE_OPTION,
     kinds: str = typer.Option("ivf,hnsw", help="approximate kinds to compare with flat ('' for none)"),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the numbers here"),
+    json_out: Optional[Path] = JSON_OPTION,
 ) -> None:
     """Flat search: FAISS IndexFlatIP vs torch matmul+topk; IVF/HNSW: recall and speed vs flat."""
     from rich.console import Console
@@ -77,8 +82,8 @@ def text(
     backbone: str = typer.Option("ViT-B-16", help="backbone spec (random init when no weights are given: the timing is the same)"),
     classnames: Optional[Path] = typer.Option(None, "--classnames", help="a text file, one class name per line (default: the demo world's 64)"),
     repeats: int = typer.Option(5, help="timed passes per measurement (after one warm-up)"),
-    device: str = typer.Option("cpu", help="cpu, cuda or auto"),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the numbers here"),
+    device: str = DEVICE_OPTION,
+    json_out: Optional[Path] = JSON_OPTION,
 ) -> None:
     """Prompted text passes ("X X X X {class}.") trimmed at the last EOT vs the full context length."""
     from rich.console import Console
@@ -119,8 +124,8 @@ def classify(
     batch: int = typer.Option(64, "--batch-size", help="images per model call"),
     top_k: int = typer.Option(5, "--top-k"),
     workers: int = typer.Option(2, help="classify's decoding processes"),
-    device: str = typer.Option("cpu", help="cpu, cuda or auto"),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the numbers here"),
+    device: str = DEVICE_OPTION,
+    json_out: Optional[Path] = JSON_OPTION,
 ) -> None:
     """End-to-end classify (JPEG files, shards) vs open_clip encode_image on preprocessed batches."""
     from kdpipe.errors import KdpipeError
@@ -154,9 +159,9 @@ def distill(
     classes: str = typer.Option("10,50", help="class counts for the reference step (its text tower encodes them all every step), comma-separated"),
     batch: int = typer.Option(8, help="images per step (the reference recipe's 8; 256 on a GPU)"),
     rounds: int = typer.Option(3, help="interleaved timed rounds (after one warm-up step of each variant)"),
-    device: str = typer.Option("cpu", help="cpu, cuda or auto"),
+    device: str = DEVICE_OPTION,
     amp: bool = typer.Option(True, "--amp/--no-amp", help="autocast on CUDA (bf16 where supported), as distill runs; CPU is always fp32"),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the numbers here"),
+    json_out: Optional[Path] = JSON_OPTION,
 ) -> None:
     """One distillation step: the reference's (teacher image + text towers) vs kdpipe's (stored class
     features), kdpipe's with cached teacher features, and the student alone."""
@@ -201,7 +206,7 @@ def memory(
     workers: int = typer.Option(2, help="DataLoader decoding workers of distill and classify"),
     batch: int = typer.Option(32, help="distill's batch size"),
     cache_views: int = typer.Option(0, "--cache-views", help="distill.cache_views (its cache holds [V, N, D] features: grows with N by design)"),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the numbers here"),
+    json_out: Optional[Path] = JSON_OPTION,
 ) -> None:
     """Peak RSS of distill and classify over 1x and 10x the images, each in a fresh process: streaming
     keeps it flat (goal: 10x / 1x <= 1.05)."""
