@@ -24,13 +24,16 @@ def rank_world() -> tuple[int, int]:
 
 
 def worker_init(_worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: one intra-op thread per worker.
+    """DataLoader ``worker_init_fn``: one intra-op thread per worker, and no life after its parent.
 
     With several busy processes on few cores, OpenMP threads spin-waiting against each other made
     small tensor ops an order of magnitude slower.
     """
     import torch
 
+    from kdpipe.lifetime import die_with_parent
+
+    die_with_parent()
     torch.set_num_threads(1)
 
 

@@ -13,14 +13,13 @@ kept), then the failure is raised as one line, as a sequential run would.
 from __future__ import annotations
 
 import os
-import threading
-import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from kdpipe.dist import Ranks
 from kdpipe.errors import KdpipeError
+from kdpipe.lifetime import lead_group, stop_groups
 from kdpipe.pipeline.execute import execute_instance
 from kdpipe.pipeline.graph import GRAPH, StageGraph, pipeline
 from kdpipe.pipeline.plan import Plan
@@ -36,24 +35,10 @@ def worker_threads(jobs: int) -> int:
 def _init_worker(threads: int) -> None:
     import torch
 
+    lead_group()  # an orphaned worker would go on training in a stage folder no run owns any more
     torch.set_num_threads(threads)
     # several processes drawing live bars on one terminal garble each other: plain lines instead
     os.environ["KDPIPE_PROGRESS"] = "plain"
-    _exit_with_parent()
-
-
-def _exit_with_parent(every_s: float = 1.0) -> None:
-    """Exit when the runner dies (even by SIGKILL): an orphaned worker would go on training in a
-    stage folder no run owns any more, beside the next run's worker."""
-    parent = os.getppid()
-
-    def watch() -> None:
-        while True:
-            time.sleep(every_s)
-            if os.getppid() != parent:  # re-parented: the runner is gone
-                os._exit(1)
-
-    threading.Thread(target=watch, name="kdpipe-exit-with-runner", daemon=True).start()
 
 
 def graph_source(graph: StageGraph) -> tuple[str, str] | None:
@@ -173,6 +158,9 @@ def run_parallel(
                 settled.add(name)
                 finished(name, result["metrics"], result["wall"])
     except BaseException:
+        # Ctrl-C reaches only the runner's process group, and the pool's exit hook would wait for
+        # workers that never heard it: the runner stops their groups itself.
+        stop_groups(list(pool._processes or {}))
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     pool.shutdown(wait=True)

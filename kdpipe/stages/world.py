@@ -144,7 +144,9 @@ def pretrain_world(ctx) -> dict[str, dict]:
     import multiprocessing as mp
     import queue as queue_mod
     from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing.managers import SyncManager
 
+    from kdpipe.lifetime import die_with_parent
     from kdpipe.world.pretrain import cached_pretrain, resolve_config
 
     w = ctx.cfg["world"]
@@ -163,7 +165,9 @@ def pretrain_world(ctx) -> dict[str, dict]:
     ctx.log.info(f"pretraining {', '.join(todo)} on clean renders ({', '.join(f'{a}: {totals[a]} steps' for a in todo)})")
     processes = max(1, min(w.processes, len(todo), os.cpu_count() or 1))
     context = mp.get_context("spawn")  # a fresh interpreter: no forked torch thread pools
-    with context.Manager() as manager, ProcessPoolExecutor(processes, mp_context=context) as pool:
+    manager = SyncManager(ctx=context)
+    manager.start(die_with_parent)  # the queue's server, like the pool's workers, ends with this process
+    with manager, ProcessPoolExecutor(processes, mp_context=context, initializer=die_with_parent) as pool:
         messages = manager.Queue()
         futures = {
             pool.submit(_pretrain_job, a, outs[a], w.seed, w.budget, overrides[a], w.cache, messages): a for a in todo
