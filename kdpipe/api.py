@@ -142,13 +142,9 @@ def run(target: str = "all", *, run_dir: str | Path, recipe: str | None = None,
     command line, the run dir remembers recipe and settings (``run.json``): a later call on it
     reuses them and changes just what it names.
     """
-    from kdpipe.config import settings_from_cli
-    from kdpipe.pipeline import GRAPH, remembered_settings, run_stages, write_run_settings
+    from kdpipe.open_run import open_run
 
-    GRAPH.load_stage_modules()
-    run_dir = Path(run_dir)
-    saved_recipe, remembered = remembered_settings(run_dir)
-    # the caller's settings are its command line (trusted like --set), remembered as given
-    chosen = settings_from_cli(recipe or saved_recipe, base=remembered, schema=GRAPH.schema, values=settings)
-    return run_stages(chosen.config, run_dir, target=target, with_deps=with_deps, force=force, graph=GRAPH, downstream=not only,
-                      on_locked=lambda: write_run_settings(run_dir, chosen.recipe, chosen.overrides), jobs=jobs)
+    # the caller's settings are its command line (trusted like --set), remembered as given; the same
+    # checks as the CLI's run before the first stage (a bad backbone spec fails now, not mid-run)
+    opened = open_run(run_dir, recipe, values=settings)
+    return opened.run(target, with_deps=with_deps, force=force, downstream=not only, jobs=jobs)

@@ -20,7 +20,7 @@ def _real_use_commands() -> list[list[str]]:
 
 
 def _run_dir_of(args: list[str]) -> Path:
-    from kdpipe.commands.run import default_run_dir
+    from kdpipe.open_run import default_run_dir
     from kdpipe.config import settings_from_cli
     from kdpipe.pipeline import GRAPH
 

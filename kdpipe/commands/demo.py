@@ -30,18 +30,16 @@ def demo_overrides(run_dir: Path) -> dict[str, str]:
 
 def run_demo(run_dir: Path, quick: bool = False, sets: tuple[str, ...] = (), echo=None, jobs: int = 1) -> dict[str, Any]:
     """Render, run every stage and return ``{"report": folder, "results": markdown, "targets": [...]}``."""
-    from kdpipe.config import settings_from_cli
-    from kdpipe.pipeline import GRAPH, run_stages, write_run_settings
+    from kdpipe.open_run import open_run
     from kdpipe.stages.world import prepare_world_data
 
-    GRAPH.load_stage_modules()
     paths = {key: (value, "kdpipe demo") for key, value in demo_overrides(run_dir).items()}
-    settings = settings_from_cli(RECIPES[quick], sets, base=paths, schema=GRAPH.schema)
+    # the demo runs its own recipe every time: what run.json remembers is not merged in
+    opened = open_run(run_dir, RECIPES[quick], sets=sets, base=paths, reuse_remembered=False)
     say = echo or (lambda msg: typer.echo(msg, err=True))
-    say(f"demo: recipe {settings.recipe}, run dir {run_dir}")
-    prepare_world_data(settings.config, progress=True)
-    report = run_stages(settings.config, run_dir, target="all", graph=GRAPH, echo=say,
-                        on_locked=lambda: write_run_settings(run_dir, settings.recipe, settings.overrides), jobs=jobs)
+    say(f"demo: recipe {opened.settings.recipe}, run dir {run_dir}")
+    prepare_world_data(opened.config, progress=True)
+    report = opened.run("all", jobs=jobs, echo=say)
     report_dir = Path(run_dir) / "report"
     return {
         "report": report_dir,

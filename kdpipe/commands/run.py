@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
 
@@ -33,61 +33,6 @@ _seeds = typer.Option(None, "--seeds", help="several seeds, e.g. 1,2,3 (run.seed
 _sets = typer.Option([], "--set", help=SET_HELP)
 _allow_pipe = typer.Option(False, "--allow-pipe", help="let the recipe give pipe: shard URLs (they run shell commands); a URL given with --set needs no flag")
 _jobs = typer.Option(1, "--jobs", "-j", min=1, help="stages run side by side in this many worker processes once their inputs are ready (2 suits a 2-core CPU: the baselines train while the teacher and student do)")
-
-
-def _settings(run_dir: Optional[Path], recipe: Optional[str], sets: list[str], shortcuts: dict[str, Any], allow_pipe: bool = False):
-    """The flags on top of what the run dir remembers; return (settings, run dir, whether it remembered any)."""
-    from kdpipe.config import settings_from_cli
-    from kdpipe.pipeline import GRAPH, remembered_settings
-
-    GRAPH.load_stage_modules()
-    if run_dir is None:
-        # the flags alone name the run dir, whose run.json then fills in what they leave out
-        flags_only = settings_from_cli(recipe, sets, shortcuts, schema=GRAPH.schema, allow_pipe=allow_pipe)
-        run_dir = default_run_dir(flags_only.config, flags_only.recipe)
-    saved_recipe, remembered = remembered_settings(run_dir)
-    settings = settings_from_cli(recipe or saved_recipe, sets, shortcuts, base=remembered, schema=GRAPH.schema,
-                                 allow_pipe=allow_pipe)
-    return settings, run_dir, bool(saved_recipe or remembered)
-
-
-def check_model_specs(cfg, run_dir: Path, graph=None, target: str = "all", with_deps: bool = False,
-                      downstream: bool = False) -> None:
-    """Check every backbone spec (:func:`kdpipe.config.model_spec` settings) that a selected stage
-    reads before the first stage runs (:func:`kdpipe.clip.backbones.check_spec`: no weights loaded,
-    nothing downloaded). A file that a stage of this run writes (the demo world's checkpoints) is
-    not there yet, and counts as present."""
-    from kdpipe.clip.backbones import check_spec
-    from kdpipe.config import model_spec_keys
-    from kdpipe.pipeline import GRAPH, SEED_KEY, Plan
-
-    keys = model_spec_keys(cfg)
-    if not keys:
-        return
-    plan = Plan(graph if graph is not None else GRAPH, cfg)
-    reads = {r for name in plan.select(target, with_deps, downstream) for r in plan.instances[name].reads(SEED_KEY)}
-    root = Path(run_dir).expanduser().resolve()
-    written = {(root / inst.folder / out).resolve() for inst in plan.instances.values() for out in inst.spec.outputs}
-    for key in keys:
-        if key in reads or key.split(".")[0] in reads:
-            spec = str(cfg.value(key))
-            try:
-                check_spec(spec, written)
-            except KdpipeError as e:
-                raise KdpipeError(f"{key} = {spec!r}: {e}") from None
-
-
-def default_run_dir(cfg, recipe: str) -> Path:
-    """``runs/<run.name>`` when a name was given, else ``runs/<dataset>`` for the default recipe and
-    ``runs/<recipe>-<dataset>`` for any other (the README's examples use these names)."""
-    flat = cfg.flat()
-    name = flat.get("run.name")
-    if not name or name == "default":
-        parts = [] if recipe == "default" else [Path(str(recipe)).stem]
-        if flat.get("data.dataset"):
-            parts.append(str(flat["data.dataset"]))
-        name = "-".join(parts) or "default"
-    return Path("runs") / name
 
 
 def run(
@@ -116,18 +61,16 @@ def run(
     The run dir remembers its settings (run.json): a later command on it reuses them, and any
     recipe, shortcut or --set given then changes just those settings.
     """
-    from kdpipe.pipeline import GRAPH, run_stages, write_run_settings
+    from kdpipe.open_run import open_run
 
     shortcuts = dict(teacher=teacher, student=student, dataset=dataset, data_root=data_root, seed=seed, seeds=seeds)
-    settings, rd, had_saved = _settings(run_dir, recipe, sets, shortcuts, allow_pipe)
+    opened = open_run(run_dir, recipe, sets=sets, shortcuts=shortcuts, allow_pipe=allow_pipe)
+    settings, rd = opened.settings, opened.run_dir
     shown = ", ".join(f"{k}={v}" for k, v in settings.overrides.items()) or "none"
-    typer.echo(f"run dir {rd}  recipe {settings.recipe}  overrides: {shown}{'  (merged with run.json)' if had_saved else ''}", err=True)
-    check_model_specs(settings.config, rd, GRAPH, target, with_deps, not only)  # a bad --student fails now, not hours in
+    typer.echo(f"run dir {rd}  recipe {settings.recipe}  overrides: {shown}{'  (merged with run.json)' if opened.remembered else ''}", err=True)
     try:
-        report = run_stages(
-            settings.config, rd, target=target, with_deps=with_deps, force=force, graph=GRAPH, downstream=not only,
-            on_locked=lambda: write_run_settings(rd, settings.recipe, settings.overrides), jobs=jobs,
-        )
+        # a bad --student fails at once (the spec check comes first), not hours in
+        report = opened.run(target, with_deps=with_deps, force=force, downstream=not only, jobs=jobs)
     except KeyboardInterrupt:
         # typer turns Ctrl-C into a silent exit 130; say what was kept and how to go on
         typer.echo(f"interrupted: finished stages are kept; run `kdpipe run {target}{' --only' if only else ''} --run-dir {rd}` to resume", err=True)
@@ -157,19 +100,18 @@ def status(
     Flags work as for 'kdpipe run' without changing anything, so 'kdpipe status --set distill.lr=0.01'
     previews what that change would re-run.
     """
-    from kdpipe.pipeline import GRAPH, format_status, stage_statuses, summarize
+    from kdpipe.open_run import open_run
+    from kdpipe.pipeline import Plan, format_status, stage_statuses, summarize
+    from kdpipe.pipeline.seed_layout_migration import seed_layout_notes
 
     shortcuts = dict(teacher=teacher, student=student, dataset=dataset, data_root=data_root, seed=seed, seeds=seeds)
     if run_dir is not None and not Path(run_dir).is_dir():
         raise KdpipeError(f"run dir {run_dir} does not exist (give the --run-dir of an earlier `kdpipe run`)")
-    settings, rd, _ = _settings(run_dir, recipe, sets, shortcuts, allow_pipe)
-    cfg = settings.config
-    check_model_specs(cfg, rd, GRAPH)  # what `kdpipe run` would refuse, status reports the same way
-    rows = stage_statuses(cfg, rd, graph=GRAPH)
-    from kdpipe.pipeline import Plan
-    from kdpipe.pipeline.seed_layout_migration import seed_layout_notes
-
-    for line in seed_layout_notes(Plan(GRAPH, cfg), rd):  # old folders are never passed over in silence
+    opened = open_run(run_dir, recipe, sets=sets, shortcuts=shortcuts, allow_pipe=allow_pipe)
+    settings, rd, cfg = opened.settings, opened.run_dir, opened.config
+    opened.check(downstream=False)  # what `kdpipe run` would refuse, status reports the same way
+    rows = stage_statuses(cfg, rd, graph=opened.graph)
+    for line in seed_layout_notes(Plan(opened.graph, cfg), rd):  # old folders are never passed over in silence
         typer.echo(line, err=True)
     if as_json:
         import json
