@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from kdpipe.errors import KdpipeError
 
@@ -21,6 +21,21 @@ def rank_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank_device(device: "torch.device", env: Mapping[str, str], gpus: int) -> "torch.device":
+    """The GPU a torchrun rank uses for ``device``: a bare ``cuda`` becomes ``cuda:LOCAL_RANK`` (the
+    rank's place on its node; ``RANK mod gpus`` without it) when several processes run, so every
+    rank does not land on GPU 0. An explicit ``cuda:N``, a CPU and a single process are kept."""
+    import torch
+
+    if device.type != "cuda" or device.index is not None or int(env.get("WORLD_SIZE", "1")) <= 1:
+        return device
+    local = int(env["LOCAL_RANK"]) if "LOCAL_RANK" in env else int(env.get("RANK", "0")) % max(1, gpus)
+    if gpus and local >= gpus:
+        raise KdpipeError(f"local rank {local} has no GPU of its own: {gpus} visible on this node; "
+                          f"start at most {gpus} processes per node (torchrun --nproc_per_node {gpus})")
+    return torch.device("cuda", local)
 
 
 def worker_init(_worker_id: int) -> None:
@@ -61,6 +76,8 @@ class Ranks:
         import torch.distributed as dist
 
         if not dist.is_initialized():
+            if torch.cuda.is_available():  # NCCL binds a rank to the current GPU: this rank's own
+                torch.cuda.set_device(rank_device(torch.device("cuda"), os.environ, torch.cuda.device_count()))
             # cpu:gloo carries these small messages; cuda:nccl is there for the stages' own DDP
             dist.init_process_group(backend="cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
             self.created_group = True

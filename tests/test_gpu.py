@@ -213,3 +213,30 @@ def test_one_nccl_ddp_step_averages_gradients(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     results = [json.loads((tmp_path / f"out.{r}").read_text()) for r in range(2)]
     assert all(r["same"] and r["backend"] == "nccl" for r in results)
+
+
+RANK_DEVICES = textwrap.dedent("""
+    import json, sys
+    import torch
+    from kdpipe.dist import Ranks
+    from kdpipe.train.device import pick_device
+    ranks = Ranks()
+    chosen = pick_device("cuda")  # what `kdpipe run` and `kdpipe classify` call
+    ranks.share(None)  # brings up the process group, which binds NCCL to the current GPU
+    json.dump({"rank": ranks.rank, "device": str(chosen), "current": torch.cuda.current_device()},
+              open(sys.argv[1] + f".{ranks.rank}", "w"))
+    ranks.close()
+""")
+
+
+@pytest.mark.multi_gpu
+def test_each_torchrun_rank_trains_and_classifies_on_its_own_gpu(tmp_path):
+    assert torch.cuda.device_count() >= 2, "needs two GPUs"
+    script = tmp_path / "rank_devices.py"
+    script.write_text(RANK_DEVICES)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path.cwd()), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = [json.loads((tmp_path / f"out.{r}").read_text()) for r in range(2)]
+    assert [(r["device"], r["current"]) for r in results] == [("cuda:0", 0), ("cuda:1", 1)]

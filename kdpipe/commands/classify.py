@@ -42,10 +42,6 @@ def classify(
     Under torchrun each process classifies its share of the images (one GPU each); the result is
     the same file a single process writes (or, with --parts, the same part files).
     """
-    import os
-
-    import torch
-
     from kdpipe.infer.classify import classify as run_classify
     from kdpipe.infer.device_decode import for_device
     from kdpipe.dist import default_workers, rank_world
@@ -54,10 +50,8 @@ def classify(
     from kdpipe.train.device import pick_device
 
     source = open_source(input_)  # first: a typo in --input fails before any model loads
-    dev = pick_device(device)
-    rank, world = rank_world()
-    if world > 1 and dev.type == "cuda" and dev.index is None:  # torchrun: one GPU per process
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+    dev = pick_device(device)  # under torchrun: this rank's own GPU
+    rank, _ = rank_world()
     cm = load_model(model, stage, seed, dev)
     if classes is not None:
         cm = cm.with_classes(read_class_file(classes))

@@ -8,24 +8,31 @@ master weights, unlike the reference code's pure fp16 model.
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 
+from kdpipe.dist import rank_device
 from kdpipe.errors import KdpipeError
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
 
 def pick_device(name: str | torch.device = "auto") -> torch.device:
+    """The device ``name`` means for this process: under torchrun a bare ``cuda`` is this rank's own
+    GPU (:func:`rank_device`), made the current one so NCCL and new tensors land there too."""
     if isinstance(name, torch.device):
         return name
     name = (name or "auto").strip().lower()
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise KdpipeError(f"device {name!r} asked for but no CUDA GPU is visible; use --device cpu or auto")
-        return torch.device(name)
+        device = rank_device(torch.device(name), os.environ, torch.cuda.device_count())
+        if device.index is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            torch.cuda.set_device(device)
+        return device
     if name == "cpu":
         return torch.device("cpu")
     raise KdpipeError(f"unknown device {name!r}; expected one of {', '.join(DEVICE_CHOICES)} (or cuda:N)")
