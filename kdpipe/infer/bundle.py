@@ -113,7 +113,8 @@ class ClassModel:
     def index(self, kind: str | None = None, device: str | torch.device = "cpu"):
         """The class index: the stored one when it fits the request, else built from the features
         (``auto`` when no kind is asked for: exact flat search below 100k classes)."""
-        from kdpipe.infer.index import ClassIndex, faiss_module, read_sidecar, sidecar_path
+        from kdpipe.infer.index import ClassIndex, read_sidecar, sidecar_path
+        from kdpipe.infer.index.faiss_kinds import faiss_module
 
         stored_needs_faiss = self.index_path is not None and sidecar_path(self.index_path).is_file() and \
             read_sidecar(self.index_path).get("storage") == "faiss"
