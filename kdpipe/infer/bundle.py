@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from kdpipe.artefacts.class_features import ClassFeatures, read_class_features, write_class_features
 from kdpipe.errors import KdpipeError
+from kdpipe.io import replace_dir
 
 BUNDLE_FILE = "bundle.json"
 BUNDLE_FORMAT = "kdpipe-bundle"
@@ -243,7 +244,7 @@ def export_bundle(model: ClassModel, out: str | Path, *, index_kind: str = "auto
             "provenance": {**model.provenance, "source": model.source},
         }
         (tmp / BUNDLE_FILE).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
-        _replace_dir(tmp, out)
+        replace_dir(tmp, out)
         done("bundle.json")
     finally:
         if tmp.exists():
@@ -259,15 +260,6 @@ def _save_method(method, folder: Path, towers: tuple[str, ...]) -> None:
     bb = method.backbone
     save_backbone(bb.model, bb.arch, folder / BACKBONE_FILE, config=bb.config, towers=towers)
     save_learned(method, folder / METHOD_FILE)
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    old = target.with_name(f".{target.name}.old{os.getpid()}")
-    if target.exists():
-        os.replace(target, old)
-    os.replace(new, target)
-    if old.exists():
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
 
 
 # ---------------------------------------------------------------------------------- read

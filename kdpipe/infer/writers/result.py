@@ -19,7 +19,7 @@ from kdpipe.infer.writers.lines import JsonlFile, append_durably
 from kdpipe.infer.writers.paths import meta_path, skipped_path
 from kdpipe.infer.writers.registry import output_format, row_file_class
 from kdpipe.infer.writers.rows import RESULT_COLUMNS, Row
-from kdpipe.io import read_json_or_none, write_text
+from kdpipe.io import json_lines, read_json_or_none, write_text
 
 META_FORMAT = "kdpipe-classify-output"
 META_VERSION = 1
@@ -156,7 +156,7 @@ def read_rows(out: str | Path) -> list[dict[str, Any]]:
     out = Path(out)
     suffix = out.suffix.lower()
     if suffix in (".jsonl", ".ndjson"):
-        return [json.loads(ln) for ln in out.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        return [row for _, row in json_lines(out.read_text(encoding="utf-8"), str(out), "one classify row per line")]
     if suffix == ".csv":
         return list(csv.DictReader(io.StringIO(out.read_text(encoding="utf-8"))))
     import pyarrow.parquet as pq
