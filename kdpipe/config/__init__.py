@@ -25,24 +25,8 @@ One concept per module: ``ranges`` (:func:`bounded`), ``fields`` (what else a fi
 are the package's interface; import them from ``kdpipe.config``.
 """
 
-from kdpipe.config.command_line import (
-    PATH_SHORTCUTS,
-    SHORTCUTS,
-    CliSettings,
-    parse_set,
-    runs_a_command,
-    settings_from_cli,
-    shortcut_overrides,
-)
-from kdpipe.config.fields import (
-    NOT_FINGERPRINTED,
-    field_default,
-    field_types,
-    is_runtime_setting,
-    model_spec,
-    model_spec_keys,
-    runtime_setting,
-)
+from kdpipe.config.command_line import PATH_SHORTCUTS, SHORTCUTS, CliSettings, parse_set, runs_a_command, settings_from_cli, shortcut_overrides
+from kdpipe.config.fields import NOT_FINGERPRINTED, field_default, field_types, is_runtime_setting, model_spec, model_spec_keys, runtime_setting
 from kdpipe.config.ranges import Bounds, bounded, check_range, check_ranges, field_bounds
 from kdpipe.config.recipes import DEFAULT_RECIPE, RECIPES_DIR, Recipe, list_recipes, load_recipe, recipe_path
 from kdpipe.config.resolve import DATASET_KEY, resolve_config
