@@ -12,6 +12,8 @@ import errno
 import json
 import os
 import re
+import shutil
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -111,6 +113,34 @@ def read_json_or_none(path: str | os.PathLike) -> Any:
         return read_json(path)
     except (OSError, ValueError, UnicodeDecodeError):
         return None
+
+
+def json_lines(text: str, where: str, expected: str) -> Iterator[tuple[int, Any]]:
+    """(line number, value) of each non-blank line of a JSON Lines text; a line that is not JSON is
+    one KdpipeError: ``WHERE:N is not valid JSON (why); expected EXPECTED``."""
+    from kdpipe.errors import KdpipeError
+
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise KdpipeError(f"{where}:{n} is not valid JSON ({e.msg}); expected {expected}") from None
+        yield n, value
+
+
+def replace_dir(new: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Put the finished folder ``new`` in place of ``target``: what was there (a folder or a file) is
+    moved aside first and removed after, so ``target`` is the old whole or the new whole, never a mix."""
+    new, target = Path(new), Path(target)
+    aside = None
+    if target.exists():
+        aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        os.replace(target, aside / target.name)
+    os.replace(new, target)
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def write_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict[str, str] | None = None) -> Path:

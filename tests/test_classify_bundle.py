@@ -140,12 +140,12 @@ def test_open_vocabulary_classes(tmp_path, model, tiny_teacher):
 
 
 def test_bundle_with_a_faiss_index_loads_where_faiss_is_missing(tmp_path, model, monkeypatch):
-    import kdpipe.infer.index as index_mod
+    import kdpipe.infer.index.faiss_kinds as faiss_kinds
 
     export_bundle(model, tmp_path / "b")
     write_images(tmp_path / "imgs", 3)
     run(load_bundle(tmp_path / "b"), tmp_path / "imgs", tmp_path / "with.jsonl")
-    monkeypatch.setattr(index_mod, "faiss_module", lambda: None)
+    monkeypatch.setattr(faiss_kinds, "faiss_module", lambda: None)
     loaded = load_bundle(tmp_path / "b")
     assert loaded.index().flat_backends() == ["torch"]
     run(loaded, tmp_path / "imgs", tmp_path / "without.jsonl")

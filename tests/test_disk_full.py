@@ -20,7 +20,7 @@ import pytest
 import safetensors.torch
 import torch
 
-import kdpipe.infer.writers
+import kdpipe.infer.writers.lines
 import kdpipe.io
 from kdpipe.errors import KdpipeError
 from kdpipe.io import disk_problem, write_json, write_safetensors
@@ -81,7 +81,7 @@ class FullDisk:
         real_save_file = safetensors.torch.save_file
         monkeypatch.setattr(kdpipe.io, "open", fake_open, raising=False)  # write_text's open
         monkeypatch.setattr(safetensors.torch, "save_file", fake_save_file)
-        monkeypatch.setattr(kdpipe.infer.writers.os, "write", fake_os_write)
+        monkeypatch.setattr(kdpipe.infer.writers.lines.os, "write", fake_os_write)  # the durable append
 
     def free(self) -> None:
         self.full = lambda path: False

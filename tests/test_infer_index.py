@@ -99,9 +99,9 @@ def test_ivf_params_recorded_and_reused(tmp_path):
 
 
 def test_without_faiss_flat_uses_torch_and_saves_safetensors(tmp_path, monkeypatch):
-    import kdpipe.infer.index as index_mod
+    import kdpipe.infer.index.faiss_kinds as faiss_kinds
 
-    monkeypatch.setattr(index_mod, "faiss_module", lambda: None)
+    monkeypatch.setattr(faiss_kinds, "faiss_module", lambda: None)
     feats, queries = unit(100, 12, 12), unit(9, 12, 13)
     index = ClassIndex.build(feats)
     scores, ids = index.search(queries, 3)

@@ -20,6 +20,7 @@ from kdpipe.data.items import DatasetSplits, Item
 from kdpipe.data.layout import finish, list_images, list_images_recursive, prompt_name
 from kdpipe.data.registry import register_dataset
 from kdpipe.errors import KdpipeError
+from kdpipe.io import json_lines
 
 log = logging.getLogger("kdpipe.data")
 
@@ -234,16 +235,10 @@ def read_jsonl(
     _require_file(root, "jsonl")
     rows = []
     try:
-        lines = root.read_text(encoding="utf-8").splitlines()
+        text = root.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise KdpipeError(f"jsonl: cannot read {root}: {e}") from None
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise KdpipeError(f"jsonl: {root}:{n} is not valid JSON: {e}") from None
+    for n, row in json_lines(text, f"jsonl: {root}", 'one object like {"path": ..., "label": ...} per line'):
         if not isinstance(row, dict):
             raise KdpipeError(f"jsonl: {root}:{n}: expected an object like {{\"path\": ..., \"label\": ...}}")
         rows.append({str(k).lower(): v for k, v in row.items()})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import PurePath
 
-WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+from kdpipe.clip.backbones import WEIGHT_SUFFIXES
 
 
 def _is_path(text: str) -> bool:

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from kdpipe.artefacts.class_features import ClassFeatures, read_class_features, write_class_features
 from kdpipe.errors import KdpipeError
+from kdpipe.io import replace_dir
 
 BUNDLE_FILE = "bundle.json"
 BUNDLE_FORMAT = "kdpipe-bundle"
@@ -113,7 +114,8 @@ class ClassModel:
     def index(self, kind: str | None = None, device: str | torch.device = "cpu"):
         """The class index: the stored one when it fits the request, else built from the features
         (``auto`` when no kind is asked for: exact flat search below 100k classes)."""
-        from kdpipe.infer.index import ClassIndex, faiss_module, read_sidecar, sidecar_path
+        from kdpipe.infer.index import ClassIndex, read_sidecar, sidecar_path
+        from kdpipe.infer.index.faiss_kinds import faiss_module
 
         stored_needs_faiss = self.index_path is not None and sidecar_path(self.index_path).is_file() and \
             read_sidecar(self.index_path).get("storage") == "faiss"
@@ -242,7 +244,7 @@ def export_bundle(model: ClassModel, out: str | Path, *, index_kind: str = "auto
             "provenance": {**model.provenance, "source": model.source},
         }
         (tmp / BUNDLE_FILE).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
-        _replace_dir(tmp, out)
+        replace_dir(tmp, out)
         done("bundle.json")
     finally:
         if tmp.exists():
@@ -258,15 +260,6 @@ def _save_method(method, folder: Path, towers: tuple[str, ...]) -> None:
     bb = method.backbone
     save_backbone(bb.model, bb.arch, folder / BACKBONE_FILE, config=bb.config, towers=towers)
     save_learned(method, folder / METHOD_FILE)
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    old = target.with_name(f".{target.name}.old{os.getpid()}")
-    if target.exists():
-        os.replace(target, old)
-    os.replace(new, target)
-    if old.exists():
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
 
 
 # ---------------------------------------------------------------------------------- read

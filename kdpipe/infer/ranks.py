@@ -18,6 +18,7 @@ from typing import Any, Callable
 from kdpipe.dist import Ranks
 from kdpipe.errors import KdpipeError
 from kdpipe.infer.writers import JsonlFile, ResultWriter, Row, skipped_path
+from kdpipe.io import json_lines
 
 
 def parts_dir(out: Path) -> Path:
@@ -43,9 +44,10 @@ def merge_parts(writer: ResultWriter) -> int:
         if part.name.endswith(".skipped.jsonl"):
             continue
         JsonlFile(part, key, writer.meta["top_k"]).recover()  # drops a torn last row of a killed rank
-        rows = [json.loads(ln) for ln in part.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        rows = [row for _, row in json_lines(part.read_text(encoding="utf-8"), str(part), "one classify row per line")]
         skipped_file = skipped_path(part)
-        skipped = [json.loads(ln) for ln in skipped_file.read_text(encoding="utf-8").splitlines() if ln.strip()] if skipped_file.exists() else []
+        skipped = [entry for _, entry in json_lines(skipped_file.read_text(encoding="utf-8"), str(skipped_file), "one skipped image per line")] \
+            if skipped_file.exists() else []
         # every column the part holds (probs, --keep-meta), under the same key as a single process writes
         writer.append([Row.from_record(r, key, writer.file.extra_columns) for r in rows],
                       [(s[key], s["reason"]) for s in skipped if s.get("reason") is not None])

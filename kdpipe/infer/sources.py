@@ -30,6 +30,7 @@ from kdpipe.data.images import DECODE_ERRORS, describe_error, load_rgb
 from kdpipe.data.shards.samples import PackedImages, stack_images  # noqa: F401  (PackedImages: Batch.images)
 from kdpipe.dist import worker_init
 from kdpipe.errors import KdpipeError
+from kdpipe.io import json_lines
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
 LIST_SUFFIXES = {".txt": "txt", ".lst": "txt", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl"}
@@ -171,15 +172,8 @@ def list_entries(path: Path) -> list[tuple[str, str]]:
         raw = [ln.strip() for ln in text.splitlines()]
         raw = [ln for ln in raw if ln and not ln.startswith("#")]
     elif kind == "jsonl":
-        raw = []
-        for n, ln in enumerate(text.splitlines(), 1):
-            if not ln.strip():
-                continue
-            try:
-                obj = json.loads(ln)
-            except json.JSONDecodeError as e:
-                raise KdpipeError(f"{path}:{n} is not valid JSON ({e.msg}); expected one object with a path per line") from e
-            raw.append(obj if isinstance(obj, str) else _path_field(obj, path, n))
+        raw = [obj if isinstance(obj, str) else _path_field(obj, path, n)
+               for n, obj in json_lines(text, str(path), "one object with a path per line")]
     else:
         rows = list(csv.DictReader(text.splitlines(), delimiter="\t" if kind == "tsv" else ","))
         raw = [_path_field(r, path, n) for n, r in enumerate(rows, 2)]

@@ -8,11 +8,8 @@ never reused and a second demo on the same machine skips pretraining.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
-from typing import Any
 
 
 def cache_root() -> Path:
@@ -25,9 +22,3 @@ def cache_root() -> Path:
 
 def world_cache_dir(fingerprint: str) -> Path:
     return cache_root() / "world" / fingerprint
-
-
-def fingerprint(obj: Any) -> str:
-    """Short stable hash of a JSON-able object (key order does not matter)."""
-    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]

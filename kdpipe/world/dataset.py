@@ -13,7 +13,6 @@ existing folder is kept) and atomic (built in a temporary sibling folder, then r
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Mapping
 import numpy as np
 
 from kdpipe.errors import KdpipeError
-from kdpipe.io import current_umask, read_json_or_none, write_json
+from kdpipe.io import current_umask, read_json_or_none, replace_dir, write_json
 from kdpipe.progress import Progress
 from kdpipe.world.classes import CLASSNAMES, NUM_CLASSES
 from kdpipe.world.render import IMAGE_SIZE, RENDER_VERSION, render_batch
@@ -128,11 +127,7 @@ def write_world_dataset(
             split_rows = {s: _write_split(tmp, s, meta["per_class"][s], seed, shift, bar.update) for s in SPLITS}
         write_json(tmp / SPLIT_FILE, split_rows)
         write_json(tmp / META_FILE, meta)
-        if target.exists():  # a kdpipe world with other settings: replace it whole
-            old = Path(tempfile.mkdtemp(prefix=".world.old-", dir=root))
-            os.replace(target, old / "world")
-            shutil.rmtree(old, ignore_errors=True)
-        os.replace(tmp, target)
+        replace_dir(tmp, target)  # a kdpipe world with other settings is replaced whole
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

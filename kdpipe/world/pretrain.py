@@ -33,8 +33,9 @@ import torch.nn.functional as F
 
 from kdpipe.errors import KdpipeError
 from kdpipe.io import atomic_path, read_json, write_json
+from kdpipe.pipeline.hashing import digest
 from kdpipe.progress import Progress
-from kdpipe.world.cache import fingerprint, world_cache_dir
+from kdpipe.world.cache import world_cache_dir
 from kdpipe.world.captions import caption_table
 from kdpipe.world.classes import NUM_CLASSES
 from kdpipe.world.render import RENDER_VERSION, render_batch
@@ -125,7 +126,8 @@ def _model_config(arch: str) -> dict:
 
 
 def pretrain_fingerprint(arch: str, seed: int, cfg: PretrainConfig) -> str:
-    return fingerprint(
+    """16 hex digits of the canonical hash of everything that changes the weights (the cache key)."""
+    return digest(
         {
             "arch": arch,
             "model": _model_config(arch),
@@ -134,7 +136,7 @@ def pretrain_fingerprint(arch: str, seed: int, cfg: PretrainConfig) -> str:
             "render": RENDER_VERSION,
             "pretrain": PRETRAIN_VERSION,
         }
-    )
+    )[:16]
 
 
 def _lr_at(step: int, cfg: PretrainConfig) -> float:

@@ -1,30 +1,9 @@
-"""Inner-product index over L2-normalised class features: ``ClassIndex``.
-
-Kinds:
-  - ``flat``: exact. FAISS ``IndexFlatIP`` (on the GPU when faiss-gpu and a GPU are present) or a
-    torch matmul + top-k; the first search at a given size times both and keeps the faster for the
-    rest of the process, because the faiss-cpu wheel's bundled OpenBLAS picks a slow kernel on some
-    CPUs while torch's BLAS does not (and the reverse happens too).
-  - ``ivf`` / ``hnsw``: approximate FAISS indexes for label sets of tens of thousands of classes.
-  - ``auto``: ``flat`` below ``AUTO_APPROX_FROM`` classes, ``hnsw`` from there (when FAISS is present).
-  - any FAISS ``index_factory`` string (``IVF256,Flat``, ``HNSW32``, ``IVF1024,PQ32``), built with
-    the inner-product metric and trained on the class features themselves. Lossy codes (PQ, SQ) only
-    pick candidates: the rescoring below uses the exact rows kept in memory.
-
-Whatever the backend, results are made identical and deterministic the same way: each backend
-returns ``k + TIE_MARGIN`` candidates, their scores are recomputed exactly (float64 dot products)
-and the candidates are ordered by (score desc, class id asc). Two float32 backends may disagree in
-the last bit, which would otherwise reorder near-ties; the margin absorbs that.
-
-Saved as ``faiss.write_index`` + a JSON sidecar (``PATH.json``); without FAISS installed a flat
-index is saved as safetensors instead. Nothing is ever pickled.
-"""
+"""``ClassIndex``: top-k inner-product search over the class features, exact rescoring, save and load."""
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,45 +11,16 @@ import numpy as np
 import torch
 
 from kdpipe.errors import KdpipeError
-from kdpipe.io import atomic_path, read_json, read_tensors, write_json, write_tensors
+from kdpipe.infer.index import faiss_kinds
+from kdpipe.infer.index.faiss_kinds import IndexParams, build_faiss, faiss_reason, hnsw_part, ivf_part, resolve_kind
+from kdpipe.infer.index.sidecar import SIDECAR_FORMAT, SIDECAR_VERSION, damaged_index, read_sidecar, sidecar_path
+from kdpipe.io import atomic_path, read_tensors, write_json, write_tensors
 
-KINDS = ("flat", "ivf", "hnsw", "auto")
-# Flat search costs B*C*D per batch, far less than encoding B images, until C gets very large.
-AUTO_APPROX_FROM = 100_000
 TIE_MARGIN = 8
-SIDECAR_FORMAT = "kdpipe-class-index"
-SIDECAR_VERSION = 1
 
 # (backend-choice key) -> "faiss" | "torch"; measured once per process
 _FLAT_CHOICE: dict[tuple, str] = {}
 _FLAT_TIMINGS: dict[tuple, dict[str, float]] = {}
-
-
-def faiss_module():
-    """The ``faiss`` module, or None when neither faiss-cpu nor faiss-gpu is installed."""
-    try:
-        import faiss
-    except ImportError:
-        return None
-    return faiss
-
-
-def faiss_has_gpu() -> bool:
-    faiss = faiss_module()
-    return faiss is not None and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
-
-
-@dataclass
-class IndexParams:
-    """Knobs of the approximate kinds (recorded in the sidecar so a loaded index searches the same)."""
-
-    nlist: int = 0  # ivf: number of k-means cells; 0 = 4*sqrt(C), capped so each cell trains on >= 39 rows
-    nprobe: int = 0  # ivf: cells visited per query; 0 = max(16, nlist // 8)
-    hnsw_m: int = 32  # hnsw: graph degree
-    ef_construction: int = 80  # hnsw: candidate list while building
-    ef_search: int = 128  # hnsw: candidate list while searching (raised to k + margin when smaller)
-    # factory strings keep their own nlist; nprobe / ef_search above apply to them as well
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _as_float32_rows(x, what: str) -> torch.Tensor:
@@ -101,19 +51,19 @@ class ClassIndex:
         feats = _as_float32_rows(features, "class features")
         params = params or IndexParams()
         kind = resolve_kind(kind, feats.shape[0])
-        faiss = faiss_module()
+        faiss = faiss_kinds.faiss_module()
         if kind != "flat" and faiss is None:
             raise KdpipeError(f"--index {kind} needs FAISS: pip install 'kdpipe[cpu]' (or 'kdpipe[gpu]'), or use --index flat")
         index = None
         if faiss is not None:
-            index = _build_faiss(faiss, feats.numpy(), kind, params)
+            index = build_faiss(faiss, feats.numpy(), kind, params)
         return cls(feats, kind, params, index, device)
 
     def _maybe_to_gpu(self, index):
         # HNSW has no GPU implementation in FAISS; flat and IVF do.
-        if index is None or self.device.type != "cuda" or "hnsw" in self.kind.lower() or not faiss_has_gpu():
+        if index is None or self.device.type != "cuda" or "hnsw" in self.kind.lower() or not faiss_kinds.faiss_has_gpu():
             return index
-        faiss = faiss_module()
+        faiss = faiss_kinds.faiss_module()
         self._gpu_res = faiss.StandardGpuResources()
         return faiss.index_cpu_to_gpu(self._gpu_res, self.device.index or 0, index)
 
@@ -190,7 +140,7 @@ class ClassIndex:
         return torch.from_numpy(ids)
 
     def _set_search_params(self, n: int) -> None:
-        ivf, hnsw = _ivf_part(self._faiss), _hnsw_part(self._faiss)
+        ivf, hnsw = ivf_part(self._faiss), hnsw_part(self._faiss)
         if ivf is not None:
             ivf.nprobe = min(ivf.nlist, self.params.nprobe or max(16, ivf.nlist // 8))
         if hnsw is not None:
@@ -198,7 +148,7 @@ class ClassIndex:
 
     def set_search(self, nprobe: int | None = None, ef_search: int | None = None) -> "ClassIndex":
         """Search-time knobs (``--nprobe`` / ``--ef-search``); one-line error where the index has no such knob."""
-        for name, value, part in (("--nprobe", nprobe, _ivf_part), ("--ef-search", ef_search, _hnsw_part)):
+        for name, value, part in (("--nprobe", nprobe, ivf_part), ("--ef-search", ef_search, hnsw_part)):
             if value is None:
                 continue
             if value < 1:
@@ -294,7 +244,7 @@ class ClassIndex:
         path = Path(path)
         if self._faiss_cpu is not None:
             with atomic_path(path) as tmp:
-                faiss_module().write_index(self._faiss_cpu, str(tmp))
+                faiss_kinds.faiss_module().write_index(self._faiss_cpu, str(tmp))
         else:
             write_tensors(path, {"features": self.features})
         write_json(sidecar_path(path), self.describe())
@@ -316,118 +266,21 @@ class ClassIndex:
             except KeyError:
                 raise damaged_index(path, "no 'features' tensor") from None
             return cls(feats, meta["kind"], params, None, device)
-        faiss = faiss_module()
+        faiss = faiss_kinds.faiss_module()
         if faiss is None:
             raise KdpipeError(f"{path} is a FAISS index but FAISS is not installed: pip install 'kdpipe[cpu]' (or 'kdpipe[gpu]')")
         try:
             index = faiss.read_index(str(path))
         except RuntimeError as e:  # FAISS reports a foreign or truncated file this way
-            reason = _faiss_reason(e)
+            reason = faiss_reason(e)
             reason = "the file ends early, truncated" if reason.startswith("read error in ") else reason
             raise damaged_index(path, f"FAISS cannot read it: {reason}") from None
         if index.ntotal != meta["ntotal"] or index.d != meta["dim"]:
             raise damaged_index(path, f"it holds {index.ntotal} x {index.d} but its sidecar says {meta['ntotal']} x {meta['dim']}")
-        if _ivf_part(index) is not None:  # reconstruct_n on an IVF needs its direct map
+        if ivf_part(index) is not None:  # reconstruct_n on an IVF needs its direct map
             faiss.extract_index_ivf(index).make_direct_map()
         feats = torch.from_numpy(index.reconstruct_n(0, index.ntotal).copy())
         return cls(feats, meta["kind"], params, index, device)
-
-
-def damaged_index(path: Path, reason: str) -> KdpipeError:
-    """The one line for an index file that cannot be what its sidecar says (a bundle adds which bundle)."""
-    err = KdpipeError(f"class index {path} is damaged ({reason}); write it again (re-export its bundle, or re-run the stage that wrote it)")
-    err.damage = reason  # what a bundle's own message repeats
-    return err
-
-
-def resolve_kind(kind: str, n_classes: int) -> str:
-    """A named kind, or anything else taken as a FAISS ``index_factory`` string (checked when built)."""
-    if kind == "auto":
-        return "hnsw" if n_classes >= AUTO_APPROX_FROM and faiss_module() is not None else "flat"
-    return kind
-
-
-def sidecar_path(path: str | Path) -> Path:
-    path = Path(path)
-    return path.with_name(path.name + ".json")
-
-
-def read_sidecar(path: str | Path) -> dict[str, Any]:
-    """The description :meth:`ClassIndex.save` wrote beside the index at ``path`` (kind, storage, sizes)."""
-    side = sidecar_path(path)
-    try:
-        meta = read_json(side)
-    except (OSError, ValueError) as e:
-        raise KdpipeError(f"{side} is not a readable class-index sidecar ({e})") from e
-    if not isinstance(meta, dict) or meta.get("format") != SIDECAR_FORMAT or int(meta.get("version", 0)) > SIDECAR_VERSION:
-        found = meta if isinstance(meta, dict) else {}
-        raise KdpipeError(f"{side} is not a kdpipe class index of a version this kdpipe reads (found {found.get('format')} v{found.get('version')})")
-    return meta
-
-
-def _ivf_part(index):
-    """The IVF inside ``index`` (plain, wrapped by a factory string, or a GPU copy), else None."""
-    if index is None:
-        return None
-    if hasattr(index, "nprobe"):
-        return index
-    try:
-        return faiss_module().extract_index_ivf(index)
-    except RuntimeError:  # faiss raises this for "not an IVF"
-        return None
-
-
-def _hnsw_part(index):
-    return getattr(index, "hnsw", None) if index is not None else None
-
-
-def _build_factory(faiss, feats: np.ndarray, spec: str):
-    """``faiss.index_factory`` with the inner-product metric, trained on ``feats``; one-line errors."""
-    n, d = feats.shape
-    try:
-        index = faiss.index_factory(d, spec, faiss.METRIC_INNER_PRODUCT)
-    except RuntimeError as e:
-        raise KdpipeError(f"unknown index kind {spec!r}: not {', '.join(KINDS)}, nor a FAISS index_factory string "
-                          f"that builds for dimension {d} ({_faiss_reason(e)})") from None
-    ivf = _ivf_part(index)
-    if ivf is not None:
-        ivf.cp.seed = 1234  # deterministic k-means
-    try:
-        if not index.is_trained:
-            index.train(feats)
-        index.add(feats)
-    except RuntimeError as e:
-        raise KdpipeError(f"--index {spec!r} cannot be built over {n} classes of dimension {d} ({_faiss_reason(e)})") from None
-    return index
-
-
-def _faiss_reason(e: BaseException) -> str:
-    # FAISS errors name the C++ function and source line first; the sentence after them is what a user can act on
-    msg = " ".join(ln.strip() for ln in str(e).splitlines() if ln.strip()) or "faiss refused it"
-    return (msg.split(" failed: ", 1)[1] if " failed: " in msg else msg.rsplit(": ", 1)[-1])[:200]
-
-
-def _build_faiss(faiss, feats: np.ndarray, kind: str, params: IndexParams):
-    n, d = feats.shape
-    if kind not in KINDS:
-        return _build_factory(faiss, feats, kind)
-    if kind == "flat":
-        index = faiss.IndexFlatIP(d)
-    elif kind == "hnsw":
-        index = faiss.IndexHNSWFlat(d, params.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = params.ef_construction
-    else:  # ivf: k-means cells trained on the class features themselves
-        nlist = params.nlist or max(1, min(int(4 * math.sqrt(n)), n // 39))
-        nlist = max(1, min(nlist, n))
-        params.nlist = nlist
-        params.nprobe = min(nlist, params.nprobe or max(16, nlist // 8))
-        quantizer = faiss.IndexFlatIP(d)
-        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
-        index.cp.seed = 1234  # deterministic k-means
-        index.train(feats)
-        index.make_direct_map()
-    index.add(feats)
-    return index
 
 
 def _best_times(fns: dict[str, "callable"], device: torch.device, repeats: int = 3) -> dict[str, float]:
@@ -452,4 +305,3 @@ def _best_times(fns: dict[str, "callable"], device: torch.device, repeats: int =
                 torch.cuda.synchronize(device)
             best[name] = min(best[name], time.perf_counter() - t)
     return best
-
