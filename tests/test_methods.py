@@ -154,19 +154,58 @@ def test_config_has_reference_defaults_and_validates_overrides(name, tiny_studen
         build_method(name, tiny_student, CLASSES, {"no_such_setting": 1})
 
 
-@pytest.mark.parametrize("name", list_methods())
-def test_text_features_are_cached_when_nothing_learned_touches_them(name, tiny_student):
-    m = make(name, tiny_student).eval()
-    if m.learns_text or m.needs_class_features:
-        return
+def _methods(where) -> list[str]:
+    return [n for n in list_methods() if where(get_method(n))]
+
+
+def _counting_text_features(m) -> list:
     calls = []
     real = m._text_features
     m._text_features = lambda names: calls.append(names) or real(names)
+    return calls
+
+
+@pytest.mark.parametrize("name", _methods(lambda cls: not cls.learns_text and not cls.needs_class_features))
+def test_text_features_are_computed_once_when_nothing_learned_touches_them(name, tiny_student):
+    m = make(name, tiny_student).eval()
+    calls = _counting_text_features(m)
+    a = m.class_features()
+    m.logits(batch(tiny_student)[0])  # with gradients on: still the cached rows
     with torch.no_grad():
-        a = m.class_features()
-        m.logits(batch(tiny_student)[0])
         b = m.class_features()
     assert len(calls) == 1 and a is b
+
+
+@pytest.mark.parametrize("name", _methods(lambda cls: cls.learns_text and not cls.needs_class_features))
+def test_learned_text_features_are_cached_until_a_learned_tensor_changes(name, tiny_student):
+    m = make(name, tiny_student).eval()
+    calls = _counting_text_features(m)
+    with torch.no_grad():
+        a = m.class_features()
+        assert m.class_features() is a and len(calls) == 1  # evaluation: computed once
+        for _, p in m.learned_parameters():
+            p.add_(0.5)  # what an optimizer step does
+        b = m.class_features()
+    assert len(calls) == 2 and not torch.allclose(a, b)
+    m.class_features()
+    m.class_features()  # training: every call goes through the prompts, so gradients reach them
+    assert len(calls) == 4
+
+
+@pytest.mark.parametrize("name", _methods(lambda cls: cls.needs_class_features))
+def test_a_method_without_a_text_side_scores_against_the_class_features_it_is_given(name, tiny_student):
+    m = make(name, tiny_student).eval()
+    calls = _counting_text_features(m)
+    given = m.class_features()
+    assert calls == [] and given.shape[0] == len(CLASSES)
+    with pytest.raises(KdpipeError, match="class_features="):
+        m.class_features(CLASSES[:1])  # it cannot encode other class names
+
+
+def test_every_method_is_covered_by_one_of_the_class_feature_tests():
+    groups = [_methods(lambda c: not c.learns_text and not c.needs_class_features),
+              _methods(lambda c: c.learns_text and not c.needs_class_features), _methods(lambda c: c.needs_class_features)]
+    assert sorted(sum(groups, [])) == sorted(list_methods()) and all(groups)
 
 
 @pytest.mark.parametrize("name", list_methods())

@@ -94,8 +94,11 @@ def test_bool_mask_refused(tiny_student):
     from kdpipe.clip.towers import _run_blocks
 
     x = torch.randn(1, 4, tiny_student.dims.text_width)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="additive float attention masks only"):
         _run_blocks(tiny_student.model.transformer, x, torch.ones(4, 4, dtype=torch.bool), None, None)
+    # the same call with the additive float mask it stands for runs: the refusal is about the dtype
+    causal = torch.full((4, 4), float("-inf")).triu(1)
+    assert _run_blocks(tiny_student.model.transformer, x, causal, None, None).shape == x.shape
 
 
 def test_training_path_runs_sequence_first_and_gives_the_block_path_result(tiny_student):
