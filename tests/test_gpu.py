@@ -204,15 +204,20 @@ DDP_STEP = textwrap.dedent("""
 
 @pytest.mark.multi_gpu
 def test_one_nccl_ddp_step_averages_gradients(tmp_path):
+    results = _on_two_ranks(DDP_STEP, tmp_path)
+    assert all(r["same"] and r["backend"] == "nccl" for r in results)
+
+
+def _on_two_ranks(source: str, tmp_path) -> list[dict]:
+    """Run ``source`` under torchrun on two GPUs; each rank writes its JSON to ``argv[1].RANK``."""
     assert torch.cuda.device_count() >= 2, "needs two GPUs"
-    script = tmp_path / "ddp_step.py"
-    script.write_text(DDP_STEP)
+    script = tmp_path / "on_two_ranks.py"
+    script.write_text(source)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path.cwd()), os.environ.get("PYTHONPATH", "")]))
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            str(script), str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    results = [json.loads((tmp_path / f"out.{r}").read_text()) for r in range(2)]
-    assert all(r["same"] and r["backend"] == "nccl" for r in results)
+    return [json.loads((tmp_path / f"out.{r}").read_text()) for r in range(2)]
 
 
 RANK_DEVICES = textwrap.dedent("""
@@ -231,12 +236,5 @@ RANK_DEVICES = textwrap.dedent("""
 
 @pytest.mark.multi_gpu
 def test_each_torchrun_rank_trains_and_classifies_on_its_own_gpu(tmp_path):
-    assert torch.cuda.device_count() >= 2, "needs two GPUs"
-    script = tmp_path / "rank_devices.py"
-    script.write_text(RANK_DEVICES)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path.cwd()), os.environ.get("PYTHONPATH", "")]))
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(script), str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = [json.loads((tmp_path / f"out.{r}").read_text()) for r in range(2)]
+    results = _on_two_ranks(RANK_DEVICES, tmp_path)
     assert [(r["device"], r["current"]) for r in results] == [("cuda:0", 0), ("cuda:1", 1)]
