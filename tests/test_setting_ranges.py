@@ -87,7 +87,7 @@ def test_recipes_and_saved_run_settings_are_range_checked_too(tmp_path):
 
 
 def test_every_numeric_field_of_the_pipeline_sections_declares_a_range():
-    from kdpipe.stages import sections
+    from kdpipe.settings import sections
 
     unbounded = []
     for name, spec in SCHEMA.sections.items():
