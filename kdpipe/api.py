@@ -144,8 +144,9 @@ def run(target: str = "all", *, run_dir: str | Path, recipe: str | None = None,
     """
     from kdpipe.config import settings_from_cli
     from kdpipe.pipeline import GRAPH, remembered_settings, run_stages, write_run_settings
+    from kdpipe.stage_graph import stage_graph
 
-    GRAPH.load_stage_modules()
+    stage_graph()  # fills GRAPH
     run_dir = Path(run_dir)
     saved_recipe, remembered = remembered_settings(run_dir)
     # the caller's settings are its command line (trusted like --set), remembered as given

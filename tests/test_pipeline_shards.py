@@ -51,8 +51,9 @@ def test_user_shards_hold_out_a_slice_and_distill_drops_its_keys(tmp_path):
 def _cfg(*sets):
     from kdpipe.config import settings_from_cli
     from kdpipe.pipeline import GRAPH
+    from kdpipe.stage_graph import stage_graph
 
-    GRAPH.load_stage_modules()
+    stage_graph()
     return settings_from_cli(None, sets, schema=GRAPH.schema).config
 
 

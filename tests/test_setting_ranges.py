@@ -176,8 +176,9 @@ def test_model_specs_are_checked_up_front_but_not_those_a_stage_writes(tmp_path)
     from kdpipe.commands.demo import demo_overrides
     from kdpipe.commands.run import check_model_specs
     from kdpipe.pipeline import GRAPH
+    from kdpipe.stage_graph import stage_graph
 
-    GRAPH.load_stage_modules()
+    stage_graph()
     run_dir = tmp_path / "demo"
     base = {k: (v, "kdpipe demo") for k, v in demo_overrides(run_dir).items()}
     cfg = settings_from_cli("demo", base=base).config

@@ -32,9 +32,10 @@ def run_demo(run_dir: Path, quick: bool = False, sets: tuple[str, ...] = (), ech
     """Render, run every stage and return ``{"report": folder, "results": markdown, "targets": [...]}``."""
     from kdpipe.config import settings_from_cli
     from kdpipe.pipeline import GRAPH, run_stages, write_run_settings
+    from kdpipe.stage_graph import stage_graph
     from kdpipe.stages.world import prepare_world_data
 
-    GRAPH.load_stage_modules()
+    stage_graph()  # fills GRAPH
     paths = {key: (value, "kdpipe demo") for key, value in demo_overrides(run_dir).items()}
     settings = settings_from_cli(RECIPES[quick], sets, base=paths, schema=GRAPH.schema)
     say = echo or (lambda msg: typer.echo(msg, err=True))

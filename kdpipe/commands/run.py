@@ -39,8 +39,9 @@ def _settings(run_dir: Optional[Path], recipe: Optional[str], sets: list[str], s
     """The flags on top of what the run dir remembers; return (settings, run dir, whether it remembered any)."""
     from kdpipe.config import settings_from_cli
     from kdpipe.pipeline import GRAPH, remembered_settings
+    from kdpipe.stage_graph import stage_graph
 
-    GRAPH.load_stage_modules()
+    stage_graph()  # fills GRAPH
     if run_dir is None:
         # the flags alone name the run dir, whose run.json then fills in what they leave out
         flags_only = settings_from_cli(recipe, sets, shortcuts, schema=GRAPH.schema, allow_pipe=allow_pipe)

@@ -1,5 +1,7 @@
 """The stage registry: what a stage is (:class:`StageSpec`), how one registration becomes concrete
-instances for a config (families and seeds), and the global :data:`GRAPH` stages register with."""
+instances for a config (families and seeds), and the global :data:`GRAPH` stages register with.
+
+The engine is handed a filled graph by its callers and never imports a stage module itself."""
 
 from __future__ import annotations
 
@@ -204,16 +206,14 @@ class StageGraph:
                     instances[name] = inst
         return instances
 
-    def load_stage_modules(self) -> None:
-        """Fill the registry: ``$KDPIPE_STAGE_MODULES`` (comma-separated module names or .py files)
-        when set, else the pipeline's own ``kdpipe.stages`` package when it exists."""
-        spec = os.environ.get(STAGE_MODULES_ENV, "").strip()
-        if spec:
-            for item in (s.strip() for s in spec.split(",")):
-                if item:
-                    _import_module_or_file(item)
-        elif importlib.util.find_spec("kdpipe.stages") is not None:
-            importlib.import_module("kdpipe.stages")
+    def load_modules(self, modules: Iterable[str]) -> "StageGraph":
+        """Import ``modules`` (module names or .py files), whose ``register_stage`` calls fill the
+        registry they name (:data:`GRAPH` for the pipeline's own). The engine never picks the
+        modules: its callers do (:mod:`kdpipe.stage_graph` for the CLI, ``kdpipe.run()`` and the demo)."""
+        for item in (m.strip() for m in modules):
+            if item:
+                _import_module_or_file(item)
+        return self
 
 
 def _import_module_or_file(item: str) -> None:
@@ -237,12 +237,6 @@ def _import_module_or_file(item: str) -> None:
 
 GRAPH = StageGraph(SCHEMA)
 register_stage = GRAPH.stage
-
-
-def pipeline() -> StageGraph:
-    """The global graph with the pipeline's stages registered (library callers need not import them)."""
-    GRAPH.load_stage_modules()
-    return GRAPH
 
 
 def closest(name: str, options: Iterable[str]) -> str:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from kdpipe.dist import Ranks
 from kdpipe.errors import KdpipeError
 from kdpipe.pipeline.execute import execute_instance
-from kdpipe.pipeline.graph import GRAPH, StageGraph, pipeline
+from kdpipe.pipeline.graph import StageGraph
 from kdpipe.pipeline.plan import Plan
 
 if TYPE_CHECKING:
@@ -56,23 +56,20 @@ def _exit_with_parent(every_s: float = 1.0) -> None:
     threading.Thread(target=watch, name="kdpipe-exit-with-runner", daemon=True).start()
 
 
-def graph_source(graph: StageGraph) -> tuple[str, str] | None:
-    """How a worker rebuilds ``graph``: None for the global pipeline, else its ``source`` (a Python
-    file or module and the name of a builder taking an empty StageGraph); KdpipeError when unknown."""
-    if graph is GRAPH:
-        return None
+def graph_source(graph: StageGraph) -> tuple[str, str]:
+    """How a worker rebuilds ``graph``: its ``source`` (a Python file or module and the name of a
+    builder taking an empty StageGraph; :func:`kdpipe.stage_graph.stage_graph` sets the pipeline's);
+    KdpipeError when unknown."""
     source = getattr(graph, "source", None)
     if source is None:
         raise KdpipeError("jobs > 1 needs a stage graph that worker processes can rebuild: set graph.source = (file or module, builder name)")
     return source
 
 
-def _load_graph(source: tuple[str, str] | None) -> StageGraph:
+def _load_graph(source: tuple[str, str]) -> StageGraph:
     import importlib
     import importlib.util
 
-    if source is None:
-        return pipeline()
     where, builder = source
     if where.endswith(".py"):
         spec = importlib.util.spec_from_file_location(f"kdpipe_stage_graph_{abs(hash(where))}", where)
@@ -83,7 +80,7 @@ def _load_graph(source: tuple[str, str] | None) -> StageGraph:
     return getattr(module, builder)(StageGraph())
 
 
-def _execute_in_worker(source: tuple[str, str] | None, settings: dict[str, Any], run_dir: str, name: str) -> dict[str, Any]:
+def _execute_in_worker(source: tuple[str, str], settings: dict[str, Any], run_dir: str, name: str) -> dict[str, Any]:
     """Run one prepared stage in this worker; errors come back as data (exceptions may not pickle).
 
     The config travels as its flat JSON values (section classes may not pickle) and is rebuilt
