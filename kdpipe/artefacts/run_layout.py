@@ -14,6 +14,8 @@ import os
 import re
 from pathlib import Path
 
+from kdpipe.artefacts.class_features import IN_STAGE_FOLDER
+
 # stage names, which start their folders' names
 TEACHER = "teacher"
 TEXT_FEATURES = "text-features"
@@ -23,7 +25,6 @@ BASELINE = "baseline"
 TEACHER_STEM = "teacher"
 STUDENT_STEM = "student"
 BASELINE_STEM = "method"
-FEATURES_FILE = "text_features.safetensors"  # kdpipe.artefacts.class_features, written by text-features
 INDEX_FILE = "classes.index"  # kdpipe.infer.index.ClassIndex over those rows (+ its .json sidecar)
 
 
@@ -40,7 +41,8 @@ def baseline_stem(stage_dir: str | os.PathLike) -> Path:
 
 
 def features_path(stage_dir: str | os.PathLike) -> Path:
-    return Path(stage_dir) / FEATURES_FILE
+    """The text-features stage's class features (:mod:`kdpipe.artefacts.class_features`)."""
+    return Path(stage_dir) / IN_STAGE_FOLDER
 
 
 def index_path(stage_dir: str | os.PathLike) -> Path:

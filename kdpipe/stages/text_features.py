@@ -15,8 +15,8 @@ again. The file format is :mod:`kdpipe.artefacts.class_features`; the names are
 
 from __future__ import annotations
 
-from kdpipe.artefacts.class_features import write_class_features
-from kdpipe.artefacts.run_layout import FEATURES_FILE, INDEX_FILE, TEXT_FEATURES, features_path, index_path, teacher_stem
+from kdpipe.artefacts.class_features import IN_STAGE_FOLDER, write_class_features
+from kdpipe.artefacts.run_layout import INDEX_FILE, TEXT_FEATURES, features_path, index_path, teacher_stem
 from kdpipe.dist import leader_only
 from kdpipe.pipeline import register_stage
 from kdpipe.settings import inputs, teachers
@@ -50,7 +50,7 @@ def _write_text_features(ctx) -> dict:
     TEXT_FEATURES,
     reads=["data.mode"],
     deps=["teacher:{member}"],
-    outputs=[FEATURES_FILE, INDEX_FILE],
+    outputs=[IN_STAGE_FOLDER, INDEX_FILE],
     expand=teachers.member_names,
     plain=teachers.primary_name,
     seeded=True,
