@@ -33,6 +33,19 @@ def folder_name(instance_name: str) -> str:
     return instance_name.replace(":", "-").replace("@", "-")
 
 
+def instance_name(stage: str, member: str | None, seed: int | None) -> str:
+    """``("baseline", "coop", 1)`` -> ``baseline:coop@seed1``: how an instance is named (and its
+    manifest's ``stage``); member None is an unexpanded stage or a family's plainly named instance."""
+    return stage + (f":{member}" if member else "") + (f"@seed{seed}" if seed is not None else "")
+
+
+def parse_instance(name: str) -> tuple[str, str | None, int | None]:
+    """The inverse of :func:`instance_name`: (stage, member or None, seed or None)."""
+    rest, _, seed = name.partition("@seed")
+    stage, _, member = rest.partition(":")
+    return stage, member or None, int(seed) if seed.isdigit() else None
+
+
 @dataclass(frozen=True)
 class StageSpec:
     name: str
@@ -190,7 +203,7 @@ class StageGraph:
             for member in members:
                 shown = None if member == plain else member
                 for seed in seed_list:
-                    name = spec.name + (f":{shown}" if shown else "") + (f"@seed{seed}" if seed is not None else "")
+                    name = instance_name(spec.name, shown, seed)
                     deps: list[str] = []
                     for dep in self.deps_of(spec.name):
                         base, _, want_member = dep.partition(":")
