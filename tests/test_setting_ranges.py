@@ -175,7 +175,6 @@ def test_a_bad_student_spec_fails_before_any_stage_runs(tmp_path):
 def test_model_specs_are_checked_up_front_but_not_those_a_stage_writes(tmp_path):
     from kdpipe.commands.demo import demo_overrides
     from kdpipe.commands.run import check_model_specs
-    from kdpipe.pipeline import GRAPH
     from kdpipe.stage_graph import stage_graph
 
     stage_graph()
