@@ -13,14 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from kdpipe.errors import KdpipeError
-
-
-def stage_graph():
-    """The stage graph every command runs: kdpipe's stages (or ``KDPIPE_STAGE_MODULES``), loaded."""
-    from kdpipe.pipeline import GRAPH
-
-    GRAPH.load_stage_modules()
-    return GRAPH
+from kdpipe.stage_graph import stage_graph
 
 
 @dataclass

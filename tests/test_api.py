@@ -109,7 +109,7 @@ def test_import_kdpipe_stays_light():
 
 def test_run_resolves_settings_and_remembers_them(tmp_path):
     """kdpipe.run on the toy graph (a subprocess, so its stages stay out of this registry)."""
-    from test_dag import TOY_SOURCE
+    from test_runner_toy_graph import TOY_SOURCE
 
     stages = tmp_path / "toy_api.py"
     stages.write_text(TOY_SOURCE + "\nfrom kdpipe.pipeline import GRAPH\n\nbuild(GRAPH)\n")

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from kdpipe.artefacts.class_features import read_class_features, write_class_features
 from kdpipe.errors import KdpipeError
-from kdpipe.infer.bundle import FEATURES_FILE, ClassModel, export_bundle, load_bundle
+from kdpipe.artefacts.class_features import IN_BUNDLE
+from kdpipe.infer.bundle import ClassModel, export_bundle, load_bundle
 from kdpipe.infer.classify import classify
 from kdpipe.infer.sources import open_source
 from kdpipe.infer.writers import read_rows
@@ -97,9 +98,9 @@ def test_classify_equals_the_students_own_logits(tmp_path, model):
 
 def test_bundle_feature_dimension_mismatch_is_refused(tmp_path, model):
     export_bundle(model, tmp_path / "b")
-    cf = read_class_features(tmp_path / "b" / FEATURES_FILE)
+    cf = read_class_features(tmp_path / "b" / IN_BUNDLE)
     cf.features = F.normalize(torch.randn(len(CLASSES), 40), dim=-1)
-    write_class_features(tmp_path / "b" / FEATURES_FILE, cf)
+    write_class_features(tmp_path / "b" / IN_BUNDLE, cf)
     with pytest.raises(KdpipeError, match="dimension 40 but the promptkd image encoder \\(projector\\) outputs 48") as e:
         load_bundle(tmp_path / "b")
     assert "\n" not in str(e.value)

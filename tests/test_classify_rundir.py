@@ -46,7 +46,7 @@ def classify_dir(cm, folder, out):
 
 def test_classify_predictions_equal_evaluate_predictions(run, tmp_path):
     from kdpipe.data import load_dataset
-    from kdpipe.stages.evaluate import collect_logits, features_scorer
+    from kdpipe.eval.scoring import collect_logits, features_scorer
 
     test_items = load_dataset("oxford_pets", run / "data").test
     (tmp_path / "test.txt").write_text("\n".join(item.path for item in test_items) + "\n")

@@ -223,9 +223,10 @@ def test_the_command_line_wins_over_what_the_run_dir_remembers(empty_recipe):
 def pipeline_schema(monkeypatch):
     """The real config sections (those of kdpipe.stages)."""
     from kdpipe.pipeline import GRAPH, STAGE_MODULES_ENV
+    from kdpipe.stage_graph import stage_graph
 
     monkeypatch.delenv(STAGE_MODULES_ENV, raising=False)
-    GRAPH.load_stage_modules()
+    stage_graph()
     return GRAPH.schema
 
 
@@ -271,9 +272,10 @@ def test_coerce_refuses_nan_and_inf_for_every_float(value):
 
 def test_shipped_recipes_resolve_against_the_pipeline(monkeypatch):
     from kdpipe.pipeline import GRAPH, STAGE_MODULES_ENV, Plan
+    from kdpipe.stage_graph import stage_graph
 
     monkeypatch.delenv(STAGE_MODULES_ENV, raising=False)
-    GRAPH.load_stage_modules()  # the real config sections and stages
+    stage_graph()  # the real config sections and stages
     for name in list_recipes():
         cfg = resolve_config(name)  # every key known and typed
         if cfg["data"].dataset == "world":

@@ -241,3 +241,34 @@ def test_a_full_disk_while_classify_appends_rows_keeps_whole_rows_and_a_rerun_co
              device="cpu", progress=False)
     keys = keys_of(out)
     assert len(keys) == len(set(keys)) == 7
+
+
+def test_a_full_disk_while_the_held_out_slice_of_user_shards_is_copied_is_one_line_naming_the_tar(tmp_path, monkeypatch):
+    """The shards stage copies the first images of the user's shards into ``holdout/``: a full disk
+    there names that tar, leaves no temporary file and no shards.json, and a rerun completes."""
+    import webdataset as wds
+
+    from kdpipe.data import load_dataset
+    from kdpipe.data.shards import write_shards
+    from test_pipeline_shards import _run_shards
+
+    make_fake_pets(tmp_path / "data")
+    write_shards(load_dataset("oxford_pets", tmp_path / "data").train, tmp_path / "mine", per_shard=20, keep_labels=False)
+    sets = (f"shards.unlabeled={tmp_path / 'mine'}", "shards.holdout=5", "shards.holdout_fraction=0.1")
+    real_write = wds.TarWriter.write
+
+    def full(self, sample):
+        real_write(self, sample)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(wds.TarWriter, "write", full)
+    result = _run_shards(tmp_path, *sets)
+    tar = tmp_path / "run" / "shards" / "holdout" / "holdout-000000.tar"
+    assert isinstance(result.exception, KdpipeError), result.output
+    assert str(result.exception).startswith(f"cannot write {tar}: no space left on the device") and "\n" not in str(result.exception)
+    assert not leftovers(tmp_path / "run") and not tar.exists() and not (tmp_path / "run" / "shards" / "shards.json").exists()
+
+    monkeypatch.setattr(wds.TarWriter, "write", real_write)
+    result = _run_shards(tmp_path, *sets)
+    assert result.exit_code == 0, result.output
+    assert tar.is_file() and (tmp_path / "run" / "shards" / "shards.json").is_file()

@@ -105,7 +105,7 @@ def test_domain_generalisation_recipe_scores_every_target_and_reports_the_transf
     from kdpipe.artefacts.class_features import read_class_features
     from kdpipe.artefacts.run_layout import features_path, teacher_stem
     from kdpipe.methods.io import load_method
-    from kdpipe.stages.evaluate import class_features_for
+    from kdpipe.eval.scoring import class_features_for
 
     stored = read_class_features(features_path(run / "text-features-seed1"))
     teacher, _ = load_method(teacher_stem(run / "teacher-promptsrc-seed1"))

@@ -14,8 +14,8 @@ def test_holdout_drops_only_the_held_out_images_when_shards_share_keys(tmp_path)
     from kdpipe.data import load_dataset
     from kdpipe.data.shards import ShardStream, write_shards
     from kdpipe.data.transforms import build_transform
-    from kdpipe.stages.distill import filtered_batches, holdout_exclusion
-    from kdpipe.stages.shards import read_shards_info
+    from kdpipe.distill.batches import filtered_batches, holdout_exclusion
+    from kdpipe.artefacts.shards_info import read_shards_info
 
     make_fake_pets(tmp_path / "data")
     items = load_dataset("oxford_pets", tmp_path / "data").train

@@ -48,7 +48,7 @@ def test_datasets_json_names_kind_and_layout():
 
 
 def test_status_json_gives_every_stage_and_the_counts(tmp_path):
-    from test_dag_cli import kdpipe
+    from test_run_status_cli import kdpipe
 
     (tmp_path / "toy.toml").write_text("[toy]\nb = 0.25\nsteps = 2\n")
     rd = tmp_path / "runs" / "x"

@@ -52,7 +52,7 @@ def test_classify_out_under_a_file_is_one_line_before_anything_is_written(tmp_pa
 
 
 def test_a_run_dir_under_a_file_is_one_line(tmp_path, afile):
-    from test_dag_cli import kdpipe as toy_kdpipe
+    from test_run_status_cli import kdpipe as toy_kdpipe
 
     (tmp_path / "toy.toml").write_text("")
     out = toy_kdpipe(tmp_path, "run", "all", "--recipe", "toy.toml", "--run-dir", "afile/run")

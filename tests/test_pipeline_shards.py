@@ -25,8 +25,8 @@ def test_user_shards_hold_out_a_slice_and_distill_drops_its_keys(tmp_path):
     from kdpipe.data import load_dataset
     from kdpipe.data.shards import ShardStream, write_shards
     from kdpipe.data.transforms import build_transform
-    from kdpipe.stages.distill import filtered_batches
-    from kdpipe.stages.shards import read_shards_info
+    from kdpipe.distill.batches import filtered_batches
+    from kdpipe.artefacts.shards_info import read_shards_info
 
     make_fake_pets(tmp_path / "data")
     items = load_dataset("oxford_pets", tmp_path / "data").train
@@ -51,15 +51,16 @@ def test_user_shards_hold_out_a_slice_and_distill_drops_its_keys(tmp_path):
 def _cfg(*sets):
     from kdpipe.config import settings_from_cli
     from kdpipe.pipeline import GRAPH
+    from kdpipe.stage_graph import stage_graph
 
-    GRAPH.load_stage_modules()
+    stage_graph()
     return settings_from_cli(None, sets, schema=GRAPH.schema).config
 
 
 def test_shard_locations_come_from_the_settings_never_from_the_stage_file(tmp_path):
     # a run dir from someone else: its shards.json names a command where the shards should be
     from kdpipe.io import write_json
-    from kdpipe.stages.shards import INFO, read_shards_info
+    from kdpipe.artefacts.shards_info import INFO, read_shards_info
 
     folder = tmp_path / "shards"
     (folder / "holdout").mkdir(parents=True)
@@ -71,7 +72,7 @@ def test_shard_locations_come_from_the_settings_never_from_the_stage_file(tmp_pa
 
 
 def test_filtered_batches_drop_batches_batchnorm_cannot_train_on():
-    from kdpipe.stages.distill import filtered_batches
+    from kdpipe.distill.batches import filtered_batches
 
     batches = [(torch.zeros(3, 3, 4, 4), ["a", "b", "c"]), (torch.zeros(2, 3, 4, 4), ["d", "e"])]
     out = list(filtered_batches(batches, frozenset({"a", "b", "d"})))

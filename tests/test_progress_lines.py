@@ -30,7 +30,7 @@ def test_shards_stage_prints_progress_lines_and_logs_them(tmp_path, monkeypatch)
 
 def test_text_features_report_progress_per_chunk_and_match_one_pass(tiny_teacher, capsys):
     from kdpipe.methods import build_method
-    from kdpipe.stages.text_features import compute_text_features
+    from kdpipe.eval.class_features import compute_text_features
 
     names = [f"class {i}" for i in range(7)]
     teacher = build_method("coop", tiny_teacher, names, overrides={"n_ctx": 2}).eval()

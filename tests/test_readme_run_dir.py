@@ -23,8 +23,9 @@ def _run_dir_of(args: list[str]) -> Path:
     from kdpipe.open_run import default_run_dir
     from kdpipe.config import settings_from_cli
     from kdpipe.pipeline import GRAPH
+    from kdpipe.stage_graph import stage_graph
 
-    GRAPH.load_stage_modules()
+    stage_graph()
     shortcuts = {FLAG_TO_SHORTCUT[f]: v for f, v in zip(args, args[1:]) if f in FLAG_TO_SHORTCUT}
     recipe = dict(zip(args, args[1:])).get("--recipe")
     settings = settings_from_cli(recipe, [], shortcuts, schema=GRAPH.schema)

@@ -7,7 +7,7 @@ import pytest
 
 from kdpipe.eval.labels import backbone_label
 from kdpipe.eval.metrics import MetricRow, harmonic_mean, mean_rows
-from kdpipe.pipeline import pipeline
+from kdpipe.stage_graph import stage_graph
 from kdpipe.pipeline.plan import headline
 from kdpipe.report import draw_base_novel, draw_curves, markdown_table
 
@@ -150,7 +150,7 @@ def test_agreement_curve_names_its_sample_count():
 def _stage_headline(stage: str, metrics: dict) -> str:
     import kdpipe.stages  # noqa: F401  (registers the stages)
 
-    return headline(pipeline().specs[stage], metrics)
+    return headline(stage_graph().specs[stage], metrics)
 
 
 def test_summary_lines_speak_percent_and_name_hm():

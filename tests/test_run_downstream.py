@@ -1,5 +1,5 @@
 """``kdpipe run STAGE`` brings STAGE and everything downstream of it up to date; ``--only`` runs just
-STAGE. On the toy graph of test_dag (prep -> train -> report; fam, sd, sd2 -> agg), through the CLI
+STAGE. On the toy graph of test_runner_toy_graph (prep -> train -> report; fam, sd, sd2 -> agg), through the CLI
 in subprocesses so the toy stages never enter this process's registry."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 
-from test_dag_cli import kdpipe
+from test_run_status_cli import kdpipe
 
 
 def _ran(out) -> list[str]:

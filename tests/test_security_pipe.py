@@ -14,8 +14,9 @@ from kdpipe.errors import KdpipeError
 def _settings(**kw):
     from kdpipe.config import settings_from_cli
     from kdpipe.pipeline import GRAPH
+    from kdpipe.stage_graph import stage_graph
 
-    GRAPH.load_stage_modules()
+    stage_graph()
     return settings_from_cli(schema=GRAPH.schema, **kw)
 
 

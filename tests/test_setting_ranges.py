@@ -87,7 +87,7 @@ def test_recipes_and_saved_run_settings_are_range_checked_too(tmp_path):
 
 
 def test_every_numeric_field_of_the_pipeline_sections_declares_a_range():
-    from kdpipe.stages import sections
+    from kdpipe.settings import sections
 
     unbounded = []
     for name, spec in SCHEMA.sections.items():
@@ -175,9 +175,9 @@ def test_a_bad_student_spec_fails_before_any_stage_runs(tmp_path):
 def test_model_specs_are_checked_up_front_but_not_those_a_stage_writes(tmp_path):
     from kdpipe.commands.demo import demo_overrides
     from kdpipe.open_run import check_model_specs
-    from kdpipe.pipeline import GRAPH
+    from kdpipe.stage_graph import stage_graph
 
-    GRAPH.load_stage_modules()
+    stage_graph()
     run_dir = tmp_path / "demo"
     base = {k: (v, "kdpipe demo") for k, v in demo_overrides(run_dir).items()}
     cfg = settings_from_cli("demo", base=base).config

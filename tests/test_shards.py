@@ -304,7 +304,7 @@ def test_default_workers_never_exceed_the_cores():
     import os
 
     from kdpipe.dist import default_workers
-    from kdpipe.stages.sections import DataConfig
+    from kdpipe.settings.sections import DataConfig
 
     assert default_workers() == min(4, os.cpu_count() or 1) == DataConfig().workers
 

@@ -20,7 +20,7 @@ def test_cached_teacher_feature_is_each_images_own_when_shard_sets_share_keys(tm
     from kdpipe.distill import ForwardTeacher
     from kdpipe.distill.step import DistillStep
     from kdpipe.methods.io import load_method
-    from kdpipe.stages.distill import teacher_input
+    from kdpipe.distill.teacher_source import teacher_input
 
     root = make_fake_pets(tmp_path / "data")
     items = load_dataset("oxford_pets", root).train
@@ -57,7 +57,8 @@ def test_cached_teacher_feature_is_each_images_own_when_shard_sets_share_keys(tm
 
 
 def test_a_cache_keyed_by_bare_keys_is_refused_in_one_line(tmp_path):
-    from kdpipe.distill.teacher_cache import FEATURES, KEYS, CachedTeacher
+    from kdpipe.artefacts.teacher_cache import FEATURES, KEYS
+    from kdpipe.distill.teacher_cache import CachedTeacher
     from kdpipe.errors import KdpipeError
     from kdpipe.io import write_json, write_tensors
 

@@ -35,7 +35,30 @@ def test_user_shards_all_held_out_are_refused_with_the_numbers(tmp_path):
     assert isinstance(result.exception, KdpipeError), result.output
     text = str(result.exception)
     assert "\n" not in text
-    for part in ("23 readable samples", "23 held out", "leaving 0", "at least 2", "shards.holdout", "shards.holdout_fraction"):
+    for part in ("23 readable images", "23 held out", "leaving 0", "at least 2", "shards.holdout", "shards.holdout_fraction"):
+        assert part in text, text
+    assert not (tmp_path / "run" / "shards" / "shards.json").exists()
+
+
+def test_user_shards_are_counted_by_their_images_not_their_samples(tmp_path):
+    """Samples without an image (captions, labels alone) are skipped by distill: a set of one image
+    and twenty captions leaves one image to distil on, and is refused here, in one line."""
+    import webdataset as wds
+
+    from kdpipe.data import load_dataset
+
+    make_fake_pets(tmp_path / "data")
+    image = load_dataset("oxford_pets", tmp_path / "data").train[0].path
+    (tmp_path / "mine").mkdir()
+    with wds.TarWriter(str(tmp_path / "mine" / "mixed-000000.tar")) as sink:
+        sink.write({"__key__": "photo0000", "jpg": open(image, "rb").read()})
+        for i in range(20):
+            sink.write({"__key__": f"caption{i:04d}", "txt": b"a photo of a pet"})
+    result = _run_shards(tmp_path, f"shards.unlabeled={tmp_path / 'mine' / 'mixed-000000.tar'}")
+    assert isinstance(result.exception, KdpipeError), result.output
+    text = str(result.exception)
+    assert "\n" not in text
+    for part in ("holds 1 readable images", "leaving 1", "at least 2"):
         assert part in text, text
     assert not (tmp_path / "run" / "shards" / "shards.json").exists()
 

@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 from kdpipe.errors import KdpipeError
-from kdpipe.stages import inputs
+from kdpipe.settings import inputs
 from kdpipe.data.transforms import apply_seeded, transform_for
 
 

@@ -20,6 +20,11 @@ from kdpipe.io import read_tensors, write_tensors
 
 _FIELDS = ("classnames", "logit_scale", "num_base")
 
+# The file's name where it is kept, each the name it always had on disk (finished run dirs stay
+# done, exported bundles keep loading): the text-features stage's own, and a bundle's copy.
+IN_STAGE_FOLDER = "text_features.safetensors"
+IN_BUNDLE = "class_features.safetensors"
+
 
 @dataclass
 class ClassFeatures:

@@ -17,11 +17,8 @@ from typing import Sequence
 
 import torch
 
+from kdpipe.artefacts.teacher_cache import read_teacher_cache
 from kdpipe.errors import KdpipeError
-from kdpipe.io import read_json, read_tensors
-
-FEATURES = "features.safetensors"
-KEYS = "keys.json"  # {"keys": [...], "shards": [...]}: row i holds member keys[i] of shard shards[i]
 
 
 def member_ids(urls: Sequence[str], keys: Sequence[str], root: str | Path) -> list[tuple[str, str]]:
@@ -53,14 +50,8 @@ class CachedTeacher:
 
     @classmethod
     def load(cls, folder: str | Path, device: str | torch.device = "cpu") -> "CachedTeacher":
-        folder = Path(folder)
-        if not (folder / FEATURES).is_file() or not (folder / KEYS).is_file():
-            raise KdpipeError(f"teacher cache in {folder} is missing; run the teacher-cache stage (kdpipe run teacher-cache)")
-        rows = read_json(folder / KEYS)
-        if "shards" not in rows:  # written when images were keyed by key alone: namesakes shared a row
-            raise KdpipeError(f"teacher cache in {folder} keys images without their shard (older kdpipe); re-run teacher-cache")
-        tensors, _ = read_tensors(folder / FEATURES)
-        return cls(tensors["features"], list(zip(rows["shards"], rows["keys"])), device)
+        features, members = read_teacher_cache(folder)
+        return cls(features, members, device)
 
     def __call__(self, images: torch.Tensor, keys: Sequence[str]) -> torch.Tensor:
         try:

@@ -6,6 +6,10 @@ forward pass of the frozen prompted teacher (:class:`ForwardTeacher`); a cache o
 once per stored view can implement the same call later without touching the step or the loop.
 The teacher's text side is not needed here at all: its class features were computed once by the
 ``text-features`` stage and are passed to the step as a tensor.
+
+:func:`forward_teacher` is the one way the stages build that source for a student (``distill``,
+each teacher of an ensemble, ``teacher-cache``): the batch adapted to the teacher's inputs, under
+autocast when AMP is on.
 """
 
 from __future__ import annotations
@@ -46,3 +50,33 @@ class ForwardTeacher:
         with self._amp():
             features = self.teacher.encode_images(images)
         return F.normalize(features.float(), dim=-1)
+
+
+def forward_teacher(teacher: nn.Module, student_backbone, device, amp: bool) -> ForwardTeacher:
+    """``teacher`` as the source of features for ``student_backbone``'s batches on ``device``."""
+    from kdpipe.train import autocast
+
+    return ForwardTeacher(teacher, amp=(lambda: autocast(device, amp)) if amp else None,
+                          adapt=teacher_input(teacher.backbone, student_backbone))
+
+
+def teacher_input(teacher_backbone, student_backbone) -> Callable | None:
+    """Adapt the student's batch to the teacher when their resolution or normalisation differ."""
+    tb, sb = teacher_backbone, student_backbone
+    same_size = tb.dims.image_size == sb.dims.image_size
+    same_norm = tuple(tb.mean) == tuple(sb.mean) and tuple(tb.std) == tuple(sb.std)
+    if same_size and same_norm:
+        return None
+
+    def adapt(images):
+        if not same_norm:
+            s_mean = torch.tensor(sb.mean, device=images.device).view(1, 3, 1, 1)
+            s_std = torch.tensor(sb.std, device=images.device).view(1, 3, 1, 1)
+            t_mean = torch.tensor(tb.mean, device=images.device).view(1, 3, 1, 1)
+            t_std = torch.tensor(tb.std, device=images.device).view(1, 3, 1, 1)
+            images = ((images * s_std + s_mean) - t_mean) / t_std
+        if not same_size:
+            images = F.interpolate(images, size=(tb.dims.image_size, tb.dims.image_size), mode="bicubic", align_corners=False)
+        return images
+
+    return adapt

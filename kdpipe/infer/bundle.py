@@ -31,7 +31,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from kdpipe.artefacts.class_features import ClassFeatures, read_class_features, write_class_features
+from kdpipe.artefacts.class_features import IN_BUNDLE, ClassFeatures, read_class_features, write_class_features
 from kdpipe.errors import KdpipeError
 from kdpipe.io import replace_dir
 
@@ -40,7 +40,6 @@ BUNDLE_FORMAT = "kdpipe-bundle"
 BUNDLE_VERSION = 1
 BACKBONE_FILE = "backbone.safetensors"
 METHOD_FILE = "method.safetensors"
-FEATURES_FILE = "class_features.safetensors"
 INDEX_FILE = "classes.index"
 TEACHER_DIR = "teacher"
 
@@ -219,7 +218,7 @@ def export_bundle(model: ClassModel, out: str | Path, *, index_kind: str = "auto
         # a method scoring given class features (the student) never runs its own text tower
         _save_method(method, tmp, ("visual",) if method.needs_class_features else TOWERS)
         done("weights")
-        write_class_features(tmp / FEATURES_FILE, ClassFeatures(model.class_features, model.classnames, model.logit_scale, model.num_base))
+        write_class_features(tmp / IN_BUNDLE, ClassFeatures(model.class_features, model.classnames, model.logit_scale, model.num_base))
         done("class features")
         ClassIndex.build(model.class_features, index_kind).save(tmp / INDEX_FILE)
         done("class index")
@@ -283,12 +282,12 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> ClassMo
         raise KdpipeError(f"{info_file} is not a kdpipe bundle description (format {info.get('format')!r})")
     if int(info.get("version", 0)) > BUNDLE_VERSION:
         raise KdpipeError(f"{path} was written by a newer kdpipe (bundle version {info.get('version')}); upgrade kdpipe to load it")
-    for name in (BACKBONE_FILE, METHOD_FILE, FEATURES_FILE):
+    for name in (BACKBONE_FILE, METHOD_FILE, IN_BUNDLE):
         if not (path / name).is_file():
             raise KdpipeError(f"bundle {path} is incomplete: {name} is missing; re-export it")
         check_tensor_file(path, name)
     method = _load_method(path, device)
-    cf = read_class_features(path / FEATURES_FILE)
+    cf = read_class_features(path / IN_BUNDLE)
     teacher_loader = None
     if (path / TEACHER_DIR / METHOD_FILE).is_file():
         def teacher_loader(d=path / TEACHER_DIR):

@@ -34,11 +34,12 @@ The modules, along the seams DVC draws: :mod:`~kdpipe.pipeline.graph` (registry 
 :mod:`~kdpipe.pipeline.hashing` (what a done stage records), :mod:`~kdpipe.pipeline.lock` (one run
 per run dir, ``run.json``), :mod:`~kdpipe.pipeline.execute` (one instance),
 :mod:`~kdpipe.pipeline.runner` and :mod:`~kdpipe.pipeline.parallel` (many, in order or side by
-side) and :mod:`~kdpipe.pipeline.status`. Stages import what they need from here.
+side) and :mod:`~kdpipe.pipeline.status`. Stages import what they need from here; the engine is
+handed the graph of stages to run (:mod:`kdpipe.stage_graph`) and never imports one.
 """
 
 from kdpipe.pipeline.context import StageContext
-from kdpipe.pipeline.graph import GRAPH, SEED_KEY, SEEDS_KEY, STAGE_MODULES_ENV, StageGraph, StageSpec, pipeline, register_stage
+from kdpipe.pipeline.graph import GRAPH, SEED_KEY, SEEDS_KEY, STAGE_MODULES_ENV, StageGraph, StageSpec, register_stage
 from kdpipe.pipeline.hashing import digest, dir_listing, sha256_file
 from kdpipe.pipeline.lock import RunLock, check_run_dir, read_run_settings, remembered_settings, write_run_settings
 from kdpipe.pipeline.manifest import ManifestVersionError, read_manifest
@@ -49,6 +50,6 @@ from kdpipe.pipeline.status import format_status, stage_statuses, summarize
 __all__ = [
     "GRAPH", "SEED_KEY", "SEEDS_KEY", "STAGE_MODULES_ENV", "ManifestVersionError", "Plan", "RunLock", "RunReport",
     "StageContext", "StageGraph", "StageSpec", "StageStatus", "check_run_dir", "digest", "dir_listing", "format_status",
-    "pipeline", "read_manifest", "read_run_settings", "register_stage", "remembered_settings", "run_stages", "sha256_file", "stage_statuses",
+    "read_manifest", "read_run_settings", "register_stage", "remembered_settings", "run_stages", "sha256_file", "stage_statuses",
     "summarize", "write_run_settings",
 ]

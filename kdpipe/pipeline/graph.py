@@ -1,5 +1,7 @@
 """The stage registry: what a stage is (:class:`StageSpec`), how one registration becomes concrete
-instances for a config (families and seeds), and the global :data:`GRAPH` stages register with."""
+instances for a config (families and seeds), and the global :data:`GRAPH` stages register with.
+
+The engine is handed a filled graph by its callers and never imports a stage module itself."""
 
 from __future__ import annotations
 
@@ -29,6 +31,19 @@ StageFn = Callable[["StageContext"], "dict[str, Any] | None"]
 def folder_name(instance_name: str) -> str:
     """``baseline:coop@seed1`` -> ``baseline-coop-seed1`` (safe on every file system)."""
     return instance_name.replace(":", "-").replace("@", "-")
+
+
+def instance_name(stage: str, member: str | None, seed: int | None) -> str:
+    """``("baseline", "coop", 1)`` -> ``baseline:coop@seed1``: how an instance is named (and its
+    manifest's ``stage``); member None is an unexpanded stage or a family's plainly named instance."""
+    return stage + (f":{member}" if member else "") + (f"@seed{seed}" if seed is not None else "")
+
+
+def parse_instance(name: str) -> tuple[str, str | None, int | None]:
+    """The inverse of :func:`instance_name`: (stage, member or None, seed or None)."""
+    rest, _, seed = name.partition("@seed")
+    stage, _, member = rest.partition(":")
+    return stage, member or None, int(seed) if seed.isdigit() else None
 
 
 @dataclass(frozen=True)
@@ -188,7 +203,7 @@ class StageGraph:
             for member in members:
                 shown = None if member == plain else member
                 for seed in seed_list:
-                    name = spec.name + (f":{shown}" if shown else "") + (f"@seed{seed}" if seed is not None else "")
+                    name = instance_name(spec.name, shown, seed)
                     deps: list[str] = []
                     for dep in self.deps_of(spec.name):
                         base, _, want_member = dep.partition(":")
@@ -204,16 +219,14 @@ class StageGraph:
                     instances[name] = inst
         return instances
 
-    def load_stage_modules(self) -> None:
-        """Fill the registry: ``$KDPIPE_STAGE_MODULES`` (comma-separated module names or .py files)
-        when set, else the pipeline's own ``kdpipe.stages`` package when it exists."""
-        spec = os.environ.get(STAGE_MODULES_ENV, "").strip()
-        if spec:
-            for item in (s.strip() for s in spec.split(",")):
-                if item:
-                    _import_module_or_file(item)
-        elif importlib.util.find_spec("kdpipe.stages") is not None:
-            importlib.import_module("kdpipe.stages")
+    def load_modules(self, modules: Iterable[str]) -> "StageGraph":
+        """Import ``modules`` (module names or .py files), whose ``register_stage`` calls fill the
+        registry they name (:data:`GRAPH` for the pipeline's own). The engine never picks the
+        modules: its callers do (:mod:`kdpipe.stage_graph` for the CLI, ``kdpipe.run()`` and the demo)."""
+        for item in (m.strip() for m in modules):
+            if item:
+                _import_module_or_file(item)
+        return self
 
 
 def _import_module_or_file(item: str) -> None:
@@ -237,12 +250,6 @@ def _import_module_or_file(item: str) -> None:
 
 GRAPH = StageGraph(SCHEMA)
 register_stage = GRAPH.stage
-
-
-def pipeline() -> StageGraph:
-    """The global graph with the pipeline's stages registered (library callers need not import them)."""
-    GRAPH.load_stage_modules()
-    return GRAPH
 
 
 def closest(name: str, options: Iterable[str]) -> str:

@@ -21,7 +21,7 @@ from kdpipe.dist import Ranks
 from kdpipe.errors import KdpipeError
 from kdpipe.lifetime import lead_group, stop_groups
 from kdpipe.pipeline.execute import execute_instance
-from kdpipe.pipeline.graph import GRAPH, StageGraph, pipeline
+from kdpipe.pipeline.graph import StageGraph
 from kdpipe.pipeline.plan import Plan
 
 if TYPE_CHECKING:
@@ -41,23 +41,20 @@ def _init_worker(threads: int) -> None:
     os.environ["KDPIPE_PROGRESS"] = "plain"
 
 
-def graph_source(graph: StageGraph) -> tuple[str, str] | None:
-    """How a worker rebuilds ``graph``: None for the global pipeline, else its ``source`` (a Python
-    file or module and the name of a builder taking an empty StageGraph); KdpipeError when unknown."""
-    if graph is GRAPH:
-        return None
+def graph_source(graph: StageGraph) -> tuple[str, str]:
+    """How a worker rebuilds ``graph``: its ``source`` (a Python file or module and the name of a
+    builder taking an empty StageGraph; :func:`kdpipe.stage_graph.stage_graph` sets the pipeline's);
+    KdpipeError when unknown."""
     source = getattr(graph, "source", None)
     if source is None:
         raise KdpipeError("jobs > 1 needs a stage graph that worker processes can rebuild: set graph.source = (file or module, builder name)")
     return source
 
 
-def _load_graph(source: tuple[str, str] | None) -> StageGraph:
+def _load_graph(source: tuple[str, str]) -> StageGraph:
     import importlib
     import importlib.util
 
-    if source is None:
-        return pipeline()
     where, builder = source
     if where.endswith(".py"):
         spec = importlib.util.spec_from_file_location(f"kdpipe_stage_graph_{abs(hash(where))}", where)
@@ -68,7 +65,7 @@ def _load_graph(source: tuple[str, str] | None) -> StageGraph:
     return getattr(module, builder)(StageGraph())
 
 
-def _execute_in_worker(source: tuple[str, str] | None, settings: dict[str, Any], run_dir: str, name: str) -> dict[str, Any]:
+def _execute_in_worker(source: tuple[str, str], settings: dict[str, Any], run_dir: str, name: str) -> dict[str, Any]:
     """Run one prepared stage in this worker; errors come back as data (exceptions may not pickle).
 
     The config travels as its flat JSON values (section classes may not pickle) and is rebuilt

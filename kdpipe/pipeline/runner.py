@@ -12,7 +12,7 @@ from kdpipe.config import Config
 from kdpipe.dist import Ranks, leader_only
 from kdpipe.errors import KdpipeError
 from kdpipe.pipeline.execute import execute_instance, prepare
-from kdpipe.pipeline.graph import StageGraph, pipeline
+from kdpipe.pipeline.graph import StageGraph
 from kdpipe.pipeline.lock import ReadOnlyFolder, RunLock, check_run_dir
 from kdpipe.pipeline.manifest import outputs_digest
 from kdpipe.pipeline.plan import Plan, headline
@@ -38,14 +38,15 @@ def run_stages(
     target: str = "all",
     with_deps: bool = False,
     force: bool = False,
-    graph: StageGraph | None = None,
+    *,
+    graph: StageGraph,
     echo: Callable[[str], None] = _echo_stderr,
     on_locked: Callable[[], None] | None = None,
     jobs: int = 1,
     downstream: bool = False,
 ) -> RunReport:
-    """Run what is missing or stale among ``target`` (and, with ``with_deps``, what it needs; with
-    ``downstream``, what needs it: ``kdpipe run STAGE`` without ``--only``).
+    """Run what is missing or stale among ``target`` of ``graph`` (and, with ``with_deps``, what it
+    needs; with ``downstream``, what needs it: ``kdpipe run STAGE`` without ``--only``).
 
     ``force`` re-runs the targets even when done (not the dependencies pulled in by ``with_deps``).
     A dependency outside the selection that is not done stops the run with one line saying what
@@ -57,7 +58,6 @@ def run_stages(
     """
     if jobs < 1:
         raise KdpipeError(f"jobs must be at least 1, got {jobs}")
-    graph = graph if graph is not None else pipeline()
     run_dir = Path(run_dir)
     ranks = Ranks()
     plan = Plan(graph, cfg)

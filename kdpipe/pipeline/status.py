@@ -5,15 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from kdpipe.config import Config
-from kdpipe.pipeline.graph import StageGraph, pipeline
+from kdpipe.pipeline.graph import StageGraph
 from kdpipe.pipeline.lock import check_run_dir
 from kdpipe.pipeline.plan import Plan, StageStatus
 from kdpipe.progress import format_duration
 
 
-def stage_statuses(cfg: Config, run_dir: str | Path, graph: StageGraph | None = None) -> list[StageStatus]:
-    """What ``kdpipe status`` shows: every instance of the current config and its state."""
-    graph = graph if graph is not None else pipeline()
+def stage_statuses(cfg: Config, run_dir: str | Path, *, graph: StageGraph) -> list[StageStatus]:
+    """What ``kdpipe status`` shows: every instance of ``graph`` for the current config and its state."""
     check_run_dir(Path(run_dir))
     return Plan(graph, cfg).statuses(Path(run_dir))
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from kdpipe.artefacts.run_layout import BASELINE, BASELINE_STEM, baseline_stem
 from kdpipe.pipeline import register_stage
-from kdpipe.stages import inputs
-from kdpipe.stages.fewshot import stage_metrics, train_fewshot
+from kdpipe.settings import inputs
+from kdpipe.train.fewshot import stage_metrics, train_fewshot
 
 
 def _members(cfg) -> list[str]:
-    from kdpipe.stages.sections import check_methods
+    from kdpipe.settings.sections import check_methods
 
     methods = list(cfg["baselines"].methods)
     check_methods(methods, "baselines.methods")

@@ -17,91 +17,20 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Iterable, Iterator
 
+from kdpipe.artefacts.distill_curves import CURVES, write_curves
 from kdpipe.artefacts.run_layout import DISTILL, STUDENT_STEM, features_path, student_stem, teacher_stem
+from kdpipe.artefacts.shards_info import read_shards_info
 from kdpipe.dist import rank_world
-from kdpipe.io import read_json, write_json
+from kdpipe.distill.agreement_log import AgreementLog
+from kdpipe.distill.batches import filtered_batches, holdout_exclusion, in_step_with_other_ranks
 from kdpipe.pipeline import register_stage
 from kdpipe.errors import KdpipeError
 from kdpipe.eval.labels import backbone_label
 from kdpipe.progress import step_reporter
-from kdpipe.stages import inputs, teachers
+from kdpipe.settings import inputs, teachers
 from kdpipe.train.checkpoint import resumed_step
-from kdpipe.stages import teacher_cache  # noqa: F401  (registers the optional stage distill may read from)
-
-CURVES = "curves.json"
-MIN_BATCH = 2  # the projector's BatchNorm cannot train on a single image
-
-
-class AgreementLog:
-    """Per-epoch held-out probes, kept in the checkpoint folder so a resumed run keeps earlier ones
-    (written by rank 0, like the loop's checkpoints)."""
-
-    def __init__(self, path: Path, write: bool = True):
-        self.path = path
-        self.write = write
-        self.points: dict[int, dict[str, float]] = {}
-        if path.is_file():
-            self.points = {int(k): v for k, v in read_json(path).items()}
-
-    def __contains__(self, epoch: int) -> bool:
-        return epoch in self.points
-
-    def record(self, epoch: int, values: dict[str, float]) -> None:
-        self.points[epoch] = values
-        if self.write:
-            write_json(self.path, {str(k): v for k, v in sorted(self.points.items())})
-
-
-def in_step_with_other_ranks(batches: Iterable, world: int) -> Iterator:
-    """Stop every rank's epoch when the first rank runs out of batches.
-
-    Ranks stream different shards, so their batch counts differ by a few; the loop all-reduces
-    gradients every step, and a rank still stepping alone would wait forever. One tiny all-reduce
-    per step keeps them together (the longer ranks drop their last few batches of the epoch).
-    """
-    if world == 1:
-        yield from batches
-        return
-    import torch
-    import torch.distributed as dist
-
-    it = iter(batches)
-    while True:
-        batch = next(it, None)
-        alive = torch.tensor([0 if batch is None else 1], dtype=torch.int32)
-        dist.all_reduce(alive, op=dist.ReduceOp.MIN)
-        if not int(alive):
-            return
-        yield batch
-
-
-def holdout_exclusion(shards_info: dict) -> frozenset:
-    """What distill drops from the user's shards: the held-out (shard URL, key) pairs; bare keys
-    for a ``shards.json`` written before the shards were recorded."""
-    if not shards_info.get("filter_holdout"):
-        return frozenset()
-    members = shards_info.get("holdout_members")
-    return frozenset(map(tuple, members)) if members is not None else frozenset(shards_info["holdout_keys"])
-
-
-def filtered_batches(stream: Iterable, exclude: frozenset) -> Iterator:
-    """Drop held-out samples (user shards hold them) and batches too small for BatchNorm.
-
-    ``exclude`` holds (shard URL, key) pairs, matched against a stream that yields URLs last
-    (``with_urls=True``): a key alone repeats across shard sets. Bare keys are matched too. The URLs
-    stay last in what it yields: the teacher cache identifies images by shard and key as well."""
-    for batch in stream:
-        images, keys = batch[0], list(batch[1])
-        urls = batch[-1] if len(batch) > 2 and isinstance(batch[-1], list) else None
-        if exclude:
-            keep = [i for i, (u, k) in enumerate(zip(urls or [None] * len(keys), keys)) if (u, k) not in exclude and k not in exclude]
-            if len(keep) != len(keys):
-                images, keys = images[keep], [keys[i] for i in keep]
-                urls = urls and [urls[i] for i in keep]
-        if len(keys) >= MIN_BATCH:
-            yield (images, keys) if urls is None else (images, keys, urls)
 
 
 def build_student(cfg, backbone, classnames: list[str], class_features, dataset: str | None):
@@ -127,31 +56,6 @@ def build_student(cfg, backbone, classnames: list[str], class_features, dataset:
     return student
 
 
-def teacher_input(teacher_backbone, student_backbone) -> Callable | None:
-    """Adapt the student's batch to the teacher when their resolution or normalisation differ."""
-    tb, sb = teacher_backbone, student_backbone
-    same_size = tb.dims.image_size == sb.dims.image_size
-    same_norm = tuple(tb.mean) == tuple(sb.mean) and tuple(tb.std) == tuple(sb.std)
-    if same_size and same_norm:
-        return None
-
-    def adapt(images):
-        import torch
-        import torch.nn.functional as F
-
-        if not same_norm:
-            s_mean = torch.tensor(sb.mean, device=images.device).view(1, 3, 1, 1)
-            s_std = torch.tensor(sb.std, device=images.device).view(1, 3, 1, 1)
-            t_mean = torch.tensor(tb.mean, device=images.device).view(1, 3, 1, 1)
-            t_std = torch.tensor(tb.std, device=images.device).view(1, 3, 1, 1)
-            images = ((images * s_std + s_mean) - t_mean) / t_std
-        if not same_size:
-            images = F.interpolate(images, size=(tb.dims.image_size, tb.dims.image_size), mode="bicubic", align_corners=False)
-        return images
-
-    return adapt
-
-
 @register_stage(
     DISTILL,
     reads=["student", "distill", "data.dataset", "data.crop_scale", "teacher.ensemble"],
@@ -168,12 +72,12 @@ def run(ctx) -> dict:
     from kdpipe.clip import load_backbone
     from kdpipe.data.shards import ShardStream
     from kdpipe.data.transforms import build_transform
-    from kdpipe.distill import DistillStep, ForwardTeacher, measure_agreement
+    from kdpipe.distill import DistillStep, measure_agreement
+    from kdpipe.distill.ensemble_sources import ensemble_steps
     from kdpipe.distill.ensemble_step import mean_weights
     from kdpipe.distill.teacher_cache import CachedTeacher, member_ids
-    from kdpipe.stages.distill_ensemble import ensemble_steps
+    from kdpipe.distill.teacher_source import forward_teacher
     from kdpipe.methods.io import load_method, save_method
-    from kdpipe.stages.shards import read_shards_info
     from kdpipe.train import OptimConfig, autocast, fit
 
     cfg, d, seed = ctx.cfg, ctx.cfg["distill"], ctx.seed
@@ -192,9 +96,8 @@ def run(ctx) -> dict:
 
     shards = read_shards_info(inputs.upstream(ctx, "shards"), ctx.cfg)
     exclude = holdout_exclusion(shards)
-    adapt = teacher_input(teacher.backbone, sb)
     amp_ctx = (lambda: autocast(device, amp)) if amp else None
-    forward = ForwardTeacher(teacher, amp=amp_ctx, adapt=adapt)
+    forward = forward_teacher(teacher, sb, device, amp)
     # the held-out probe always runs the teacher (those images are in no cache); training reads
     # the teacher-cache stage's features when there is one
     cached = CachedTeacher.load(teachers.primary_upstream(ctx, "teacher-cache"), device) if d.cache_views > 0 else None
@@ -291,7 +194,7 @@ def run(ctx) -> dict:
         several_meta = {"teachers": ens.described, "ensemble": cfg["teacher"].ensemble} if several else {}
         save_method(student, student_stem(ctx.dir), role="student", seed=seed, teacher=tmeta["method"],
                            teacher_backbone=tmeta["backbone"], transductive=shards.get("transductive", False), **several_meta)
-        write_json(ctx.dir / CURVES, {"seed": seed, "curve": curve, "history": history})
+        write_curves(ctx.dir, seed, curve, history)
     start, end = curve[0], curve[-1]
     ctx.log.info(f"agreement {_pct(start['agreement'])} -> {_pct(end['agreement'])} on the held-out slice")
     ensemble_metrics = {"ensemble": cfg["teacher"].ensemble, "teacher_weights": mean_weights(history)} if several else {}

@@ -20,92 +20,15 @@ and the student scores against those rows, as against the stored ones.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable
-
+from kdpipe.artefacts.evaluation import METRICS, write_evaluation
 from kdpipe.artefacts.run_layout import baseline_stem, features_path, student_stem, teacher_stem
-from kdpipe.dist import leader_only, worker_init
-from kdpipe.io import read_json, write_json
+from kdpipe.artefacts.shards_info import INDUCTIVE, TRANSDUCTIVE, USER_SHARDS, protocol_of
+from kdpipe.dist import leader_only
+from kdpipe.eval.scoring import Scorer, collect_logits, features_scorer, method_scorer, scorers_for_classes, teacher_scorer
+from kdpipe.io import read_json
 from kdpipe.pipeline import register_stage
 from kdpipe.errors import KdpipeError
-from kdpipe.stages import inputs, teachers
-
-METRICS = "metrics.json"
-
-
-@dataclass
-class Scorer:
-    """One method to evaluate: ``logits(images) -> [B, C]`` over all classes, base first."""
-
-    method: str
-    role: str  # teacher | student | baseline
-    backbone: Any  # kdpipe.clip.Backbone (its transform decides which images it sees)
-    logits: Callable
-
-
-def features_scorer(method, role: str, class_features) -> Scorer:
-    """``method`` scoring against given class features ``[C, D]`` (moved to its device once)."""
-    feats = class_features.to(method.device)
-    return Scorer(method.name, role, method.backbone, lambda images: method.logits(images, class_features=feats))
-
-
-def method_scorer(method, role: str, classnames: list[str]) -> Scorer:
-    """``method`` scoring with its own text side: class features computed once for text methods,
-    per batch for image-conditioned ones (CoCoOp)."""
-    import torch
-
-    if method.conditions_on_image:
-        return Scorer(method.name, role, method.backbone, lambda images: method.logits(images, classnames=classnames))
-    with torch.no_grad(), torch.autocast(method.device.type, enabled=False):
-        feats = method.class_features(classnames).float()
-    return features_scorer(method, role, feats)
-
-
-def teacher_scorer(teacher, tf) -> Scorer:
-    """The teacher against the rows its text side gave in ``text-features`` (``tf``, a
-    :class:`~kdpipe.artefacts.class_features.ClassFeatures`): the same numbers without a second text
-    pass. Its own logit scale applies, the one stored with the rows."""
-    if teacher.conditions_on_image:
-        return method_scorer(teacher, "teacher", tf.classnames)
-    return features_scorer(teacher, "teacher", tf.features)
-
-
-def collect_logits(scorers: list[Scorer], items, batch_size: int, workers: int, device, amp: bool, progress=None):
-    """Run every scorer over ``items``; methods sharing a preprocessing share one decoding pass."""
-    import torch
-    from torch.utils.data import DataLoader
-
-    from kdpipe.data import ImageDataset
-    from kdpipe.data.transforms import build_transform
-    from kdpipe.train import autocast
-
-    groups: dict[tuple, list[int]] = {}
-    for i, s in enumerate(scorers):
-        b = s.backbone
-        groups.setdefault((b.dims.image_size, tuple(b.mean), tuple(b.std)), []).append(i)
-    logits: list[list] = [[] for _ in scorers]
-    labels_out = None
-    for (size, mean, std), members in groups.items():
-        dataset = ImageDataset(items, build_transform(False, size, mean, std))
-        loader = DataLoader(
-            dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-            worker_init_fn=worker_init if workers else None, pin_memory=torch.cuda.is_available(),
-        )
-        labels = []
-        with torch.no_grad():
-            for images, y in loader:
-                images = images.to(device, non_blocking=True)
-                with autocast(device, amp):
-                    for i in members:
-                        logits[i].append(scorers[i].logits(images).float().cpu())
-                labels.append(y)
-                if progress is not None:
-                    progress(len(y))
-        if dataset.skipped:
-            raise KdpipeError(f"{len(dataset.skipped)} test images could not be read (first: {dataset.skipped[0][0]}); fix the dataset so every method is scored on the same images")
-        labels_out = torch.cat(labels)
-    return [torch.cat(chunks) for chunks in logits], labels_out
+from kdpipe.settings import inputs, teachers
 
 
 def _evaluate(ctx) -> dict:
@@ -145,7 +68,7 @@ def _evaluate(ctx) -> dict:
         scorers.append(method_scorer(method, "baseline", tf.classnames))
 
     e = cfg["evaluate"]
-    protocol = student_protocol(inputs.upstream(ctx, "shards"))
+    protocol = protocol_of(inputs.upstream(ctx, "shards"))
     rows = _score(ctx, scorers, items, splits.name, len(tf.classnames) if cross else tf.num_base, cross, protocol)
     for name in targets:
         target = load_dataset(name, inputs.data_root(cfg))
@@ -154,7 +77,7 @@ def _evaluate(ctx) -> dict:
         target_scorers = scorers_for_classes(teacher, student, baseline_methods, list(target.classnames))
         rows += _score(ctx, target_scorers, target.split(e.split), target.name, len(target.classnames), True, protocol)
     notes.append(protocol_note(cfg, protocol))
-    write_json(ctx.dir / METRICS, {
+    write_evaluation(ctx.dir, {
         "split": e.split, "mode": cfg["data"].mode, "images": len(items), "classes": len(tf.classnames),
         "base_classes": tf.num_base, "source": cfg["data"].train_dataset, "targets": targets,
         "rows": [r.to_dict() for r in rows], "notes": notes,
@@ -189,35 +112,6 @@ def _score(ctx, scorers: list[Scorer], items, dataset: str, num_base: int, cross
             f"{dataset:12s} {s.role:8s} {s.method:10s} base {_pct(m['base'])} novel {_pct(m['novel'])} HM {_pct(m['hm'])} all {_pct(m['accuracy'])}"
         )
     return rows
-
-
-def scorers_for_classes(teacher, student, baselines: list, classnames: list[str]) -> list[Scorer]:
-    """Teacher, student and baselines scoring over another dataset's ``classnames``: the teacher's
-    text side encodes them once (as ``text-features`` does for the run's own dataset) and the
-    student, which has no text side, scores against those rows."""
-    feats = class_features_for(teacher, classnames)
-    return [features_scorer(teacher, "teacher", feats), features_scorer(student, "student", feats),
-            *(method_scorer(b, "baseline", classnames) for b in baselines)]
-
-
-def class_features_for(teacher, classnames: list[str]):
-    """``[C, D]`` rows of the teacher's text side over ``classnames``, made as ``text-features``
-    makes the stored ones (so a class shared with the run's dataset gets the very same row)."""
-    from kdpipe.stages.text_features import compute_text_features
-
-    if teacher.conditions_on_image:
-        raise KdpipeError(f"evaluate.targets needs class features the student can score against; the {teacher.name} teacher "
-                          "makes them per image, so pick a teacher.method without an image-conditioned text side")
-    return compute_text_features(teacher, classnames, len(classnames)).features
-
-
-def student_protocol(shards_dir: Path) -> str:
-    """The protocol of the student's unlabeled set, from the shards stage's ``shards.json`` (sets
-    written before it named one: transductive when built, the user's shards otherwise)."""
-    from kdpipe.stages.shards import INFO, TRANSDUCTIVE, USER_SHARDS
-
-    info = read_json(Path(shards_dir) / INFO)
-    return info.get("protocol") or (TRANSDUCTIVE if info.get("transductive") else USER_SHARDS)
 
 
 TRANSDUCTIVE_NOTE = (
@@ -255,7 +149,7 @@ def inductive_note(cfg) -> str:
 
 
 # protocol -> the note the report prints under its table
-PROTOCOL_NOTES = {"transductive": transductive_note, "inductive": inductive_note, "user shards": lambda cfg: USER_SHARDS_NOTE}
+PROTOCOL_NOTES = {TRANSDUCTIVE: transductive_note, INDUCTIVE: inductive_note, USER_SHARDS: lambda cfg: USER_SHARDS_NOTE}
 
 
 def protocol_note(cfg, protocol: str) -> str:
@@ -273,13 +167,6 @@ def shots_note(role: str, meta: dict) -> str | None:
 
 def _pct(v) -> str:
     return "  -  " if v is None else f"{v:5.1f}"
-
-
-def read_rows(stage_dir: str | Path) -> tuple[list, list[str]]:
-    from kdpipe.eval.metrics import MetricRow
-
-    data = read_json(Path(stage_dir) / METRICS)
-    return [MetricRow(**r) for r in data["rows"]], list(data.get("notes", []))
 
 
 def _identity(cfg) -> dict:

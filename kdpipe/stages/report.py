@@ -9,8 +9,10 @@ opens with the papers' transfer table: source column, one column per target, the
 
 from __future__ import annotations
 
+from kdpipe.artefacts.distill_curves import read_curves
+from kdpipe.artefacts.evaluation import read_evaluation
 from kdpipe.dist import leader_only
-from kdpipe.io import read_json, write_json
+from kdpipe.io import write_json
 from kdpipe.pipeline import register_stage
 
 BARS = "base_novel_hm.png"
@@ -19,18 +21,15 @@ CURVES = "distill_curves.png"
 
 def _write_report(ctx) -> dict:
     from kdpipe.eval.labels import backbone_label
-    from kdpipe.eval.metrics import mean_rows
+    from kdpipe.eval.metrics import MetricRow, mean_rows
     from kdpipe.report import plot_base_novel, plot_curves, write_tables
-    from kdpipe.stages.distill import CURVES as CURVES_JSON
-    from kdpipe.stages.evaluate import METRICS, read_rows
 
     cfg = ctx.cfg
     rows, notes, transfer_source = [], [], None
     for folder in sorted(set(ctx.inputs_of("evaluate").values())):
-        seed_rows, seed_notes = read_rows(folder)
-        rows += seed_rows
-        notes += [n for n in seed_notes if n not in notes]
-        evaluated = read_json(folder / METRICS)
+        evaluated = read_evaluation(folder)
+        rows += [MetricRow(**r) for r in evaluated["rows"]]
+        notes += [n for n in evaluated.get("notes", []) if n not in notes]
         if evaluated.get("mode") == "cross":  # the papers' transfer layout: source, targets, average
             transfer_source = evaluated.get("source") or evaluated["rows"][0]["dataset"]
     rows.sort(key=lambda r: r.seed)
@@ -41,7 +40,7 @@ def _write_report(ctx) -> dict:
 
     curves = {}
     for folder in sorted(set(ctx.inputs_of("distill").values())):
-        data = read_json(folder / CURVES_JSON)
+        data = read_curves(folder)
         curves[f"seed {data['seed']}"] = data["curve"]
 
     # the headline is the run's own dataset (the first each evaluate scored), not a transfer target

@@ -21,29 +21,24 @@ across shard sets, every ``kdpipe shards write`` set starts at ``00000000``).
 
 from __future__ import annotations
 
+import itertools
 import math
-import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
+from kdpipe.artefacts.shards_info import (
+    BUILT_SETS, HOLDOUT_DIR, INDUCTIVE, INFO, TRAIN_DIR, TRANSDUCTIVE, USER_SHARDS, write_shards_info,
+)
 from kdpipe.dist import leader_only
-from kdpipe.io import read_json, write_json
+from kdpipe.distill.batches import MIN_BATCH
+from kdpipe.io import atomic_path
 from kdpipe.pipeline import dir_listing, register_stage
 from kdpipe.errors import KdpipeError
-from kdpipe.stages import inputs
+from kdpipe.settings import inputs
 
-INFO = "shards.json"
-TRAIN_DIR = "unlabeled"
-HOLDOUT_DIR = "holdout"
 HOLDOUT_SEED = 20240601  # the slice is a property of the data, not of a training seed
 ORDER_SEED = 20240602  # the stored order, likewise (the stream reshuffles shards and a buffer per epoch)
-
-
-# Protocol names, as ``shards.json`` and the report write them.
-TRANSDUCTIVE = "transductive"
-INDUCTIVE = "inductive"
-USER_SHARDS = "user shards"
 
 
 def _all_classes(cfg) -> tuple[list, str, str]:
@@ -69,7 +64,7 @@ def _base_classes(cfg) -> tuple[list, str, str]:
     return items, f"train split of the {len(base)} base classes of {splits.name} (of {splits.num_classes}; no novel-class image), labels dropped", INDUCTIVE
 
 
-# ``shards.unlabeled`` words -> (train items, what they are, protocol); any other value is a
+# the words of ``BUILT_SETS`` -> (train items, what they are, protocol); any other value is a
 # pattern naming the user's own shards. "" is the default's spelling of "all".
 UNLABELED_SETS = {"": _all_classes, "all": _all_classes, "base": _base_classes}
 
@@ -77,7 +72,7 @@ UNLABELED_SETS = {"": _all_classes, "all": _all_classes, "base": _base_classes}
 def built_protocol(cfg) -> str | None:
     """The protocol of a set kdpipe builds, from the settings alone; None for the user's shards."""
     d, word = cfg["data"], cfg["shards"].unlabeled
-    if word not in UNLABELED_SETS:
+    if word not in BUILT_SETS:
         return None
     # with "all", the distillation set may be the teacher's own labelled source (domain
     # generalisation): then the student sees no class and no domain the teacher did not learn from
@@ -88,7 +83,7 @@ def built_protocol(cfg) -> str | None:
 
 def _identity(cfg) -> Any:
     pattern = cfg["shards"].unlabeled
-    if pattern in UNLABELED_SETS:
+    if pattern in BUILT_SETS:
         identity = inputs.data_identity(cfg)
         if pattern == "base" and cfg["data"].mode == "cross":
             identity = inputs.source_identity(cfg)
@@ -107,22 +102,6 @@ def _identity(cfg) -> Any:
     return {"pattern": pattern, "files": files}
 
 
-def read_shards_info(stage_dir: str | Path, cfg) -> dict[str, Any]:
-    """``shards.json``, with the shard locations re-derived from the settings and the stage folder.
-
-    The file's own ``train``/``holdout`` entries are never used as locations: a run dir may come
-    from someone else, and a ``pipe:`` URL placed there would run a command. The user's pattern
-    comes from the settings (``shards.unlabeled``: the command line or a trusted recipe), the built
-    shards from this folder (which can move with the run dir).
-    """
-    stage_dir = Path(stage_dir)
-    info = read_json(stage_dir / INFO)
-    pattern = cfg["shards"].unlabeled
-    info["train"] = str(stage_dir / TRAIN_DIR) if pattern in UNLABELED_SETS else pattern
-    info["holdout"] = str(stage_dir / HOLDOUT_DIR) if (stage_dir / HOLDOUT_DIR).is_dir() else ""
-    return info
-
-
 def holdout_size(total: int, cfg) -> int:
     s = cfg["shards"]
     return max(0, min(s.holdout, int(total * s.holdout_fraction)))
@@ -131,8 +110,6 @@ def holdout_size(total: int, cfg) -> int:
 def _refuse_too_few_left(found: str, total: int, held: int, cfg) -> None:
     """Refuse a set the held-out slice leaves too little of, here rather than as an empty epoch in
     distill; the one line gives the numbers and the settings to change."""
-    from kdpipe.stages.distill import MIN_BATCH
-
     if total - held >= MIN_BATCH:
         return
     s = cfg["shards"]
@@ -143,46 +120,39 @@ def _refuse_too_few_left(found: str, total: int, held: int, cfg) -> None:
     )
 
 
-def _count_samples(pattern: str, limit: int) -> int:
-    """Readable samples in the user's shards, counted no further than ``limit``."""
+def _image_samples(pattern: str) -> Iterator[dict]:
+    """The user's samples distill can train on: readable, with an image member (a sample of captions
+    or labels alone is skipped there, so it counts for nothing here either)."""
     from kdpipe.data.shards import expand_pattern
+    from kdpipe.data.shards.samples import BadSample, image_bytes
     from kdpipe.data.shards.tarread import iter_samples
 
-    n = 0
     for url in expand_pattern(pattern):
-        for _ in iter_samples(url, lambda *problem: None):  # corrupt ones are reported by distill
-            n += 1
-            if n >= limit:
-                return n
-    return n
+        for sample in iter_samples(url, lambda *problem: None):  # corrupt ones are reported by distill
+            try:
+                image_bytes(sample)
+            except BadSample:
+                continue
+            yield sample
+
+
+def _count_images(pattern: str, limit: int) -> int:
+    """Images in the user's shards, counted no further than ``limit``."""
+    return sum(1 for _ in itertools.islice(_image_samples(pattern), limit))
 
 
 def _copy_first_samples(pattern: str, n: int, out: Path) -> list[list[str]]:
-    """Copy the first ``n`` readable samples of the user's shards, bytes untouched, into one tar;
-    returns their [shard URL, key] pairs."""
+    """Copy the first ``n`` samples with an image of the user's shards, bytes untouched, into one tar
+    (atomically: a full disk is one line); returns their [shard URL, key] pairs."""
     import webdataset as wds
 
-    from kdpipe.data.shards import expand_pattern
-    from kdpipe.data.shards.tarread import iter_samples
-
     keys: list[list[str]] = []
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    try:
-        with wds.TarWriter(str(tmp)) as sink:
-            for url in expand_pattern(pattern):
-                for sample in iter_samples(url, lambda *problem: None):  # corrupt ones are reported by distill
-                    sink.write({k: v for k, v in sample.items() if not k.startswith("__") or k == "__key__"})
-                    keys.append([url, sample["__key__"]])
-                    if len(keys) >= n:
-                        break
-                if len(keys) >= n:
-                    break
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(out) as tmp, wds.TarWriter(str(tmp)) as sink:
+        for sample in itertools.islice(_image_samples(pattern), n):
+            sink.write({k: v for k, v in sample.items() if not k.startswith("__") or k == "__key__"})
+            keys.append([sample["__url__"], sample["__key__"]])
     if not keys:
-        raise KdpipeError(f"shards.unlabeled {pattern!r} holds no readable samples; give a pattern naming webdataset .tar shards")
+        raise KdpipeError(f"shards.unlabeled {pattern!r} holds no readable images; give a pattern naming webdataset .tar shards")
     return keys
 
 
@@ -190,18 +160,16 @@ def _write_shards(ctx) -> dict:
     from kdpipe.data.shards import write_shards
 
     s = ctx.cfg["shards"]
-    if s.unlabeled not in UNLABELED_SETS:
-        from kdpipe.stages.distill import MIN_BATCH
-
+    if s.unlabeled not in BUILT_SETS:
         # Count only as far as it matters: past holdout / holdout_fraction images the fraction no
         # longer caps the slice, and a big remote set is not read through just to size it.
         wanted = min(s.holdout, 10_000)
         limit = math.ceil(wanted / s.holdout_fraction) + MIN_BATCH
-        total = _count_samples(s.unlabeled, limit)
+        total = _count_images(s.unlabeled, limit)
         if total == 0:
-            raise KdpipeError(f"shards.unlabeled {s.unlabeled!r} holds no readable samples; give a pattern naming webdataset .tar shards")
+            raise KdpipeError(f"shards.unlabeled {s.unlabeled!r} holds no readable images; give a pattern naming webdataset .tar shards")
         n_hold = min(wanted, holdout_size(total, ctx.cfg))
-        _refuse_too_few_left(f"shards.unlabeled {s.unlabeled!r} holds {total} readable samples", total, n_hold, ctx.cfg)
+        _refuse_too_few_left(f"shards.unlabeled {s.unlabeled!r} holds {total} readable images", total, n_hold, ctx.cfg)
         members = _copy_first_samples(s.unlabeled, n_hold, ctx.dir / HOLDOUT_DIR / "holdout-000000.tar") if n_hold else []
         keys = [key for _, key in members]
         info = {
@@ -246,7 +214,7 @@ def _write_shards(ctx) -> dict:
             "images": len(train),
         }
         ctx.log.info(f"{len(train)} unlabeled images, the {source} ({protocol}), {len(held)} held out")
-    write_json(ctx.dir / INFO, info)
+    write_shards_info(ctx.dir, info)
     return {"images": info["images"] or 0, "holdout": len(info["holdout_keys"]) or n_hold, "transductive": info["transductive"]}
 
 

@@ -1,7 +1,7 @@
 """Stage ``teacher:<method>``: the prompted teacher (PromptSRC on ViT-L/14 by default), few-shot on
 the training classes (base classes in base-to-novel mode), one instance per seed.
 
-A family with one member per teacher of :mod:`kdpipe.stages.teachers` (``teacher.members``, else
+A family with one member per teacher of :mod:`kdpipe.settings.teachers` (``teacher.members``, else
 ``teacher.method``), so that the ``teacher.<method>.*`` override table (the member's own
 ``backbone`` included) is part of that member's fingerprint only. Writes ``teacher.safetensors`` (learned prompts, meta inside) and
 ``teacher.json`` (the same meta plus seed, shots and training history).
@@ -13,9 +13,9 @@ from typing import Any
 
 from kdpipe.artefacts.run_layout import TEACHER, TEACHER_STEM, teacher_stem
 from kdpipe.pipeline import register_stage
-from kdpipe.stages import inputs, teachers
-from kdpipe.stages.sections import TEACHER_MEMBER_KEYS
-from kdpipe.stages.fewshot import stage_metrics, train_fewshot
+from kdpipe.settings import inputs, teachers
+from kdpipe.settings.sections import TEACHER_MEMBER_KEYS
+from kdpipe.train.fewshot import stage_metrics, train_fewshot
 
 
 def teacher_overrides(cfg, method: str | None = None) -> dict[str, Any]:

@@ -2,13 +2,14 @@
 ``V`` augmented views of every unlabeled image, computed once (one instance per seed, as the
 views depend on the stream's seed). ``distill`` then reads them instead of running the teacher.
 
-A family with one member per teacher (:mod:`kdpipe.stages.teachers`), the primary's instance named
+A family with one member per teacher (:mod:`kdpipe.settings.teachers`), the primary's instance named
 plainly (``teacher-cache@seed1``), another teacher's ``teacher-cache:<method>@seed1``: each holds
 its own teacher's features, in its own embedding space, for the same images and views.
 
 Writes ``features.safetensors`` (``features`` ``[V, N, D]`` fp16, L2-normalised rows) and
-``keys.json`` (the N images' shard and key, the row order: keys repeat across shard sets). Each
-finished view is checkpointed, so a killed run resumes at the next view.
+``keys.json`` (the N images' shard and key, the row order: keys repeat across shard sets), the
+files of :mod:`kdpipe.artefacts.teacher_cache`. Each finished view is checkpointed, so a killed run
+resumes at the next view.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from kdpipe.artefacts.run_layout import teacher_stem
+from kdpipe.artefacts.shards_info import read_shards_info
+from kdpipe.artefacts.teacher_cache import FEATURES, KEYS, write_teacher_cache
 from kdpipe.dist import leader_only
 from kdpipe.io import read_json, read_tensors, write_json, write_tensors
 from kdpipe.pipeline import register_stage
 from kdpipe.errors import KdpipeError
-from kdpipe.stages import inputs, teachers
+from kdpipe.settings import inputs, teachers
 
 BATCH = 64  # features do not depend on batching; a larger batch only runs the teacher faster
 
@@ -34,20 +37,16 @@ def _write_cache(ctx) -> dict:
 
     from kdpipe.clip import load_backbone
     from kdpipe.data.shards import ShardStream
-    from kdpipe.distill import ForwardTeacher
-    from kdpipe.distill.teacher_cache import FEATURES, KEYS, member_ids
+    from kdpipe.distill.teacher_cache import member_ids
+    from kdpipe.distill.teacher_source import forward_teacher
     from kdpipe.methods.io import load_method
-    from kdpipe.stages.distill import teacher_input
-    from kdpipe.stages.shards import read_shards_info
-    from kdpipe.train import autocast
 
     cfg, seed = ctx.cfg, ctx.seed
     views = cfg["distill"].cache_views
     device = inputs.device_of(cfg)
     teacher, _ = load_method(teacher_stem(inputs.upstream(ctx, "teacher")), device=device)
     sb = load_backbone(cfg["student"].backbone, device=device)
-    amp = cfg["run"].amp
-    source = ForwardTeacher(teacher, amp=(lambda: autocast(device, amp)) if amp else None, adapt=teacher_input(teacher.backbone, sb))
+    source = forward_teacher(teacher, sb, device, cfg["run"].amp)
     shards = read_shards_info(inputs.upstream(ctx, "shards"), ctx.cfg)
     # the student's train transform: the cache must hold exactly the views distill will train on
     transform = inputs.train_transform(cfg, sb)
@@ -80,8 +79,7 @@ def _write_cache(ctx) -> dict:
         if stacked is None:
             stacked = torch.empty(views, len(order), feats.shape[1], dtype=torch.float16)
         stacked[view].index_copy_(0, torch.tensor([index[k] for k in keys]), feats)
-    write_tensors(ctx.dir / FEATURES, {"features": stacked}, {"views": views, "seed": seed})
-    write_json(ctx.dir / KEYS, {"keys": [k for _, k in order], "shards": [s for s, _ in order]})
+    write_teacher_cache(ctx.dir, stacked, order, seed)
     ctx.log.info(f"cached {views} view(s) of {len(order)} images x {stacked.shape[2]} teacher features ({stacked.numel() * 2 / 2**20:.1f} MiB)")
     return {"images": len(order), "views": views}
 
@@ -90,7 +88,7 @@ def _write_cache(ctx) -> dict:
     "teacher-cache",
     reads=["distill.cache_views", "student.backbone", "data.crop_scale"],
     deps=["teacher:{member}", "shards"],
-    outputs=["features.safetensors", "keys.json"],
+    outputs=[FEATURES, KEYS],
     expand=teachers.member_names,
     plain=teachers.primary_name,
     version=2,  # 2: images keyed by (shard, key); 1: by key alone, so namesakes in two shard sets shared a row

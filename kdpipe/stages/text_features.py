@@ -1,6 +1,6 @@
 """Stage ``text-features``: the trained teacher's text side, run ONCE over every class name.
 
-A family with one member per teacher (:mod:`kdpipe.stages.teachers`): each teacher's rows live in
+A family with one member per teacher (:mod:`kdpipe.settings.teachers`): each teacher's rows live in
 its own embedding space. The primary teacher's instance keeps the plain name (``text-features@seed1``)
 and its rows are the student's classifier; ``text-features:<method>`` holds another teacher's.
 
@@ -15,38 +15,15 @@ again. The file format is :mod:`kdpipe.artefacts.class_features`; the names are
 
 from __future__ import annotations
 
-from kdpipe.artefacts.class_features import ClassFeatures, write_class_features
-from kdpipe.artefacts.run_layout import FEATURES_FILE, INDEX_FILE, TEXT_FEATURES, features_path, index_path, teacher_stem
+from kdpipe.artefacts.class_features import IN_STAGE_FOLDER, write_class_features
+from kdpipe.artefacts.run_layout import INDEX_FILE, TEXT_FEATURES, features_path, index_path, teacher_stem
 from kdpipe.dist import leader_only
 from kdpipe.pipeline import register_stage
-from kdpipe.progress import Progress
-from kdpipe.stages import inputs, teachers
-
-
-# class names per text pass: ImageNet's 1000 names through a ViT-L text tower take a while, and a
-# chunk at a time lets the progress bar move (each row depends on its own class name only)
-CHUNK = 100
-
-
-def compute_text_features(teacher, classnames: list[str], num_base: int, progress: Progress | None = None,
-                          chunk: int = CHUNK) -> ClassFeatures:
-    """Run the teacher's (prompted) text side over ``classnames`` once, in fp32, without gradients;
-    ``progress`` advances by the classes of each chunk."""
-    import torch
-    import torch.nn.functional as F
-
-    names = list(classnames)
-    parts = []
-    with torch.no_grad(), torch.autocast(teacher.device.type, enabled=False):
-        for start in range(0, len(names), chunk):
-            part = names[start:start + chunk]
-            parts.append(F.normalize(teacher.class_features(part).float(), dim=-1).cpu())
-            if progress is not None:
-                progress.update(len(part))
-    return ClassFeatures(torch.cat(parts), names, float(teacher.clip.logit_scale), num_base)
+from kdpipe.settings import inputs, teachers
 
 
 def _write_text_features(ctx) -> dict:
+    from kdpipe.eval.class_features import compute_text_features
     from kdpipe.eval.metrics import base_count
     from kdpipe.infer.index import ClassIndex
     from kdpipe.methods.io import load_method
@@ -73,7 +50,7 @@ def _write_text_features(ctx) -> dict:
     TEXT_FEATURES,
     reads=["data.mode"],
     deps=["teacher:{member}"],
-    outputs=[FEATURES_FILE, INDEX_FILE],
+    outputs=[IN_STAGE_FOLDER, INDEX_FILE],
     expand=teachers.member_names,
     plain=teachers.primary_name,
     seeded=True,

@@ -30,7 +30,7 @@ from kdpipe.config import bounded, config_section, runtime_setting
 from kdpipe.io import write_json
 from kdpipe.pipeline import register_stage
 from kdpipe.errors import KdpipeError
-from kdpipe.stages import inputs
+from kdpipe.settings import inputs
 
 DATASET = "world"
 STAGE_FOLDER = "world"
@@ -197,7 +197,7 @@ def downstream_zeroshot(ctx, checkpoints: dict[str, Path]) -> dict[str, dict]:
     from kdpipe.clip import load_backbone
     from kdpipe.eval.metrics import split_accuracy
     from kdpipe.methods import build_method
-    from kdpipe.stages.evaluate import collect_logits, method_scorer
+    from kdpipe.eval.scoring import collect_logits, method_scorer
 
     cfg = ctx.cfg
     device = inputs.device_of(cfg)

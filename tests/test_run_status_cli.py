@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 
-from test_dag import TOY_SOURCE
+from test_runner_toy_graph import TOY_SOURCE
 
 
 def kdpipe(tmp_path, *args, graph="build"):

@@ -1,4 +1,4 @@
-"""What ``distill`` adds for several teachers (``teacher.members``): the other teachers' sources.
+"""What the ``distill`` stage adds for several teachers (``teacher.members``): the other teachers' sources.
 
 Each teacher other than the primary is loaded from its own ``teacher:<method>`` folder and scores
 the batch against its own ``text-features:<method>`` rows, from its own ``teacher-cache:<method>``
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from kdpipe.artefacts.run_layout import features_path, teacher_stem
 from kdpipe.errors import KdpipeError
-from kdpipe.stages import teachers
+from kdpipe.settings import teachers
 
 
 @dataclass
@@ -26,11 +26,10 @@ class EnsembleSteps:
 def ensemble_steps(ctx, student, student_backbone, primary, device, amp_ctx) -> EnsembleSteps:
     """``primary``: (train source, probe source, class features, meta) of the primary teacher."""
     from kdpipe.artefacts.class_features import read_class_features
-    from kdpipe.distill import ForwardTeacher
     from kdpipe.distill.ensemble_step import EnsembleMember, EnsembleStep
     from kdpipe.distill.teacher_cache import CachedTeacher
+    from kdpipe.distill.teacher_source import forward_teacher
     from kdpipe.methods.io import load_method
-    from kdpipe.stages.distill import teacher_input
 
     cfg, d = ctx.cfg, ctx.cfg["distill"]
     train_source, probe_source, tf, tmeta = primary
@@ -46,7 +45,7 @@ def ensemble_steps(ctx, student, student_backbone, primary, device, amp_ctx) -> 
         if list(other_tf.classnames) != list(tf.classnames):
             raise KdpipeError(f"teacher {name}'s class features name other classes than the primary teacher's; re-run text-features:{name}")
         teacher, meta = load_method(teacher_stem(folders[name]), device=device)
-        forward = ForwardTeacher(teacher, amp=amp_ctx, adapt=teacher_input(teacher.backbone, student_backbone))
+        forward = forward_teacher(teacher, student_backbone, device, cfg["run"].amp)
         cached = CachedTeacher.load(cache_dirs[name], device) if name in cache_dirs else None
         if cached is not None:
             out.caches.append(cached)

@@ -104,7 +104,7 @@ TEACHER_MEMBER_KEYS = ("backbone",)  # member-table keys that are the teacher's,
 @dataclass
 class TeacherConfig:
     method: str = "promptsrc"  # any registered prompt method (the only teacher when `members` is empty)
-    # several teachers (kdpipe.stages.teachers): method names, the first one the PRIMARY (its class
+    # several teachers (kdpipe.settings.teachers): method names, the first one the PRIMARY (its class
     # features are the student's classifier); `teacher.<method>.backbone` gives one its own backbone
     # (default: `backbone`). Empty: [method], the single teacher of PromptKD.
     members: list[str] = field(default_factory=list)

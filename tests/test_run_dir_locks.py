@@ -16,7 +16,7 @@ import pytest
 from kdpipe.errors import KdpipeError
 from kdpipe.pipeline import RunLock
 from kdpipe.pipeline.lock import StageLock
-from test_dag import TOY_SOURCE
+from test_runner_toy_graph import TOY_SOURCE
 
 
 def _alive(pid: int) -> bool:
@@ -168,7 +168,7 @@ def test_a_read_only_run_dir_with_nothing_to_do_runs_and_one_that_needs_work_say
 
     import kdpipe.pipeline.lock as lock_module
     from kdpipe.pipeline import StageGraph, run_stages, stage_statuses
-    from test_dag import cfg_of
+    from test_runner_toy_graph import cfg_of
 
     src = tmp_path / "toy_stages.py"
     src.write_text(TOY_SOURCE)

@@ -12,7 +12,7 @@ from typing import Any
 
 from kdpipe.eval.labels import backbone_label
 from kdpipe.progress import step_reporter
-from kdpipe.stages import inputs
+from kdpipe.settings import inputs
 from kdpipe.train.checkpoint import resumed_step
 
 

@@ -545,6 +545,26 @@ def test_jobs_need_a_graph_workers_can_rebuild(toy, tmp_path):
         run(toy.build(StageGraph()), tmp_path, jobs=2)
 
 
+def test_a_jobs_worker_rebuilds_the_stage_graph_the_cli_hands_the_runner(monkeypatch):
+    """The engine never imports the stages: a worker rebuilds the graph from ``graph.source``,
+    which :func:`kdpipe.stage_graph.stage_graph` sets, in a fresh interpreter as ``--jobs`` does."""
+    import os
+    import subprocess
+    import sys
+
+    from kdpipe.pipeline import GRAPH, STAGE_MODULES_ENV
+    from kdpipe.pipeline.parallel import graph_source
+    from kdpipe.stage_graph import stage_graph
+
+    monkeypatch.delenv(STAGE_MODULES_ENV, raising=False)
+    assert stage_graph() is GRAPH and "distill" in GRAPH.specs
+    code = ("import sys; from kdpipe.pipeline.parallel import _load_graph; "
+            "print(','.join(_load_graph((sys.argv[1], sys.argv[2])).specs))")
+    out = subprocess.run([sys.executable, "-c", code, *graph_source(GRAPH)], capture_output=True, text=True, check=True,
+                         env={k: v for k, v in os.environ.items() if k != STAGE_MODULES_ENV})
+    assert out.stdout.strip().split(",") == list(GRAPH.specs)
+
+
 def test_jobs_start_the_longest_chain_first(toy):
     from kdpipe.pipeline.parallel import chain_lengths
 

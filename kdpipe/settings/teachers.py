@@ -26,7 +26,7 @@ class TeacherMember:
 
 def member_names(cfg) -> list[str]:
     """The teachers' method names, primary first, checked to be prompt methods listed once."""
-    from kdpipe.stages.sections import check_methods
+    from kdpipe.settings.sections import check_methods
 
     t = cfg["teacher"]
     names = list(t.members) or [t.method]
