@@ -27,14 +27,14 @@ ROOT = Path(__file__).resolve().parents[1] / "kdpipe"
 LAYERS: dict[str, tuple[str, ...]] = {
     # what a user calls: the CLI and its commands, the Python API, and what builds the stage graph
     # for them; the benchmarks that drive the CLI in fresh processes sit beside the commands
-    "entry": ("kdpipe.cli", "kdpipe.__main__", "kdpipe.commands", "kdpipe.api", "kdpipe.stage_graph",
+    "entry": ("kdpipe.cli", "kdpipe.__main__", "kdpipe.commands", "kdpipe.api", "kdpipe.stage_graph", "kdpipe.open_run",
               "kdpipe.bench_memory", "kdpipe.gpu_check"),
     "stages": ("kdpipe.stages",),
     # the work itself; settings (the config sections and what they resolve to) is shared by stages
     "components": ("kdpipe.methods", "kdpipe.distill", "kdpipe.train", "kdpipe.infer", "kdpipe.eval", "kdpipe.report",
                    "kdpipe.settings", "kdpipe.world"),
     "foundations": ("kdpipe.pipeline", "kdpipe.artefacts", "kdpipe.io", "kdpipe.dist", "kdpipe.config", "kdpipe.data",
-                    "kdpipe.clip", "kdpipe.errors", "kdpipe.progress", "kdpipe.timing"),
+                    "kdpipe.clip", "kdpipe.errors", "kdpipe.progress", "kdpipe.timing", "kdpipe.lifetime"),
 }
 ORDER = ("foundations", "components", "stages", "entry")  # each may import only the layers before it
 PACKAGE = "kdpipe"
