@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from kdpipe.clip import FrozenCLIP, load_backbone
-from kdpipe.clip.attention import SdpaAttention, use_sdpa
+from kdpipe.clip.attention import Bf16Block, SdpaAttention, use_sdpa
 from kdpipe.clip.towers import PromptedVision
 from kdpipe.errors import KdpipeError
 from kdpipe.infer.precision import AUTO, PRECISIONS, prepare_tower, resolve
@@ -65,8 +65,11 @@ def test_lower_precisions_agree_with_fp32_on_the_tiny_model(name):
 def test_bf16_weights_are_bf16_and_int8_linears_are_quantised():
     backbone = load_backbone("kd-tiny-s")
     prepare_tower(backbone.model.visual, "bf16", "cpu")
-    assert backbone.model.visual.transformer.resblocks[0].mlp.c_fc.weight.dtype == torch.bfloat16
-    assert isinstance(backbone.model.visual.transformer.resblocks[0].attn, SdpaAttention)
+    block = backbone.model.visual.transformer.resblocks[0]
+    assert isinstance(block, Bf16Block) and isinstance(block.block.attn, SdpaAttention)
+    assert block.block.mlp.c_fc.weight.dtype == block.block.attn.in_proj.weight.dtype == torch.bfloat16
+    # the residual stream's LayerNorms and the stem stay fp32 (bf16 there cost agreement: Bf16Block)
+    assert block.block.ln_1.weight.dtype == backbone.model.visual.conv1.weight.dtype == torch.float32
     backbone = load_backbone("kd-tiny-s")
     prepare_tower(backbone.model.visual, "int8", "cpu")
     block = backbone.model.visual.transformer.resblocks[0]
@@ -87,7 +90,18 @@ def test_registry_refuses_int8_on_cuda_in_one_line():
 
 
 def test_auto_resolves_per_device():
-    assert resolve("auto", "cpu") == AUTO["cpu"] == "int8"
+    assert resolve("auto", "cpu") == AUTO["cpu"] == "bf16"
     assert resolve("auto", "cuda") == AUTO["cuda"] == "bf16"
     assert resolve("auto", "meta") == "fp32"  # a device nothing was measured on runs exact
     assert all(AUTO[kind] in PRECISIONS and kind in PRECISIONS[AUTO[kind]].devices for kind in AUTO)
+
+
+def test_gpu_check_flops_from_the_config_and_peaks_by_name():
+    from kdpipe.gpu_check import peak_tflops, share_of_peak, vit_flops
+
+    # ViT-B/16 at 224 px: 197 tokens, 12 blocks of width 768 (the figure published for it is ~35 GFLOPs)
+    assert vit_flops(load_backbone("ViT-B-16").model.visual) == pytest.approx(35.13e9, rel=1e-3)
+    assert peak_tflops("NVIDIA H100 80GB HBM3") == 989.0 and peak_tflops("NVIDIA H100 PCIe") == 756.0
+    assert peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0 and peak_tflops("Tesla T4") is None
+    assert share_of_peak(10_000, 35e9, 989.0) == "35.4% of the dense bf16 peak"
+    assert share_of_peak(10_000, 35e9, None) == "peak unknown for this GPU"

@@ -67,3 +67,27 @@ def use_sdpa(transformer: nn.Module) -> int:
             block.attn = SdpaAttention(block.attn)
             swapped += 1
     return swapped
+
+
+class Bf16Block(nn.Module):
+    """open_clip's block with its matmuls in bfloat16 (attention, MLP: bf16 weights) around a float32
+    residual stream and float32 LayerNorms. The stream carries every block's sum: rounding it to
+    bf16's 8 bits at each of 2 x depth additions is what moved predictions (demo world, world-b:
+    99.22% top-1 agreement with fp32 with a bf16 stream, 99.72% with this one)."""
+
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        self.block = block
+        block.attn.to(torch.bfloat16)
+        block.mlp.to(torch.bfloat16)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        b = self.block
+        x = x + b.ls_1(b.attention(q_x=b.ln_1(x).to(torch.bfloat16), attn_mask=attn_mask).float())
+        return x + b.ls_2(b.mlp(b.ln_2(x).to(torch.bfloat16)).float())
+
+
+def use_bf16_blocks(transformer: nn.Module) -> None:
+    """Every block of ``transformer`` as a :class:`Bf16Block` (attention through SDPA), in place."""
+    use_sdpa(transformer)
+    transformer.resblocks = nn.ModuleList([Bf16Block(b) for b in transformer.resblocks])

@@ -37,6 +37,9 @@ def classify(
                                             "top-1 agreement with fp32, per device: int8 on CPU, bf16 on CUDA), fp32 (exact), bf16, int8 "
                                             "(CPU only). Class features, search and probs stay fp32. Default: the bundle's (kdpipe export "
                                             "--precision), else auto"),
+    compile_: bool = typer.Option(True, "--compile/--no-compile", help="torch.compile the image encoder at the batch size where that was "
+                                  "measured to pay (bf16; costs ~30 s once for ViT-B/16 on a CPU); a log line says when it is skipped. "
+                                  "KDPIPE_COMPILE=0 turns it off too"),
     no_amp: bool = typer.Option(False, "--no-amp", hidden=True, help="the same as --precision fp32 (kept for old scripts)"),
     decode: str = typer.Option("auto", "--decode", help="where JPEGs are decoded and preprocessed: cpu (PIL, in the workers), gpu "
                                "(nvJPEG, batched; workers only read bytes) or auto (gpu on a CUDA device)"),
@@ -72,7 +75,7 @@ def classify(
     cm = load_model(model, stage, seed, dev)
     if classes is not None:
         cm = cm.with_classes(read_class_file(classes))
-    enc = cm.to(dev).set_precision(precision or cm.default_precision, dev).encoder()
+    enc = cm.to(dev).set_precision(precision or cm.default_precision, dev).encoder(compile_, batch_size, say=lambda msg: typer.echo(msg, err=True))
     enc.transform = for_device(enc.transform, decode, dev)
     class_index = cm.index(index, dev).set_search(nprobe=nprobe, ef_search=ef_search)
     summary = run_classify(enc, class_index, cm.classnames, source, out, top_k=top_k, batch_size=batch_size,

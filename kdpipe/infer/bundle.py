@@ -107,14 +107,18 @@ class ClassModel:
         self.method.to(device).eval()
         return self
 
-    def encoder(self):
+    def encoder(self, compile: bool = False, batch: int = 256, say: Callable[[str], None] | None = None):
+        """What classify runs; ``compile``: ``torch.compile`` it for batches of ``batch`` where that
+        was measured to pay for this precision and device (``infer.compiled``; ``say`` gets a line if not)."""
         from kdpipe.infer.classify import Encoder
+        from kdpipe.infer.compiled import compile_encoder
 
         method = self.method.eval()
+        fn = compile_encoder(method.encode_images, batch, self.precision, method.device, say=say) if compile else method.encode_images
         model = self.identity()
         if self.precision != "fp32":  # its rows differ from fp32's by rounding: never resumed into one output
             model["id"] = hashlib.sha256(f"{model['id']}:{self.precision}".encode()).hexdigest()
-        return Encoder(fn=method.encode_images, transform=self.transform(), model=model, precision=self.precision)
+        return Encoder(fn=fn, transform=self.transform(), model=model, precision=self.precision)
 
     def set_precision(self, name: str, device: str | torch.device | None = None) -> "ClassModel":
         """Run the image tower in ``name`` (``auto``: the measured default on ``device``, by default

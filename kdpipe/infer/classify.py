@@ -20,6 +20,7 @@ from kdpipe.errors import KdpipeError
 from kdpipe.pipeline.lock import OutputLock
 from kdpipe.progress import Progress
 from kdpipe.infer import embeddings as emb_files
+from kdpipe.infer.device_decode import decoded_ahead
 from kdpipe.infer.index import ClassIndex
 from kdpipe.dist import Ranks, rank_world
 from kdpipe.infer.ranks import classify_ranked, settle
@@ -166,12 +167,15 @@ def classify(
         start = time.perf_counter()
         read = already = 0  # images the source gave this run; of them, done before it started
         with torch.inference_mode(), bar:
-            for batch in source.batches(transform, batch_size, workers, source_done, pin_memory=dev.type == "cuda",
-                                        rank=share[0], world=share[1]):
+            batches = source.batches(transform, batch_size, workers, source_done, pin_memory=dev.type == "cuda",
+                                     rank=share[0], world=share[1])
+            # --decode gpu|cpu on CUDA: decoded (or normalised) on the device, the next batch ahead
+            ahead = decoded_ahead(batches, on_device, dev) if on_device is not None else ((b, None) for b in batches)
+            for batch, decoded in ahead:
                 rows, feats = [], None
                 images, keys, skipped = batch.images, batch.keys, list(batch.skipped)
-                if images is not None and keys and on_device is not None:  # --decode gpu: decoded here
-                    images, keys, bad = on_device(images, keys, dev)
+                if decoded is not None:
+                    images, keys, bad = decoded
                     skipped += bad
                 if images is not None and keys:
                     with autocast(dev, enabled=amp):
