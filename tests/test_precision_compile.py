@@ -39,6 +39,7 @@ def test_fixed_batch_falls_back_to_eager_with_one_line():
 
 
 def test_compile_is_skipped_with_a_reason(monkeypatch):
+    monkeypatch.delenv("KDPIPE_COMPILE", raising=False)  # conftest turns compiling off for the suite
     cpu = torch.device("cpu")
     assert skip_reason("int8", cpu) == "not measured to pay for int8 on cpu"
     assert skip_reason("bf16", cpu, enabled=False) == "turned off (--no-compile)"

@@ -93,7 +93,7 @@ class PromptedVision(nn.Module):
     def tokens(self, images: torch.Tensor) -> torch.Tensor:
         """Patch + class tokens with positional embedding, before ``ln_pre`` (open_clip ``_embeds``)."""
         v = self.visual
-        x = v.conv1(images.to(v.conv1.weight.dtype))  # a bf16 tower (infer.precision) takes bf16 pixels
+        x = v.conv1(images)
         x = x.reshape(x.shape[0], x.shape[1], -1)
         x = x.permute(0, 2, 1)
         cls = v.class_embedding.view(1, 1, -1).expand(x.shape[0], -1, -1).to(x.dtype)
@@ -125,9 +125,7 @@ class PromptedVision(nn.Module):
         pooled, _ = v._pool(x[:, :n_tokens])
         if v.proj is not None:
             pooled = pooled @ v.proj
-        # a tower in lower precision (infer.precision) hands float32 on: projectors, class features
-        # and scores stay fp32; a float32 tower's output is left as it is (autocast decides it)
-        return pooled if v.conv1.weight.dtype == torch.float32 else pooled.float()
+        return pooled
 
 
 def _causal_prefix(clip: nn.Module, tokens: torch.Tensor) -> int:

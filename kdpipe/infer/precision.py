@@ -1,8 +1,8 @@
 """Inference precisions of the image tower: a registry of name -> how to prepare it, where it runs.
 
-Only the image tower changes. What comes after it stays fp32: the tower's output is cast back to
-float32 before a method's projector, the stored class features and the class index are fp32, and
-``probs`` are exact over all classes (``classify._rows``). Preparing a tower changes it in place
+Only the image tower's transformer blocks change; its patch embedding, pooling and projection stay
+fp32, so what comes after (a method's projector, the stored class features, the class index) is
+fp32, and ``probs`` are exact over all classes (``classify._rows``). Preparing a tower changes it in place
 (weights cast or quantised), so a model is prepared once; loading it again gives fp32 back.
 
 ``auto`` picks, per device type, the fastest precision whose top-1 agreement with fp32 on the
@@ -12,7 +12,6 @@ demo world's shifted test split is at least :data:`MIN_AGREEMENT` (``kdpipe benc
 
 from __future__ import annotations
 
-import logging
 import warnings
 from dataclasses import dataclass
 from typing import Callable
@@ -21,8 +20,6 @@ import torch
 from torch import nn
 
 from kdpipe.errors import KdpipeError
-
-log = logging.getLogger(__name__)
 
 MIN_AGREEMENT = 0.995  # top-1 agreement with fp32 on the demo world that a default precision must keep
 
@@ -119,8 +116,3 @@ def prepare_tower(visual: nn.Module, name: str, device: str | torch.device) -> s
     chosen = resolve(name, device)
     PRECISIONS[chosen].prepare(visual)
     return chosen
-
-
-def tower_dtype(visual: nn.Module) -> torch.dtype:
-    """The dtype images enter the tower in: its patch embedding's (never quantised)."""
-    return visual.conv1.weight.dtype if hasattr(visual, "conv1") else torch.float32
