@@ -125,19 +125,50 @@ def classify(
     top_k: int = typer.Option(5, "--top-k"),
     workers: int = typer.Option(2, help="classify's decoding processes"),
     device: str = DEVICE_OPTION,
+    precision: str = typer.Option("", "--precision", help="compare precisions, e.g. fp32,bf16,int8: images/s beside open_clip fp32 "
+                                  "encode_image (interleaved rounds), top-1 agreement and max |dprob| vs fp32 on the demo world and the photos"),
+    classify_precision: str = typer.Option("auto", "--classify-precision", help="the precision of the end-to-end classify runs"),
+    rounds: int = typer.Option(3, help="--precision: interleaved timed rounds"),
+    precision_images: int = typer.Option(64, "--precision-images", help="--precision: photos per timed round (and for agreement)"),
+    world: bool = typer.Option(True, "--world/--no-world", help="--precision: agreement on the demo world (world-b from the cache; pretrained, ~3 min, if missing)"),
+    end_to_end: bool = typer.Option(True, "--end-to-end/--no-end-to-end", help="run classify end to end (files, shards)"),
+    resized: Optional[int] = typer.Option(None, "--resized", help="also classify shards written pre-resized (shards write --resize N)"),
+    compile_: bool = typer.Option(True, "--compile/--no-compile", help="torch.compile where it was measured to pay, as classify does"),
     json_out: Optional[Path] = JSON_OPTION,
 ) -> None:
-    """End-to-end classify (JPEG files, shards) vs open_clip encode_image on preprocessed batches."""
+    """End-to-end classify (JPEG files, shards) vs open_clip encode_image on preprocessed batches; with
+    --precision, each precision's speed and agreement with fp32."""
     from kdpipe.errors import KdpipeError
     from kdpipe.infer.bench_classify import bench_classify, summary_lines
+    from kdpipe.infer.precision import check_name
     from kdpipe.train.device import pick_device
 
-    if images < 1 or classes < top_k or batch < 1 or workers < 0:
-        raise KdpipeError("--images and --batch-size must be >= 1, --classes >= --top-k, --workers >= 0")
-    res = bench_classify(backbone, images, classes, batch, top_k, workers, str(pick_device(device)),
-                         progress=lambda msg: typer.echo(msg, err=True))
-    _print_result(f"{backbone}, {res.images} images, {res.classes} classes, batch {res.batch}, {res.workers} workers, "
-                  f"{res.device}, torch threads {res.torch_threads}", summary_lines(res), json_out, res.as_dict())
+    names = [check_name(p.strip()) for p in precision.split(",") if p.strip()]
+    check_name(classify_precision, "--classify-precision")
+    if images < 1 or classes < top_k or batch < 1 or workers < 0 or rounds < 1 or precision_images < 1:
+        raise KdpipeError("--images, --batch-size, --rounds and --precision-images must be >= 1, --classes >= --top-k, --workers >= 0")
+    if not names and not end_to_end:
+        raise KdpipeError("nothing to measure: give --precision or leave --end-to-end on")
+    say = lambda msg: typer.echo(msg, err=True)  # noqa: E731
+    dev = str(pick_device(device))
+    out: dict = {}
+    if end_to_end:
+        res = bench_classify(backbone, images, classes, batch, top_k, workers, dev, progress=say, precision=classify_precision,
+                             compile=compile_, resized=resized)
+        out = res.as_dict()
+        typer.echo(f"{backbone}, {res.images} images, {res.classes} classes, batch {res.batch}, {res.workers} workers, "
+                   f"{res.device}, torch threads {res.torch_threads}, classify in {res.precision}")
+        for line in summary_lines(res):
+            typer.echo(line)
+    if names:
+        from kdpipe.infer.bench_precision import bench_precisions, summary_lines as precision_lines
+
+        p = bench_precisions(backbone, names, precision_images, classes, batch, rounds, dev, compile_, world, say)
+        out["precision"] = p.as_dict()
+        typer.echo(f"{backbone}, batch {p.batch}, {p.device}, torch threads {p.torch_threads}: precisions")
+        for line in precision_lines(p):
+            typer.echo(line)
+    _write_json_out(json_out, out)
 
 
 def _int_list(value: str, option: str) -> list[int]:

@@ -41,7 +41,7 @@ def write(
     split: str = typer.Option("train", help="train, val, test or all (with --dataset)"),
     subset: str = typer.Option("all", help="base, novel or all classes (with --dataset)"),
     per_shard: int = typer.Option(1000, "--per-shard", help="samples per shard"),
-    max_side: int = typer.Option(256, "--max-side", help="shrink so the shorter side is at most this (aspect kept; 0 = keep sizes)"),
+    max_side: int = typer.Option(256, "--max-side", "--resize", help="shrink so the shorter side is at most this (aspect kept; 0 = keep sizes)"),
     no_labels: bool = typer.Option(False, "--no-labels", help="store images only (unlabeled distillation data)"),
     classnames: Optional[Path] = typer.Option(None, "--classnames", help="file mapping labels to class names (custom sources)"),
     workers: int = typer.Option(0, "--workers", help="encoding threads (0: up to 8, one per core)"),

@@ -12,6 +12,10 @@ ship uint8 pixels; ``--decode gpu``: nvJPEG), and every model call runs under cl
 
 The model is zero-shot CLIP on the backbone (its image encoder is ``encode_image`` block by block),
 with random unit class features: the weights do not change the timing, and no text pass is needed.
+classify runs it in ``precision`` (default ``auto``, as ``kdpipe classify`` does; compiled where that
+pays, the compile time included); the baseline stays open_clip's fp32 ``encode_image`` (under
+autocast on CUDA). Shards are written as ``kdpipe shards write`` writes them (shorter side <= 256);
+``resized=N`` adds shards pre-resized to N (``shards write --resize N``) against the full-size files.
 """
 
 from __future__ import annotations
@@ -44,6 +48,9 @@ class ClassifyBench:
     rows: dict[str, int]  # rows each classify run wrote (every image, or the timing is of less work)
     # CUDA only: "files|shards, <decode>" -> seconds with classify's own decode choice (--decode cpu|gpu)
     device_decode_s: dict[str, float] = field(default_factory=dict)
+    precision: str = "fp32"  # classify's image tower
+    resized: int | None = None  # shards pre-resized to this shorter side (None: not measured)
+    resized_s: float | None = None
 
     @property
     def files_ratio(self) -> float:
@@ -111,7 +118,7 @@ def _sync() -> None:
 
 
 def bench_classify(backbone_spec: str, images: int, classes: int, batch: int, top_k: int, workers: int,
-                   device: str, progress=None) -> ClassifyBench:
+                   device: str, progress=None, precision: str = "auto", compile: bool = True, resized: int | None = None) -> ClassifyBench:
     from kdpipe.clip import load_backbone
     from kdpipe.data.images import load_rgb
     from kdpipe.data.shards import write_shards
@@ -131,15 +138,24 @@ def bench_classify(backbone_spec: str, images: int, classes: int, batch: int, to
     feats = F.normalize(torch.randn(classes, backbone.dims.embed_dim, generator=torch.Generator().manual_seed(0)), dim=-1)
     model = ClassModel(method, names, feats, backbone.dims.logit_scale, source="bench model",
                        provenance={"backbone": backbone_spec})
-    encoder, index, transform = model.encoder(), model.index("flat", dev), model.transform()
+    index, transform = model.index("flat", dev), model.transform()
+    # the baseline keeps fp32 weights: the precision's tower is a copy (prepared in place)
+    from copy import deepcopy
+
+    tuned = ClassModel(deepcopy(method), names, feats, backbone.dims.logit_scale, source="bench model",
+                       provenance={"backbone": backbone_spec}).set_precision(precision, dev)
+    encoder = tuned.encoder(compile, batch, say)
 
     with tempfile.TemporaryDirectory(prefix="kdpipe-bench-classify-") as tmp:
         tmp = Path(tmp)
         say(f"writing {images} JPEGs and their shards")
         paths = photo_files(tmp / "photos", images)
         # at least two shards per worker: a shard is read by one worker, so fewer would idle workers
-        write_shards([str(p) for p in paths], tmp / "shards", per_shard=max(1, images // max(4, 2 * workers)))
+        per_shard = max(1, images // max(4, 2 * workers))
+        write_shards([str(p) for p in paths], tmp / "shards", per_shard=per_shard)
         shard_pattern = str(tmp / "shards" / "*.tar")
+        if resized:
+            write_shards([str(p) for p in paths], tmp / "resized", per_shard=per_shard, max_side=resized)
 
         # each stage alone, on the distinct photos (scaled to all images), one process
         sample = paths[:DISTINCT]
@@ -149,11 +165,13 @@ def bench_classify(backbone_spec: str, images: int, classes: int, batch: int, to
         tensors, t_pre = _timed(lambda: [transform(img) for img in decoded])
         distinct = _batches(tensors, batch)
         batches = [distinct[i % len(distinct)] for i in range(-(-images // batch))]  # as many images as classify sees
-        # the model under the autocast classify uses (bf16/fp16 on CUDA, none on the CPU)
-        with torch.inference_mode(), autocast(dev):
-            encoder(batches[0].to(dev))  # warm-up: thread pools, allocations
+        # the model in its precision, as classify runs it (no autocast); the baseline under the
+        # autocast classify used before precisions (bf16/fp16 on CUDA, none on the CPU)
+        with torch.inference_mode():
+            encoder(batches[0].to(dev))  # warm-up: thread pools, allocations, torch.compile
             out, t_model = _timed(lambda: [encoder(b.to(dev)) for b in batches])
             _, t_search = _timed(lambda: [index.search(f.float(), top_k) for f in out])
+        with torch.inference_mode(), autocast(dev):
             clip = backbone.model
             clip.encode_image(batches[0].to(dev))
             _, t_base = _timed(lambda: [clip.encode_image(b.to(dev)) for b in batches])
@@ -173,7 +191,10 @@ def bench_classify(backbone_spec: str, images: int, classes: int, batch: int, to
         rows_files, t_files = run(str(tmp / "photos"), "files.jsonl")
         say("classify from shards")
         rows_shards, t_shards = run(shard_pattern, "shards.jsonl")
-        rows, device_decode = {"files": rows_files, "shards": rows_shards}, {}
+        rows, device_decode, t_resized = {"files": rows_files, "shards": rows_shards}, {}, None
+        if resized:
+            say(f"classify from shards pre-resized to {resized}")
+            rows["resized"], t_resized = run(str(tmp / "resized" / "*.tar"), "resized.jsonl")
         if dev.type == "cuda":
             for name, spec in (("files", str(tmp / "photos")), ("shards", shard_pattern)):
                 for decode in ("cpu", "gpu"):
@@ -185,7 +206,7 @@ def bench_classify(backbone_spec: str, images: int, classes: int, batch: int, to
         images=images, classes=classes, batch=batch, workers=workers, device=str(dev), torch_threads=torch.get_num_threads(),
         baseline_s=t_base, files_s=t_files, shards_s=t_shards,
         stages_s={"decode": t_decode, "preprocess": t_pre, "model": t_model, "search": t_search, "write": t_write},
-        rows=rows, device_decode_s=device_decode,
+        rows=rows, device_decode_s=device_decode, precision=tuned.precision, resized=resized, resized_s=t_resized,
     )
 
 
@@ -196,6 +217,9 @@ def summary_lines(res: ClassifyBench) -> list[str]:
         f"classify from JPEG files:     {format_duration(res.files_s)} ({ips(res.files_s):.1f} img/s) = {res.files_ratio:.2f}x the model alone",
         f"classify from shards:         {format_duration(res.shards_s)} ({ips(res.shards_s):.1f} img/s) = {res.shards_ratio:.2f}x the model alone",
     ]
+    if res.resized_s:
+        lines.append(f"classify from shards <= {res.resized} px: {format_duration(res.resized_s)} ({ips(res.resized_s):.1f} img/s) = "
+                     f"{res.baseline_s / res.resized_s:.2f}x the model alone")
     for name, seconds in res.device_decode_s.items():
         lines.append(f"classify from {name + ':':<22} {format_duration(seconds)} ({ips(seconds):.1f} img/s) = "
                      f"{res.baseline_s / seconds:.2f}x the model alone")

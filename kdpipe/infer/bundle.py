@@ -2,7 +2,8 @@
 
 A bundle folder holds:
   - ``bundle.json``: format version, kdpipe version, method, backbone (original spec, architecture,
-    dims), preprocessing (image size, mean, std), class names, model identity, provenance;
+    dims), preprocessing (image size, mean, std), class names, model identity, provenance, and the
+    default inference precision (``kdpipe export --precision``; ``auto`` if not given);
   - ``backbone.safetensors``: the frozen CLIP weights the method runs on, with the open_clip config
     they are built from in their metadata (so neither a download, the run directory nor the spec's
     ``local-dir:`` folder is needed); the student's holds the vision tower only (it never encodes text);
@@ -57,6 +58,8 @@ class ClassModel:
     provenance: dict[str, Any] = field(default_factory=dict)
     teacher_loader: Callable[[], Any] | None = None  # the teacher method (its text side), loaded on demand
     index_path: Path | None = None  # a stored index over exactly these class features
+    precision: str = "fp32"  # the image tower's precision now (infer.precision); loaded models are fp32
+    default_precision: str = "auto"  # what `kdpipe classify` uses without --precision (a bundle records it)
     _teacher: Any = None
 
     def __post_init__(self):
@@ -104,11 +107,31 @@ class ClassModel:
         self.method.to(device).eval()
         return self
 
-    def encoder(self):
+    def encoder(self, compile: bool = False, batch: int = 256, say: Callable[[str], None] | None = None):
+        """What classify runs; ``compile``: ``torch.compile`` it for batches of ``batch`` where that
+        was measured to pay for this precision and device (``infer.compiled``; ``say`` gets a line if not)."""
         from kdpipe.infer.classify import Encoder
+        from kdpipe.infer.compiled import compile_encoder
 
         method = self.method.eval()
-        return Encoder(fn=method.encode_images, transform=self.transform(), model=self.identity())
+        fn = compile_encoder(method.encode_images, batch, self.precision, method.device, say=say) if compile else method.encode_images
+        model = self.identity()
+        if self.precision != "fp32":  # its rows differ from fp32's by rounding: never resumed into one output
+            model["id"] = hashlib.sha256(f"{model['id']}:{self.precision}".encode()).hexdigest()
+        return Encoder(fn=fn, transform=self.transform(), model=model, precision=self.precision)
+
+    def set_precision(self, name: str, device: str | torch.device | None = None) -> "ClassModel":
+        """Run the image tower in ``name`` (``auto``: the measured default on ``device``, by default
+        the model's); prepares the weights in place, so once per loaded model."""
+        from kdpipe.infer.precision import prepare_tower, resolve
+
+        dev = torch.device(device) if device is not None else self.method.device
+        chosen = resolve(name, dev)
+        if chosen != self.precision:
+            if self.precision != "fp32":
+                raise KdpipeError(f"{self.source} runs in {self.precision} already; load it again to run it in {chosen}")
+            self.precision = prepare_tower(self.method.clip.model.visual, chosen, dev)
+        return self
 
     def index(self, kind: str | None = None, device: str | torch.device = "cpu"):
         """The class index: the stored one when it fits the request, else built from the features
@@ -149,7 +172,8 @@ class ClassModel:
         else:
             feats = self._text_features(names, [n for n in names if n not in known])
         return ClassModel(self.method, names, feats, self.logit_scale, None, self.source,
-                          {**self.provenance, "classes_from": "--classes"}, self.teacher_loader)
+                          {**self.provenance, "classes_from": "--classes"}, self.teacher_loader,
+                          precision=self.precision, default_precision=self.default_precision)
 
     def _text_features(self, names: list[str], new: list[str]) -> torch.Tensor:
         if not getattr(self.method, "needs_class_features", False):
@@ -193,14 +217,19 @@ def export_steps(with_teacher_text: bool) -> list[str]:
 
 
 def export_bundle(model: ClassModel, out: str | Path, *, index_kind: str = "auto", with_teacher_text: bool = False,
-                  overwrite: bool = False, progress: Callable[[str], None] | None = None) -> Path:
+                  overwrite: bool = False, progress: Callable[[str], None] | None = None, precision: str = "auto") -> Path:
     """Write ``model`` as a bundle folder at ``out`` (built beside it, then renamed into place);
-    ``progress(part)`` after each of :func:`export_steps` (a ViT-L's weights take seconds)."""
+    ``progress(part)`` after each of :func:`export_steps` (a ViT-L's weights take seconds).
+    ``precision``: the bundle's default inference precision (the weights are always saved fp32)."""
     done = progress or (lambda part: None)
     import kdpipe
     from kdpipe.clip.backbones import TOWERS
     from kdpipe.infer.index import ClassIndex
+    from kdpipe.infer.precision import check_name
 
+    check_name(precision)
+    if model.precision != "fp32":
+        raise KdpipeError(f"{model.source} runs in {model.precision}; export a model loaded in fp32 (the bundle's weights are fp32)")
     out = Path(out)
     if out.exists() and not overwrite:
         raise KdpipeError(f"{out} already exists; pass --overwrite to replace it, or choose another --out")
@@ -239,6 +268,7 @@ def export_bundle(model: ClassModel, out: str | Path, *, index_kind: str = "auto
             "classes": {"count": len(model.classnames), "dim": model.dim, "logit_scale": model.logit_scale,
                         "num_base": model.num_base, "names": model.classnames},
             "index": {"kind": index_kind, "file": INDEX_FILE},
+            "precision": precision,
             "teacher_text": None if teacher is None else {"method": teacher.name, "backbone": teacher.backbone.arch},
             "provenance": {**model.provenance, "source": model.source},
         }
@@ -266,8 +296,15 @@ def is_bundle(path: str | Path) -> bool:
     return (Path(path) / BUNDLE_FILE).is_file()
 
 
-def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> ClassModel:
-    """Rebuild the model of a bundle folder on ``device``; needs nothing outside the folder."""
+def load_bundle(path: str | Path, device: str | torch.device = "cpu", precision: str = "fp32") -> ClassModel:
+    """Rebuild the model of a bundle folder on ``device``; needs nothing outside the folder.
+
+    ``precision``: the image tower's (fp32, bf16, int8 or auto; see ``infer.precision``); fp32 by
+    default, exactly as trained. The bundle's recorded default is ``.default_precision``, what
+    ``kdpipe classify`` uses without ``--precision``."""
+    from kdpipe.infer.precision import check_name, resolve
+
+    resolve(precision, device)  # a bad choice fails before any weights load
     path = Path(path)
     info_file = path / BUNDLE_FILE
     if path.is_dir():
@@ -294,11 +331,13 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> ClassMo
             for name in (BACKBONE_FILE, METHOD_FILE):
                 check_tensor_file(path, f"{TEACHER_DIR}/{name}")
             return _load_method(d, device)
+    default = info.get("precision", "auto")
+    check_name(default if isinstance(default, str) else repr(default), f"{info_file}: precision")
     return ClassModel(
         method, cf.classnames, cf.features, cf.logit_scale, cf.num_base,
         source=f"bundle {path}", provenance={**info.get("provenance", {}), "backbone": info["backbone"]["spec"]},
-        teacher_loader=teacher_loader, index_path=path / INDEX_FILE,
-    )
+        teacher_loader=teacher_loader, index_path=path / INDEX_FILE, default_precision=default,
+    ).set_precision(precision, device)
 
 
 def refuse_links_out(bundle: Path) -> None:

@@ -20,6 +20,7 @@ from kdpipe.errors import KdpipeError
 from kdpipe.pipeline.lock import OutputLock
 from kdpipe.progress import Progress
 from kdpipe.infer import embeddings as emb_files
+from kdpipe.infer.device_decode import decoded_ahead
 from kdpipe.infer.index import ClassIndex
 from kdpipe.dist import Ranks, rank_world
 from kdpipe.infer.ranks import classify_ranked, settle
@@ -38,6 +39,7 @@ class Encoder:
     fn: Callable[[torch.Tensor], torch.Tensor]  # images on the device -> [B, D] normalised features
     transform: Callable  # PIL image -> [3, H, W] tensor (runs in the DataLoader workers)
     model: dict[str, Any]  # identity recorded in outputs: {"id": stable hash, "name": ..., ...}
+    precision: str | None = None  # the tower's weights' precision (infer.precision); None: autocast decides
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return self.fn(images)
@@ -54,6 +56,7 @@ class ClassifySummary:
     skipped_total: int = 0
     seconds: float = 0.0
     parts: list[Path] = field(default_factory=list)  # --parts files left beside OUT (not merged)
+    precision: str = ""  # the image tower's (recorded in the output's meta too)
 
     def add(self, other: "ClassifySummary") -> "ClassifySummary":
         """This summary plus another part's (``--parts``)."""
@@ -70,7 +73,8 @@ class ClassifySummary:
         return self.rows_new / self.seconds if self.seconds > 0 else 0.0
 
     def lines(self) -> list[str]:
-        out = [f"classified {self.rows_new} images in {self.seconds:.1f} s ({self.images_per_s:.1f} images/s) from {self.source}"]
+        how = f", {self.precision}" if self.precision else ""
+        out = [f"classified {self.rows_new} images in {self.seconds:.1f} s ({self.images_per_s:.1f} images/s{how}) from {self.source}"]
         if self.resumed:
             out.append(f"resumed: {self.resumed} images were already done and were not redone")
         where = f"{len(self.parts)} parts {self.parts[0].name} ..." if self.parts else str(self.out)
@@ -121,7 +125,8 @@ def classify(
     ``encoder.logit_scale``, else CLIP's 100). ``embeddings``: a folder for the image embeddings
     (see ``kdpipe.infer.embeddings``). ``keep_meta``: shard members kept as columns (see
     ``shard_meta``). ``parts``: N output files (``writers.part_path``), each image in exactly one;
-    ``merge`` merges them into ``out`` once all are done.
+    ``merge`` merges them into ``out`` once all are done. An encoder with a ``precision`` (a
+    :class:`ClassModel`'s) runs in it, without autocast; the output's meta records the precision.
     """
     from kdpipe.train.device import autocast, pick_device
 
@@ -141,8 +146,12 @@ def classify(
         raise KdpipeError(f"--parts must be at least 1, got {parts}")
     scale = float(logit_scale or getattr(encoder, "logit_scale", None) or DEFAULT_LOGIT_SCALE)
     columns = _keep_meta_columns(source, keep_meta)
+    # weights prepared in a precision (bf16, int8) run as they are: autocast only for plain fp32 encoders
+    precision = getattr(encoder, "precision", None)
+    amp = amp and precision is None
+    used = precision or ("autocast" if amp and dev.type == "cuda" else "fp32")
     writer_args = {"key_column": source.key_column, "top_k": top_k, "model": model, "extra_columns": columns,
-                   "extra_meta": {"classes": len(classnames), "index": class_index.kind, "logit_scale": scale}}
+                   "extra_meta": {"classes": len(classnames), "index": class_index.kind, "logit_scale": scale, "precision": used}}
     rank, world = rank_world()
 
     def run(writer: ResultWriter, done: set[str], share: tuple[int, int] = (rank, world), name: str = "") -> ClassifySummary:
@@ -158,12 +167,15 @@ def classify(
         start = time.perf_counter()
         read = already = 0  # images the source gave this run; of them, done before it started
         with torch.inference_mode(), bar:
-            for batch in source.batches(transform, batch_size, workers, source_done, pin_memory=dev.type == "cuda",
-                                        rank=share[0], world=share[1]):
+            batches = source.batches(transform, batch_size, workers, source_done, pin_memory=dev.type == "cuda",
+                                     rank=share[0], world=share[1])
+            # --decode gpu|cpu on CUDA: decoded (or normalised) on the device, the next batch ahead
+            ahead = decoded_ahead(batches, on_device, dev) if on_device is not None else ((b, None) for b in batches)
+            for batch, decoded in ahead:
                 rows, feats = [], None
                 images, keys, skipped = batch.images, batch.keys, list(batch.skipped)
-                if images is not None and keys and on_device is not None:  # --decode gpu: decoded here
-                    images, keys, bad = on_device(images, keys, dev)
+                if decoded is not None:
+                    images, keys, bad = decoded
                     skipped += bad
                 if images is not None and keys:
                     with autocast(dev, enabled=amp):
@@ -186,6 +198,7 @@ def classify(
             out=writer.out, source=source.describe(), rows_total=writer.rows_resumed + writer.written,
             rows_new=writer.written, resumed=writer.resumed, skipped_new=writer.newly_skipped,
             skipped_total=len(writer.skipped_done) + len(writer.newly_skipped), seconds=time.perf_counter() - start,
+            precision=used,
         )
 
     ranks = Ranks()

@@ -11,12 +11,17 @@ PIL instead; one PIL cannot read either is skipped with PIL's reason, as on the 
 
 Pixels differ from the CPU path by resampling rounding only (the GPU test holds the features to
 that); EXIF orientation is ignored on both paths.
+
+Overlap (:func:`decoded_ahead`): the batches arrive in page-locked memory (the DataLoader pins
+them, ``PackedImages.pin_memory`` included), and batch k+1 is copied, decoded and resized on a
+second CUDA stream, queued before batch k is handed to the model on the default stream, so the
+GPU's decoder and copy engines work while its SMs run the model.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 
@@ -173,3 +178,39 @@ def _pil_fallback(encoded: torch.Tensor) -> torch.Tensor | str:
         return _pil_decode(encoded.numpy().tobytes())
     except DECODE_ERRORS as e:
         return f"not a readable image ({describe_error(e)})"
+
+
+Decoded = tuple  # (images on the device or None, keys kept, [(key, reason)] dropped)
+
+
+def decoded_ahead(batches: Iterable, on_device: Callable, device: torch.device) -> Iterator[tuple[object, Decoded]]:
+    """``(batch, on_device(batch.images, batch.keys, device))`` for each batch, with batch k+1's
+    ``on_device`` queued before batch k is yielded: on CUDA on a second stream, so its copy, decode
+    and resize overlap the model's work on batch k; elsewhere in the same order, synchronously."""
+    cuda = device.type == "cuda"
+    side = torch.cuda.Stream(device) if cuda else None
+    pending = None
+    for batch in batches:
+        if batch.images is None or not batch.keys:
+            done: Decoded = (None, [], [])
+        elif cuda:
+            with torch.cuda.stream(side):
+                done = on_device(batch.images, batch.keys, device)
+        else:
+            done = on_device(batch.images, batch.keys, device)
+        if pending is not None:
+            yield _ready(pending, side, device)
+        pending = (batch, done)
+    if pending is not None:
+        yield _ready(pending, side, device)
+
+
+def _ready(pending: tuple[object, Decoded], side, device: torch.device) -> tuple[object, Decoded]:
+    """The batch, its decoded images usable on the default stream (which waits for the side stream)."""
+    batch, (images, keys, bad) = pending
+    if side is not None:
+        main = torch.cuda.current_stream(device)
+        main.wait_stream(side)
+        if images is not None:
+            images.record_stream(main)  # made on the side stream: not reused before main is done with it
+    return batch, (images, keys, bad)

@@ -87,6 +87,12 @@ class PackedImages:
     def __len__(self) -> int:
         return len(self.shapes)
 
+    def pin_memory(self) -> "PackedImages":
+        """Called by a DataLoader with ``pin_memory=True`` (classify on CUDA): page-locked bytes
+        copy to the GPU asynchronously, beside the model (``device_decode.decoded_ahead``)."""
+        self.data = self.data.pin_memory()
+        return self
+
 
 def stack_images(images: list) -> torch.Tensor | PackedImages:
     """One batch tensor when the images share a shape (preprocessed floats, or uint8 pixels
