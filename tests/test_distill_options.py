@@ -74,7 +74,7 @@ def test_vocabulary_file_and_builtin(tmp_path):
     assert read_vocabulary(str(f)) == ["red circle", "blue square", "green star"]
     imagenet = read_vocabulary("imagenet")
     assert len(imagenet) == 998 and imagenet[:2] == ["tench", "goldfish"]  # CLIP's list names two classes twice
-    with pytest.raises(KdpipeError, match="neither a file nor a built-in vocabulary \\(imagenet\\)"):
+    with pytest.raises(KdpipeError, match="neither a file nor a built-in vocabulary \\(imagenet, world\\)"):
         read_vocabulary(str(tmp_path / "missing.txt"))
     (tmp_path / "one.txt").write_text("cat\n")
     with pytest.raises(KdpipeError, match="needs at least 2"):
