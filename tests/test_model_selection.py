@@ -31,7 +31,7 @@ def train(rule, ckpt_dir=None, stop_at=None):
         torch.rand(3)
         return SCORES[epoch[0]]
 
-    selector = make_selector(rule, model, score, ckpt_dir)
+    selector = make_selector(rule, model, EPOCHS, score, ckpt_dir)
 
     def after_epoch(row):
         epoch[0] = row["epoch"]
@@ -77,4 +77,4 @@ def test_best_val_keeps_its_best_epoch_across_a_resume(tmp_path):
 
 def test_unknown_rule_is_refused():
     with pytest.raises(KdpipeError, match="choose from: last, best_val"):
-        make_selector("best_train", nn.Linear(2, 2))
+        make_selector("best_train", nn.Linear(2, 2), 1)

@@ -29,18 +29,19 @@ BEST_FILE = "best.safetensors"
 
 
 class LastEpoch:
-    """``last``: keeps what training ends with; records the epoch."""
+    """``last``: keeps what training ends with, epoch ``epochs``."""
 
     rule = "last"
 
-    def __init__(self, module: nn.Module, score: Callable[[], float] | None = None, folder: str | Path | None = None, write: bool = True):
-        self.epoch = 0
+    def __init__(self, module: nn.Module, epochs: int, score: Callable[[], float] | None = None,
+                 folder: str | Path | None = None, write: bool = True):
+        self.epochs = epochs
 
     def after_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        pass
 
     def finish(self) -> dict:
-        return {"select": self.rule, "selected_epoch": self.epoch}
+        return {"select": self.rule, "selected_epoch": self.epochs}
 
 
 class BestValEpoch:
@@ -49,7 +50,8 @@ class BestValEpoch:
 
     rule = "best_val"
 
-    def __init__(self, module: nn.Module, score: Callable[[], float], folder: str | Path | None = None, write: bool = True):
+    def __init__(self, module: nn.Module, epochs: int, score: Callable[[], float],
+                 folder: str | Path | None = None, write: bool = True):
         self.module = module
         self.score = score
         self.path = Path(folder) / BEST_FILE if folder is not None else None
@@ -85,11 +87,12 @@ class BestValEpoch:
 SELECTORS = {cls.rule: cls for cls in (LastEpoch, BestValEpoch)}
 
 
-def make_selector(rule: str, module: nn.Module, score: Callable[[], float] | None = None,
+def make_selector(rule: str, module: nn.Module, epochs: int, score: Callable[[], float] | None = None,
                   folder: str | Path | None = None, write: bool = True):
+    """The selector of ``rule`` for ``module`` trained ``epochs`` epochs; ``score``: higher is better."""
     if rule not in SELECTORS:
         raise KdpipeError(f"unknown model selection {rule!r}; choose from: {', '.join(SELECTORS)}")
-    return SELECTORS[rule](module, score, folder, write)
+    return SELECTORS[rule](module, epochs, score, folder, write)
 
 
 def _state(module: nn.Module) -> dict[str, torch.Tensor]:
