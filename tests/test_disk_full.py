@@ -168,7 +168,7 @@ def kdpipe_main(monkeypatch, capsys, run_dir: Path, data: Path, target: str) -> 
 
     args = ["kdpipe", "run", target, "--with-deps", "--run-dir", str(run_dir), "--teacher", "kd-tiny-t", "--student", "kd-tiny-s",
             "--dataset", "oxford_pets", "--data-root", str(data), "--seeds", "1"]
-    for s in ("data.shots=2", "data.workers=0", "teacher.promptsrc.epochs=1"):
+    for s in ("data.shots=2", "data.workers=0", "teacher.promptsrc.epochs=1", "distill.allow_weak_teacher=true"):
         args += ["--set", s]
     monkeypatch.setattr(sys, "argv", args)
     with pytest.raises(SystemExit) as e:

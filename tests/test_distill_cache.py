@@ -43,7 +43,7 @@ def test_distill_reads_cached_teacher_features(tmp_path):
             in_step[0] = False
 
     sets = {"data.shots": 4, "data.workers": 0, "teacher.promptsrc.epochs": 2, "baselines.methods": "zeroshot",
-            "distill.epochs": 4, "distill.lr": 0.001, "distill.workers": 0, "distill.cache_views": 2,
+            "distill.epochs": 4, "distill.lr": 0.001, "distill.workers": 0, "distill.cache_views": 2, "distill.allow_weak_teacher": True,
             "shards.holdout_fraction": 0.3}
     args = ["run", "all", "--run-dir", str(tmp_path / "run"), "--teacher", "kd-tiny-t", "--student", "kd-tiny-s",
             "--dataset", "oxford_pets", "--data-root", str(root)]

@@ -35,7 +35,7 @@ def test_distill_manifest_counts_the_damaged_members_it_skipped(tmp_path):
     args = ["run", "distill", "--with-deps", "--run-dir", str(tmp_path / "run"), "--teacher", "kd-tiny-t", "--student", "kd-tiny-s",
             "--dataset", "oxford_pets", "--data-root", str(data), "--seeds", "1"]
     for s in (f"shards.unlabeled={mine}", "shards.holdout=4", "data.shots=2", "data.workers=0", "teacher.promptsrc.epochs=1",
-              "distill.epochs=1", "distill.workers=0", "distill.lr=0.001"):
+              "distill.epochs=1", "distill.workers=0", "distill.lr=0.001", "distill.allow_weak_teacher=true"):
         args += ["--set", s]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output

@@ -73,7 +73,7 @@ def test_domain_generalisation_recipe_scores_every_target_and_reports_the_transf
     root = make_fake_imagenet_family(tmp_path / "data")
     sets = {
         "data.shots": 2, "data.workers": 0, "teacher.promptsrc.epochs": 1, "baselines.methods": "zeroshot",
-        "distill.epochs": 1, "distill.lr": 0.001, "distill.workers": 0, "shards.holdout_fraction": 0.2,
+        "distill.epochs": 1, "distill.lr": 0.001, "distill.workers": 0, "shards.holdout_fraction": 0.2, "distill.allow_weak_teacher": True,
     }
     args = ["run", "all", "--recipe", "domain-generalisation", "--run-dir", str(tmp_path / "run"), "--teacher", "kd-tiny-t",
             "--student", "kd-tiny-s", "--data-root", str(root)]

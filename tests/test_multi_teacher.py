@@ -28,6 +28,7 @@ SETTINGS = {
     "distill.epochs": 2,
     "distill.lr": 0.001,
     "distill.workers": 0,
+    "distill.allow_weak_teacher": True,  # tiny random-init CLIPs: the teacher gate would judge noise
     "distill.cache_views": 1,  # each teacher gets its own teacher-cache instance
     "shards.per_shard": 16,
     "shards.holdout_fraction": 0.3,
@@ -126,3 +127,34 @@ def test_a_teacher_listed_twice_or_unknown_is_refused(one_teacher, tmp_path):
         _run(tmp_path / "twice", data_root, settings={"teacher.members": "promptsrc,promptsrc"})
     with pytest.raises(KdpipeError, match="teacher.members: unknown method"):
         _run(tmp_path / "unknown", data_root, settings={"teacher.members": "promptsrc,nosuch"})
+
+
+def test_two_teachers_of_one_method_are_named_by_id(one_teacher, tmp_path):
+    """A second PromptSRC teacher on another backbone: its id (``promptsrc-b``) names its stages and
+    folders and its member table, and the student distils from both."""
+    from kdpipe.pipeline import read_manifest
+
+    src, data_root = one_teacher
+    run_dir = tmp_path / "run"
+    shutil.copytree(src, run_dir)
+    same_method = {"teacher.members": "promptsrc,promptsrc-b", "teacher.promptsrc-b.backbone": "kd-tiny-s",
+                   "teacher.promptsrc-b.epochs": 1}
+    report = _run(run_dir, data_root, settings=same_method)
+    assert set(report.ran) == {
+        "teacher:promptsrc-b@seed1", "text-features:promptsrc-b@seed1", "teacher-cache:promptsrc-b@seed1",
+        "distill@seed1", "evaluate@seed1", "report",
+    }
+    second = read_manifest(run_dir / "teacher-promptsrc-b-seed1")
+    assert second["config"]["teacher.promptsrc-b"]["backbone"] == "kd-tiny-s"
+    from kdpipe.methods.io import load_method
+
+    _, meta = load_method(run_dir / "teacher-promptsrc-b-seed1" / "teacher")
+    assert meta["method"] == "promptsrc" and meta["backbone"] == "kd-tiny-s"
+    weights = read_manifest(run_dir / "distill-seed1")["metrics"]["teacher_weights"]
+    assert weights == pytest.approx({"promptsrc": 0.5, "promptsrc-b": 0.5})
+    from kdpipe.errors import KdpipeError
+
+    with pytest.raises(KdpipeError, match="two teachers of one method need ids of their own"):
+        _run(tmp_path / "twice", data_root, settings={"teacher.members": "promptsrc,promptsrc"})
+    with pytest.raises(KdpipeError, match="bad teacher id 'promptsrc-b 2'"):
+        _run(tmp_path / "bad", data_root, settings={"teacher.members": "promptsrc,promptsrc-b 2"})

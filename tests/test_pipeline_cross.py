@@ -16,7 +16,7 @@ def test_cross_dataset_run_scores_all_target_classes(tmp_path):
     root = make_fake_dtd(make_fake_pets(tmp_path / "data"))
     sets = {
         "data.source": "oxford_pets", "data.shots": 2, "data.workers": 0, "teacher.promptsrc.epochs": 1,
-        "baselines.methods": "zeroshot", "distill.epochs": 2, "distill.lr": 0.001, "distill.workers": 0,
+        "baselines.methods": "zeroshot", "distill.epochs": 2, "distill.lr": 0.001, "distill.workers": 0, "distill.allow_weak_teacher": True,
         "shards.holdout_fraction": 0.2,
     }
     args = ["run", "all", "--recipe", "cross-dataset", "--run-dir", str(tmp_path / "run"), "--teacher", "kd-tiny-t",

@@ -19,7 +19,7 @@ def test_run_all_under_torchrun_with_two_processes(tmp_path):
     script = tmp_path / "launch.py"
     script.write_text(LAUNCH)
     sets = {"data.shots": 4, "data.workers": 0, "teacher.promptsrc.epochs": 1, "baselines.methods": "zeroshot",
-            "distill.epochs": 3, "distill.lr": 0.001, "distill.workers": 0,
+            "distill.epochs": 3, "distill.lr": 0.001, "distill.workers": 0, "distill.allow_weak_teacher": True,
             # 58 images in shards of 20, 20, 18: one rank streams two shards (5 batches of <= 8),
             # the other one shard (3 batches); unsynchronised, the first would wait forever
             "shards.per_shard": 20, "shards.holdout_fraction": 0.2}

@@ -38,7 +38,7 @@ def test_cached_teacher_feature_is_each_images_own_when_shard_sets_share_keys(tm
         return step_call(self, batch)
 
     sets = {"data.shots": 4, "data.workers": 0, "teacher.promptsrc.epochs": 1, "baselines.methods": "zeroshot",
-            "distill.epochs": 1, "distill.batch_size": 8, "distill.workers": 0, "distill.cache_views": 1,
+            "distill.epochs": 1, "distill.batch_size": 8, "distill.workers": 0, "distill.cache_views": 1, "distill.allow_weak_teacher": True,
             "shards.unlabeled": f"{tmp_path / 'mine'}/{{a,b}}", "shards.holdout": 3}
     args = ["run", "distill", "--with-deps", "--run-dir", str(tmp_path / "run"), "--teacher", "kd-tiny-t", "--student", "kd-tiny-s",
             "--dataset", "oxford_pets", "--data-root", str(root)]

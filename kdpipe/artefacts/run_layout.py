@@ -20,11 +20,13 @@ from kdpipe.artefacts.class_features import IN_STAGE_FOLDER
 TEACHER = "teacher"
 TEXT_FEATURES = "text-features"
 DISTILL = "distill"
+VOCABULARY_FEATURES = "vocabulary-features"
 BASELINE = "baseline"
 
 TEACHER_STEM = "teacher"
 STUDENT_STEM = "student"
 BASELINE_STEM = "method"
+VOCABULARY_FILE = "vocabulary_features.safetensors"  # the vocabulary's rows, as class features
 INDEX_FILE = "classes.index"  # kdpipe.infer.index.ClassIndex over those rows (+ its .json sidecar)
 
 
@@ -43,6 +45,11 @@ def baseline_stem(stage_dir: str | os.PathLike) -> Path:
 def features_path(stage_dir: str | os.PathLike) -> Path:
     """The text-features stage's class features (:mod:`kdpipe.artefacts.class_features`)."""
     return Path(stage_dir) / IN_STAGE_FOLDER
+
+
+def vocabulary_path(stage_dir: str | os.PathLike) -> Path:
+    """The vocabulary-features stage's rows (:mod:`kdpipe.artefacts.class_features` format)."""
+    return Path(stage_dir) / VOCABULARY_FILE
 
 
 def index_path(stage_dir: str | os.PathLike) -> Path:

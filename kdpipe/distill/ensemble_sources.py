@@ -53,6 +53,6 @@ def ensemble_steps(ctx, student, student_backbone, primary, device, amp_ctx) -> 
         probe.append(EnsembleMember(name, forward, other_tf.features, other_tf.logit_scale))
         out.described.append(f"{meta['method']} on {meta['backbone']}")
     mode = cfg["teacher"].ensemble
-    out.step = EnsembleStep(student, train, mode, d.temperature, d.kd_weight, device, amp=amp_ctx)
-    out.probe = EnsembleStep(student, probe, mode, d.temperature, d.kd_weight, device, amp=amp_ctx)
+    out.step = EnsembleStep(student, train, mode, d.temperature, d.kd_weight, device, amp=amp_ctx, loss=d.loss)
+    out.probe = EnsembleStep(student, probe, mode, d.temperature, d.kd_weight, device, amp=amp_ctx, loss=d.loss)
     return out

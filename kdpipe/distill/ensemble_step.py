@@ -44,9 +44,10 @@ class EnsembleStep(DistillStep):
         weight: float = 1000.0,
         device: str | torch.device = "cpu",
         amp: AmpFactory | None = None,
+        loss: str = "kl",
     ):
         primary = members[0]
-        super().__init__(student, primary.source, primary.class_features, primary.scale, temperature, weight, device, amp)
+        super().__init__(student, primary.source, primary.class_features, primary.scale, temperature, weight, device, amp, loss)
         self.members = [
             EnsembleMember(m.name, m.source, m.class_features.to(self.device, torch.float32), float(m.scale)) for m in members
         ]

@@ -14,14 +14,15 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from kdpipe.distill.loss import class_logits, kd_loss, top1_agreement
+from kdpipe.distill.loss import check_loss, class_logits, kd_loss, top1_agreement
 from kdpipe.distill.teacher_source import TeacherFeatures
 
 AmpFactory = Callable[[], contextlib.AbstractContextManager]
 
 
 class DistillStep:
-    """``step(batch) -> (loss, logs)`` for the PromptKD KL loss against fixed teacher class features."""
+    """``step(batch) -> (loss, logs)`` for the PromptKD loss (``kl`` or another of ``LOSSES``) against
+    fixed teacher class features."""
 
     def __init__(
         self,
@@ -33,6 +34,7 @@ class DistillStep:
         weight: float = 1000.0,
         device: str | torch.device = "cpu",
         amp: AmpFactory | None = None,
+        loss: str = "kl",
     ):
         self.student = student
         self.teacher = teacher
@@ -41,6 +43,7 @@ class DistillStep:
         self.teacher_scale = float(teacher_scale)
         self.temperature = float(temperature)
         self.weight = float(weight)
+        self.loss = check_loss(loss)  # distill.loss: the divergence of kdpipe.distill.loss.LOSSES
         self.amp = amp or contextlib.nullcontext
         self.last_batch_size = 0  # for images/s in progress displays
         # the student's own frozen CLIP temperature, as the reference uses it: read once, not per
@@ -64,7 +67,7 @@ class DistillStep:
         images = images.to(self.device, non_blocking=True)
         self.last_batch_size = int(images.shape[0])
         s, t = self.logits(images, keys)
-        loss = kd_loss(s, t, self.temperature, self.weight)
+        loss = kd_loss(s, t, self.temperature, self.weight, self.loss)
         same, n = top1_agreement(s.detach(), t)
         return loss, {"kd_loss": float(loss.detach()), "agreement": same / max(n, 1)}
 
@@ -84,7 +87,7 @@ def measure_agreement(step: DistillStep, batches: Iterable) -> dict[str, float |
             s, t = step.logits(images, batch[1])
             a, n = top1_agreement(s, t)
             same, total = same + a, total + n
-            loss_sum += float(kd_loss(s, t, step.temperature, step.weight)) * n
+            loss_sum += float(kd_loss(s, t, step.temperature, step.weight, step.loss)) * n
     finally:
         student.train(was_training)
     if total == 0:

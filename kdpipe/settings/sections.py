@@ -85,15 +85,18 @@ class DataConfig:
 
 
 def teacher_member_config(name: str) -> type:
-    """Member schema of ``teacher.<method>``: that method's config plus the member's own ``backbone``
-    (a teacher of ``teacher.members`` other than the primary may live in another embedding space)."""
-    cls = method_config(name)
+    """Member schema of ``teacher.<id>``: its method's config plus the member's own ``backbone`` (a
+    teacher of ``teacher.members`` other than the primary may live in another embedding space)."""
+    from kdpipe.settings.teachers import method_of
+
+    method = method_of(name)
+    cls = method_config(method)
     if cls is None:
         return None
-    if name not in _TEACHER_MEMBER_CLASSES:
-        _TEACHER_MEMBER_CLASSES[name] = dataclasses.make_dataclass(
+    if method not in _TEACHER_MEMBER_CLASSES:
+        _TEACHER_MEMBER_CLASSES[method] = dataclasses.make_dataclass(
             f"Teacher{cls.__name__}", [("backbone", str, field(default=""))], bases=(cls,))
-    return _TEACHER_MEMBER_CLASSES[name]
+    return _TEACHER_MEMBER_CLASSES[method]
 
 
 _TEACHER_MEMBER_CLASSES: dict[str, type] = {}  # one class per method, so checks compare equal types
@@ -104,8 +107,9 @@ TEACHER_MEMBER_KEYS = ("backbone",)  # member-table keys that are the teacher's,
 @dataclass
 class TeacherConfig:
     method: str = "promptsrc"  # any registered prompt method (the only teacher when `members` is empty)
-    # several teachers (kdpipe.settings.teachers): method names, the first one the PRIMARY (its class
-    # features are the student's classifier); `teacher.<method>.backbone` gives one its own backbone
+    # several teachers (kdpipe.settings.teachers): teacher ids (a method name, or method-tag such as
+    # promptsrc-b16 for a second teacher of one method), the first one the PRIMARY (its class
+    # features are the student's classifier); `teacher.<id>.backbone` gives one its own backbone
     # (default: `backbone`). Empty: [method], the single teacher of PromptKD.
     members: list[str] = field(default_factory=list)
     # how the teachers' softened probabilities become the target (kdpipe.distill.ensemble): mean, or
@@ -152,6 +156,21 @@ class DistillConfig:
     # and read its features instead of a teacher forward per step; epoch e trains on view e % V, so
     # with V < epochs views and shard order repeat. 0: the reference, a teacher forward every step
     cache_views: int = bounded(0, ge=0)
+    # which epoch's student is kept (kdpipe.train.selection): last, or best_val as PromptKD's own
+    # configs do (TEST.FINAL_MODEL): the epoch scoring best on held-out labelled base images
+    # (the few-shot val split, never the test split), its number in the metrics
+    select: Literal["last", "best_val"] = "last"
+    # the teacher gate (kdpipe.distill.gate) stops a run whose teacher does not beat the student's
+    # zero-shot on held-out base images; true runs it anyway. It never changes what a run makes.
+    allow_weak_teacher: bool = runtime_setting(False)
+    # the divergence (kdpipe.distill.loss): kl, the reference's KL(teacher || student), or
+    # symmetric_kl, KDPL's mean of forward and reverse KL
+    loss: Literal["kl", "symmetric_kl"] = "kl"
+    # class-agnostic distillation (kdpipe.distill.vocabulary, KDPL-CA): a file of class names, one a
+    # line, or a built-in list (imagenet, world); the KL runs per batch over the `vocabulary_top_k`
+    # of them the teacher finds likeliest. Empty: the dataset's classes, the reference.
+    vocabulary: str = ""
+    vocabulary_top_k: int = bounded(1000, ge=2)  # KDPL's K_MAX
 
 
 @config_section("shards")

@@ -1,7 +1,10 @@
 """The teachers of a run: ``teacher.members`` (or ``[teacher.method]``), the first one the PRIMARY.
 
-Each member is a method name, trained by its own ``teacher:<method>`` stage instance, with its own
-class features (``text-features``) and teacher cache (``teacher-cache``). Those two families name
+Each member is a teacher id: a method name (``promptsrc``), or a method name and a tag
+(``promptsrc-l14``, ``promptsrc-b16``), so that two teachers of one method (other backbones or
+budgets, each set in its own ``teacher.<id>`` table) can be ensembled. Each is trained by its own
+``teacher:<id>`` stage instance (folder ``teacher-<id>-seed1``), with its own class features
+(``text-features``) and teacher cache (``teacher-cache``). Those two families name
 the primary's instance plainly (``text-features@seed1``, folder ``text-features-seed1``), as the
 single-teacher pipeline always did, and the others by member (``text-features:zeroshot@seed1``):
 a one-member run is today's run, folder for folder and fingerprint for fingerprint.
@@ -12,28 +15,42 @@ projector maps into the primary teacher's embedding space (its text width).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from kdpipe.errors import KdpipeError
 
 
+TAG = re.compile(r"[A-Za-z0-9_]+")  # what may follow "<method>-" in a teacher id
+
+
 @dataclass(frozen=True)
 class TeacherMember:
-    name: str  # the family member: the method's name
+    name: str  # the family member: the teacher's id
+    method: str  # the prompt method it trains
     backbone: str  # its own backbone, or teacher.backbone
 
 
+def method_of(teacher_id: str) -> str:
+    """The method of a teacher id: ``promptsrc-b16`` -> ``promptsrc`` (method names have no ``-``)."""
+    return teacher_id.partition("-")[0]
+
+
 def member_names(cfg) -> list[str]:
-    """The teachers' method names, primary first, checked to be prompt methods listed once."""
+    """The teachers' ids, primary first, checked to name prompt methods and to be listed once."""
     from kdpipe.settings.sections import check_methods
 
     t = cfg["teacher"]
     names = list(t.members) or [t.method]
     key = "teacher.members" if t.members else "teacher.method"
-    check_methods(names, key)
+    bad = [n for n in names if "-" in n and not TAG.fullmatch(n.partition("-")[2])]
+    if bad:
+        raise KdpipeError(f"{key}: bad teacher id {bad[0]!r}; an id is a method name, or a method name, '-' and a tag of letters, digits or _")
+    check_methods([method_of(n) for n in names], key)
     if len(set(names)) != len(names):
-        raise KdpipeError(f"{key} lists a teacher twice: {names} (one teacher per method)")
+        raise KdpipeError(f"{key} lists a teacher twice: {names} (two teachers of one method need ids of their own: "
+                          "promptsrc-l14, promptsrc-b16)")
     return names
 
 
@@ -42,7 +59,8 @@ def primary_name(cfg) -> str:
 
 
 def members(cfg) -> list[TeacherMember]:
-    return [TeacherMember(n, cfg.member("teacher", n).get("backbone") or cfg["teacher"].backbone) for n in member_names(cfg)]
+    return [TeacherMember(n, method_of(n), cfg.member("teacher", n).get("backbone") or cfg["teacher"].backbone)
+            for n in member_names(cfg)]
 
 
 def member_of_instance(instance: str, cfg) -> str:

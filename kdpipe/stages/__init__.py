@@ -11,5 +11,5 @@ other (what two stages share lives in a component or in :mod:`kdpipe.artefacts`)
 
 from kdpipe.settings import sections  # noqa: F401  (config sections first: stages read them)
 # registration order is the order status lists and a run starts independent stages in
-from kdpipe.stages import baseline, teacher_cache, distill, evaluate, report, shards, teacher, text_features, world  # noqa: F401
+from kdpipe.stages import baseline, teacher_cache, vocabulary_features, distill, evaluate, report, shards, teacher, text_features, world  # noqa: F401
 from kdpipe.stages import metric_formats  # noqa: F401  (how their headline metrics print)

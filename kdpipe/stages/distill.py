@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from kdpipe.artefacts.distill_curves import CURVES, write_curves
-from kdpipe.artefacts.run_layout import DISTILL, STUDENT_STEM, features_path, student_stem, teacher_stem
+from kdpipe.artefacts.run_layout import DISTILL, STUDENT_STEM, features_path, student_stem, teacher_stem, vocabulary_path
 from kdpipe.artefacts.shards_info import read_shards_info
 from kdpipe.dist import rank_world
 from kdpipe.distill.agreement_log import AgreementLog
@@ -59,7 +59,7 @@ def build_student(cfg, backbone, classnames: list[str], class_features, dataset:
 @register_stage(
     DISTILL,
     reads=["student", "distill", "data.dataset", "data.crop_scale", "teacher.ensemble"],
-    deps=["teacher", "text-features", "shards", "teacher-cache"],
+    deps=["teacher", "text-features", "shards", "teacher-cache", "vocabulary-features"],
     outputs=[f"{STUDENT_STEM}.safetensors", f"{STUDENT_STEM}.json", CURVES],
     seeded=True,
     headline="agreement",
@@ -75,10 +75,14 @@ def run(ctx) -> dict:
     from kdpipe.distill import DistillStep, measure_agreement
     from kdpipe.distill.ensemble_sources import ensemble_steps
     from kdpipe.distill.ensemble_step import mean_weights
+    from kdpipe.distill.gate import gate_line, teacher_gate
+    from kdpipe.distill.heldout import HeldoutScorer, heldout_items
+    from kdpipe.distill.vocabulary import VocabularyStep
     from kdpipe.distill.teacher_cache import CachedTeacher, member_ids
     from kdpipe.distill.teacher_source import forward_teacher
     from kdpipe.methods.io import load_method, save_method
     from kdpipe.train import OptimConfig, autocast, fit
+    from kdpipe.train.selection import make_selector
 
     cfg, d, seed = ctx.cfg, ctx.cfg["distill"], ctx.seed
     device = inputs.device_of(cfg)
@@ -90,6 +94,15 @@ def run(ctx) -> dict:
     tf = read_class_features(features_path(teachers.primary_upstream(ctx, "text-features")))
     teacher, tmeta = load_method(teacher_stem(teachers.primary_upstream(ctx, "teacher")), device=device)
     sb = load_backbone(cfg["student"].backbone, device=device)
+    # the teacher gate: the primary teacher must beat the student's zero-shot on held-out base images
+    heldout = HeldoutScorer.for_run(cfg, heldout_items(cfg, seed, inputs.fewshot_cache(ctx)), tf)
+    judged = bool(heldout.items)
+    gate = teacher_gate(heldout.teacher(teacher) if judged else None, heldout.zeroshot(sb, cfg["data"].dataset) if judged else None,
+                        len(heldout.items), d.allow_weak_teacher)
+    ctx.log.info(gate_line(gate))
+    if d.select == "best_val" and not judged:
+        raise KdpipeError("distill.select = best_val needs held-out labelled base images (the few-shot val split); "
+                          "this run has none (an empty val split, or data.source set): use distill.select = last")
     torch.manual_seed(seed)  # the student's initial prompts and projector are part of the seeded result
     student = build_student(cfg, sb, tf.classnames, tf.features, cfg["data"].dataset).to(device)
     student.set_class_features(tf.features.to(device))
@@ -105,9 +118,15 @@ def run(ctx) -> dict:
     if several:  # an ensemble target; one teacher keeps the single-teacher step below, exactly
         ens = ensemble_steps(ctx, student, sb, (cached if cached is not None else forward, forward, tf, tmeta), device, amp_ctx)
         step, probe = ens.step, ens.probe
+    elif d.vocabulary:  # class-agnostic: the KL over the batch's top-K vocabulary rows; the probe keeps the dataset's classes
+        vf = read_class_features(vocabulary_path(inputs.upstream(ctx, "vocabulary-features")))
+        step = VocabularyStep(student, cached if cached is not None else forward, vf.features, vf.logit_scale, d.temperature, d.kd_weight,
+                              device, amp=amp_ctx, loss=d.loss, top_k=d.vocabulary_top_k)
+        probe = DistillStep(student, forward, tf.features, tf.logit_scale, d.temperature, d.kd_weight, device, amp=amp_ctx, loss=d.loss)
     else:
-        step = DistillStep(student, cached if cached is not None else forward, tf.features, tf.logit_scale, d.temperature, d.kd_weight, device, amp=amp_ctx)
-        probe = DistillStep(student, forward, tf.features, tf.logit_scale, d.temperature, d.kd_weight, device, amp=amp_ctx)
+        step = DistillStep(student, cached if cached is not None else forward, tf.features, tf.logit_scale, d.temperature, d.kd_weight,
+                           device, amp=amp_ctx, loss=d.loss)
+        probe = DistillStep(student, forward, tf.features, tf.logit_scale, d.temperature, d.kd_weight, device, amp=amp_ctx, loss=d.loss)
 
     train_tf = inputs.train_transform(cfg, sb)
     test_tf = build_transform(False, sb.dims.image_size, sb.mean, sb.std)
@@ -133,6 +152,8 @@ def run(ctx) -> dict:
             shards["holdout"], test_tf, seed=0, epoch=0, batch_size=max(d.batch_size, 64), workers=min(d.workers, 2), log=ctx.log
         ))
 
+    # which epoch's student is kept: best_val scores each epoch on the held-out base images
+    selector = make_selector(d.select, student, d.epochs, lambda: heldout.student(student), ctx.ckpt_dir, write=rank == 0)
     probes = AgreementLog(Path(ctx.ckpt_dir) / "agreement.json", write=rank == 0)
     if 0 not in probes:
         probes.record(0, measure_agreement(probe, holdout()))
@@ -156,6 +177,7 @@ def run(ctx) -> dict:
         """``fit``'s epoch-end callback: the held-out probe every ``agreement_every`` epochs and after
         the last one (before the epoch's checkpoint, so a resumed run never misses one)."""
         done = row["epoch"]
+        selector.after_epoch(done)
         if done == d.epochs or (d.agreement_every and done % d.agreement_every == 0):
             probes.record(done, measure_agreement(probe, holdout()))
 
@@ -181,6 +203,11 @@ def run(ctx) -> dict:
             progress=step_reporter(bar, d.epochs, lambda: step.last_batch_size),
             after_epoch=probe_after,
         )
+    selection = selector.finish()  # best_val: the best epoch's prompts and projector are back in the student
+    if selection["selected_epoch"] != d.epochs:
+        ctx.log.info(f"kept epoch {selection['selected_epoch']} of {d.epochs} (base accuracy {selection['selected_score']:.1f}% held out)")
+        if selection["selected_epoch"] not in probes:
+            probes.record(selection["selected_epoch"], measure_agreement(probe, holdout()))
     curve = []
     for epoch, point in sorted(probes.points.items()):
         # images: the held-out count, so the report can say what an agreement of 100% rests on
@@ -193,9 +220,11 @@ def run(ctx) -> dict:
         # several teachers: which, and how they were combined (the report shows "ensemble")
         several_meta = {"teachers": ens.described, "ensemble": cfg["teacher"].ensemble} if several else {}
         save_method(student, student_stem(ctx.dir), role="student", seed=seed, teacher=tmeta["method"],
-                           teacher_backbone=tmeta["backbone"], transductive=shards.get("transductive", False), **several_meta)
+                           teacher_backbone=tmeta["backbone"], transductive=shards.get("transductive", False), loss=d.loss,
+                           vocabulary=d.vocabulary or None, selection=selection, gate=gate, **several_meta)
         write_curves(ctx.dir, seed, curve, history)
-    start, end = curve[0], curve[-1]
+    start = curve[0]
+    end = next(p for p in curve if p["epoch"] == selection["selected_epoch"])  # the kept student
     ctx.log.info(f"agreement {_pct(start['agreement'])} -> {_pct(end['agreement'])} on the held-out slice")
     ensemble_metrics = {"ensemble": cfg["teacher"].ensemble, "teacher_weights": mean_weights(history)} if several else {}
     return {
@@ -204,6 +233,8 @@ def run(ctx) -> dict:
         "agreement_start": start["agreement"],
         "heldout_kd_loss": end["kd_loss"],
         "train_loss": history[-1].get("kd_loss") if history else None,
+        **selection,  # select, selected_epoch (best_val: its held-out score and every epoch's)
+        **gate,  # the teacher gate's two accuracies and its verdict
         "corrupt_members": len(damaged),  # skipped shard members (this rank's shards under torchrun)
     }
 

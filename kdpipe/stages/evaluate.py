@@ -35,6 +35,7 @@ def _evaluate(ctx) -> dict:
     from kdpipe.artefacts.class_features import read_class_features
     from kdpipe.clip import load_backbone
     from kdpipe.data import load_dataset
+    from kdpipe.distill.heldout import heldout_notes
     from kdpipe.methods.io import load_method
 
     cfg = ctx.cfg
@@ -77,6 +78,7 @@ def _evaluate(ctx) -> dict:
         target_scorers = scorers_for_classes(teacher, student, baseline_methods, list(target.classnames))
         rows += _score(ctx, target_scorers, target.split(e.split), target.name, len(target.classnames), True, protocol)
     notes.append(protocol_note(cfg, protocol))
+    notes += heldout_notes(smeta, ctx.seed)  # which epoch the student is, and the teacher gate's two numbers
     write_evaluation(ctx.dir, {
         "split": e.split, "mode": cfg["data"].mode, "images": len(items), "classes": len(tf.classnames),
         "base_classes": tf.num_base, "source": cfg["data"].train_dataset, "targets": targets,

@@ -47,7 +47,7 @@ def run(ctx) -> dict:
     member = next(m for m in teachers.members(ctx.cfg) if m.name == ctx.member)
     facts = train_fewshot(
         ctx,
-        method_name=ctx.member,
+        method_name=member.method,
         backbone_spec=member.backbone,
         overrides=teacher_overrides(ctx.cfg, ctx.member),
         seed=ctx.seed,
