@@ -66,7 +66,7 @@ class BundleClassifier:
         self.amp = amp
         self.decode_threads = decode_threads
         # a schema-only ParquetFile: the one place that says how classify's rows become Arrow columns
-        self._arrow = ParquetFile(Path(bundle), KEY_COLUMN, self.top_k)
+        self._arrow = ParquetFile(Path("schema-only.parquet"), KEY_COLUMN, self.top_k)  # never written
 
     def __call__(self, batch: dict[str, Any]):
         import pyarrow as pa
