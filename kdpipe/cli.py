@@ -48,6 +48,7 @@ COMMAND_MODULES = [
     "kdpipe.commands.datasets",
     "kdpipe.commands.shards",
     "kdpipe.commands.demo",
+    "kdpipe.commands.report",
 ]
 
 for _name in COMMAND_MODULES:

@@ -13,7 +13,8 @@ from typing import Iterable, Sequence
 
 from kdpipe.eval.labels import backbone_label
 from kdpipe.eval.metrics import MetricRow
-from kdpipe.io import atomic_path, write_text
+from kdpipe.eval.seed_spread import SpreadFlag, row_identity, spread_flags
+from kdpipe.io import atomic_path, write_json, write_text
 
 # protocol: the student's unlabeled set (transductive / inductive / user shards), "-" on other rows
 COLUMNS = ("method", "role", "backbone", "dataset", "seed", "base", "novel", "hm", "accuracy", "protocol")
@@ -27,6 +28,8 @@ HEADER = (
     "cross-dataset number. Mean rows average base and novel over seeds and take the HM of those "
     "averages; ± is the standard deviation over seeds (population; for HM, of the per-seed HMs).\n\n"
 )
+# after a seed mean that leads the next-ranked row by less than the std over seeds (eval/seed_spread.py)
+SPREAD_MARK = "†"
 
 
 def _missing(v) -> bool:
@@ -82,15 +85,24 @@ def protocol_notes(rows: Sequence[MetricRow]) -> list[str]:
             "rows and its own seed mean, never one mean over both; compare them side by side"]
 
 
-def markdown_table(rows: Sequence[MetricRow], notes: Sequence[str] = ()) -> str:
+def _flagged(flags: Sequence[tuple[MetricRow, SpreadFlag]]) -> dict[tuple, str]:
+    """Row identity -> the score column whose cell gets :data:`SPREAD_MARK`."""
+    return {row_identity(r): f.score for r, f in flags}
+
+
+def markdown_table(rows: Sequence[MetricRow], notes: Sequence[str] = (), flags: Sequence[tuple[MetricRow, SpreadFlag]] = ()) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
+    marked = _flagged(flags)
     for r in sort_rows(rows):
         cells = [_cell(r, c) for c in COLUMNS]
         if r.seed == "mean":
             cells = [f"**{c}**" for c in cells]
+            if row_identity(r) in marked:
+                i = COLUMNS.index(marked[row_identity(r)])
+                cells[i] += SPREAD_MARK
         lines.append("| " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
-    notes = [*notes, *(n for n in protocol_notes(rows) if n not in notes)]
+    notes = [*notes, *(n for n in protocol_notes(rows) if n not in notes), *(f"{SPREAD_MARK} {f.note()}" for _, f in flags)]
     if notes:
         text += "\n" + "\n".join(f"- {n}" for n in notes) + "\n"
     return text
@@ -103,24 +115,29 @@ TRANSFER_HEADER = (
 )
 
 
-def transfer_table(rows: Sequence[MetricRow], source: str) -> str:
-    """The papers' transfer table: one line per method (seed means when there are any), a
-    ``source`` column, one column per target dataset and their average."""
+def transfer_table(rows: Sequence[MetricRow], source: str, flags: Sequence[tuple[MetricRow, SpreadFlag]] = ()) -> str:
+    """The papers' transfer table: one line per method, a ``source`` column, one column per
+    target dataset and their average. Per dataset the seed means when it has any, else its one
+    seed's rows (run dirs of different seed counts can share the table); ``seed`` says which."""
     rows = list(rows)
-    means = [r for r in rows if r.seed == "mean"]
-    shown = means or rows
     datasets = list(dict.fromkeys(r.dataset for r in rows))
     targets = [d for d in datasets if d != source]
-    by = {}
+    with_means = {r.dataset for r in rows if r.seed == "mean"}
+    shown = [r for r in rows if (r.seed == "mean") == (r.dataset in with_means)]
+    by, seeds = {}, {}
     for r in shown:
-        by.setdefault((r.role, r.method, r.backbone, r.protocol, r.seed), {})[r.dataset] = r
+        key = (r.role, r.method, r.backbone, r.protocol)
+        by.setdefault(key, {})[r.dataset] = r
+        seeds.setdefault(key, {})[str(r.seed)] = None
     order = {key: i for i, key in enumerate(by)}
+    marked = _flagged(flags)
     lines = ["| method | role | backbone | protocol | seed | source: " + " | ".join([source, *targets]) + " | average |",
              "|" + "|".join("---" for _ in range(7 + len(targets))) + "|"]
     for key in sorted(by, key=lambda k: (ROLE_ORDER.get(k[0], 9), order[k])):
-        role, method, backbone, protocol, seed = key
-        cells = [method, role, backbone_label(backbone), protocol or "-", str(seed)]
-        cells += [_cell(by[key][d], "accuracy") if d in by[key] else "-" for d in [source, *targets]]
+        role, method, backbone, protocol = key
+        cells = [method, role, backbone_label(backbone), protocol or "-", "/".join(seeds[key])]
+        cells += [_cell(by[key][d], "accuracy") + (SPREAD_MARK if row_identity(by[key][d]) in marked else "") if d in by[key] else "-"
+                  for d in [source, *targets]]
         accs = [by[key][d].accuracy if d in by[key] else None for d in targets]
         cells.append(_fmt(sum(accs) / len(accs)) if accs and not any(_missing(a) for a in accs) else "-")
         lines.append("| " + " | ".join(cells) + " |")
@@ -143,23 +160,37 @@ def csv_table(rows: Sequence[MetricRow]) -> str:
 
 def write_tables(
     rows: Sequence[MetricRow], out_dir: str | Path, title: str = "Results", notes: Sequence[str] = (), images: Sequence[str] = (),
-    transfer_source: str | None = None,
+    transfer_source: str | None = None, flags: Sequence[tuple[MetricRow, SpreadFlag]] = (),
 ) -> dict[str, Path]:
     """``results.md`` (with ``images``, file names beside it, shown under the table) and ``results.csv``.
 
     ``transfer_source`` (cross-dataset mode): the transfer table of :func:`transfer_table` comes
-    first, the full table of every row after it."""
+    first, the full table of every row after it. ``flags``: :func:`spread_flags` of ``rows``."""
     out_dir = Path(out_dir)
     md = f"# {title}\n\n"
     if transfer_source:
-        md += "## Transfer\n\n" + TRANSFER_HEADER + transfer_table(rows, transfer_source) + "\n## Every row\n\n"
-    md += HEADER + markdown_table(rows, notes)
+        md += "## Transfer\n\n" + TRANSFER_HEADER + transfer_table(rows, transfer_source, flags) + "\n## Every row\n\n"
+    md += HEADER + markdown_table(rows, notes, flags)
     if images:
         md += "\n" + "\n".join(f"![{Path(name).stem.replace('_', ' ')}]({name})" for name in images) + "\n"
     return {
         "markdown": write_text(out_dir / "results.md", md),
         "csv": write_text(out_dir / "results.csv", csv_table(rows)),
     }
+
+
+def write_results(rows: Sequence[MetricRow], out_dir: str | Path, title: str, notes: Sequence[str] = (), images: Sequence[str] = (),
+                  transfer_source: str | None = None, facts: dict | None = None) -> dict[str, Path]:
+    """``results.md``, ``results.csv`` and ``metrics.json`` (``facts`` added to its keys): what the
+    report stage and ``kdpipe report RUN_DIR...`` write. Orderings within seed noise are flagged
+    in both (:mod:`kdpipe.eval.seed_spread`)."""
+    flags = spread_flags(rows)
+    files = write_tables(rows, out_dir, title=title, notes=notes, images=images, transfer_source=transfer_source, flags=flags)
+    files["metrics"] = write_json(Path(out_dir) / "metrics.json", {
+        "title": title, **(facts or {}), "rows": [r.to_dict() for r in rows], "notes": list(notes),
+        "seed_spread_flags": [f.to_dict() for _, f in flags],
+    })
+    return files
 
 
 def _pyplot():

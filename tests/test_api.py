@@ -28,7 +28,8 @@ def bundle(tmp_path, model):  # noqa: F811
 
 def readme_example() -> str:
     """The ```python block of README's "Classify offline, export" section."""
-    section = README.read_text().split("### Classify offline, export", 1)[1].split("\n## ", 1)[0]
+    # up to the next heading of any level: the "At scale with Ray Data" subsection has its own example
+    section = re.split(r"\n#{2,4} ", README.read_text().split("### Classify offline, export", 1)[1], maxsplit=1)[0]
     blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
     assert len(blocks) == 1, "expected one python example in the section"
     return blocks[0]

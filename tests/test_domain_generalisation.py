@@ -122,6 +122,12 @@ def test_domain_generalisation_recipe_scores_every_target_and_reports_the_transf
     assert cells[3] == "inductive" and cells[-1] == f"{mean_of_targets:.1f}"
     assert cells[5:10] == [f"{acc[('student', d)]['accuracy']:.1f}" for d in ["imagenet", *targets]]
 
+    # `kdpipe report RUN_DIR` over this real run gives the stage's transfer table
+    combined = CliRunner().invoke(app, ["report", str(run), "--out", str(tmp_path / "combined")])
+    assert combined.exit_code == 0, f"{combined.output}\n{combined.exception!r}"
+    transfer = (tmp_path / "combined" / "results.md").read_text().split("## Every row")[0]
+    assert header in transfer and student in transfer
+
 
 def test_transfer_table_averages_targets_only_and_says_when_the_source_is_missing():
     from kdpipe.eval.metrics import MetricRow

@@ -12,7 +12,6 @@ from __future__ import annotations
 from kdpipe.artefacts.distill_curves import read_curves
 from kdpipe.artefacts.evaluation import read_evaluation
 from kdpipe.dist import leader_only
-from kdpipe.io import write_json
 from kdpipe.pipeline import register_stage
 
 BARS = "base_novel_hm.png"
@@ -22,14 +21,18 @@ CURVES = "distill_curves.png"
 def _write_report(ctx) -> dict:
     from kdpipe.eval.labels import backbone_label
     from kdpipe.eval.metrics import MetricRow, mean_rows
-    from kdpipe.report import plot_base_novel, plot_curves, write_tables
+    from kdpipe.report import plot_base_novel, plot_curves, write_results
 
     cfg = ctx.cfg
-    rows, notes, transfer_source = [], [], None
+    rows, notes, transfer_source, facts = [], [], None, {}
     for folder in sorted(set(ctx.inputs_of("evaluate").values())):
         evaluated = read_evaluation(folder)
-        rows += [MetricRow(**r) for r in evaluated["rows"]]
+        seed_rows = [MetricRow(**r) for r in evaluated["rows"]]
+        rows += seed_rows
         notes += [n for n in evaluated.get("notes", []) if n not in notes]
+        # what `kdpipe report RUN_DIR...` checks before it puts several runs in one table
+        facts = {"mode": evaluated.get("mode"), "split": evaluated.get("split"), "source": evaluated.get("source"),
+                 "dataset": seed_rows[0].dataset if seed_rows else None}  # the run's own: evaluate scores it first
         if evaluated.get("mode") == "cross":  # the papers' transfer layout: source, targets, average
             transfer_source = evaluated.get("source") or evaluated["rows"][0]["dataset"]
     rows.sort(key=lambda r: r.seed)
@@ -52,8 +55,7 @@ def _write_report(ctx) -> dict:
         f"{student.dataset}: {teacher.method} on {backbone_label(teacher.backbone)} -> promptkd on {backbone_label(student.backbone)}"
         if student and teacher else "kdpipe results"
     )
-    write_tables(everything, ctx.dir, title=title, notes=notes, images=[BARS, CURVES], transfer_source=transfer_source)
-    write_json(ctx.dir / "metrics.json", {"title": title, "rows": [r.to_dict() for r in everything], "notes": notes})
+    write_results(everything, ctx.dir, title, notes, images=[BARS, CURVES], transfer_source=transfer_source, facts=facts)
     plot_base_novel(everything, ctx.dir / BARS, title=title)
     plot_curves(curves, ctx.dir / CURVES, title="distillation")
     ctx.log.info(f"wrote {ctx.dir / 'results.md'}")
@@ -76,8 +78,9 @@ def _write_report(ctx) -> dict:
     outputs=["results.md", "results.csv", "metrics.json", BARS, CURVES],
     headline="student",
     # 2: short backbone names, one decimal, ± seed std, error bars, legends outside;
-    # 3: each student row's protocol, the transfer table in cross-dataset mode
-    version=3,
+    # 3: each student row's protocol, the transfer table in cross-dataset mode;
+    # 4: orderings within seed noise flagged; mode / split / source in metrics.json
+    version=4,
     description="tables and plots of every method and seed",
 )
 def run(ctx) -> dict:
