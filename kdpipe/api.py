@@ -8,7 +8,8 @@
     emb = model.embed(images)  # torch.Tensor [N, D], float32 on the CPU, unit rows
 
 Images are PIL images, file paths, or a tensor batch already preprocessed (``model.transform``).
-Everything runs in fp32 without gradients, so results are reproducible; ``kdpipe classify``
+Everything runs without gradients, in fp32 unless ``load_bundle(..., precision=)`` says otherwise, so
+results are reproducible; ``kdpipe classify``
 remains the tool for many images (DataLoader workers, resume, sharded output).
 """
 
@@ -48,6 +49,11 @@ class Model:
     @property
     def classnames(self) -> list[str]:
         return self.class_model.classnames
+
+    @property
+    def precision(self) -> str:
+        """The image tower's precision (``load_bundle(..., precision=)``; auto resolved)."""
+        return self.class_model.precision
 
     def embed(self, images: ImageLike | Iterable[ImageLike] | torch.Tensor, batch_size: int = 64) -> torch.Tensor:
         """L2-normalised image features ``[N, D]`` (torch, float32, CPU) in the space of the class features.
@@ -123,11 +129,14 @@ def _decode(x: Any):
         raise KdpipeError(f"cannot read image {x}: {describe_error(e)}") from None
 
 
-def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Model:
-    """The bundle folder ``path`` (``kdpipe export``) on ``device``, needing nothing outside it."""
+def load_bundle(path: str | Path, device: str | torch.device = "cpu", precision: str = "fp32") -> Model:
+    """The bundle folder ``path`` (``kdpipe export``) on ``device``, needing nothing outside it.
+
+    ``precision``: the image tower's, as ``kdpipe classify --precision`` (fp32, bf16, int8, auto);
+    fp32 by default, exactly as trained. Features and probabilities come back fp32 whatever it is."""
     from kdpipe.infer.bundle import load_bundle as load_class_model
 
-    return Model(load_class_model(path, device=device), device)
+    return Model(load_class_model(path, device=device, precision=precision), device)
 
 
 def run(target: str = "all", *, run_dir: str | Path, recipe: str | None = None,

@@ -79,6 +79,20 @@ def test_embed_gives_unit_rows_in_the_class_feature_space(tmp_path, bundle, mode
     assert torch.allclose(emb, m.embed(torch.stack([m.transform(Image.open(p)) for p in paths])), atol=1e-6)
 
 
+def test_load_bundle_runs_the_precision_asked_and_returns_fp32(tmp_path, bundle):
+    paths = write_images(tmp_path / "imgs", 4)
+    exact = kdpipe.load_bundle(bundle).embed(paths)
+    assert kdpipe.load_bundle(bundle).precision == "fp32"  # the library's default: exactly as trained
+    for name in ("bf16", "int8", "auto"):
+        m = kdpipe.load_bundle(bundle, precision=name)
+        assert m.precision == ("bf16" if name == "auto" else name)  # auto on a CPU
+        emb = m.embed(paths)
+        assert emb.dtype == torch.float32 and not torch.equal(emb, exact)  # it did run in another precision
+        assert torch.nn.functional.cosine_similarity(emb, exact).min() > 0.98
+    with pytest.raises(KdpipeError, match="unknown precision"):
+        kdpipe.load_bundle(bundle, precision="fp8")
+
+
 def test_bad_inputs_are_one_line(tmp_path, bundle):
     m = kdpipe.load_bundle(bundle)
     (tmp_path / "broken.jpg").write_bytes(b"not an image")

@@ -31,7 +31,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
               "kdpipe.bench_memory", "kdpipe.gpu_check"),
     "stages": ("kdpipe.stages",),
     # the work itself; settings (the config sections and what they resolve to) is shared by stages
-    "components": ("kdpipe.methods", "kdpipe.distill", "kdpipe.train", "kdpipe.infer", "kdpipe.eval", "kdpipe.report",
+    "components": ("kdpipe.methods", "kdpipe.distill", "kdpipe.train", "kdpipe.infer", "kdpipe.eval", "kdpipe.report", "kdpipe.report_runs",
                    "kdpipe.settings", "kdpipe.world"),
     "foundations": ("kdpipe.pipeline", "kdpipe.artefacts", "kdpipe.io", "kdpipe.dist", "kdpipe.config", "kdpipe.data",
                     "kdpipe.clip", "kdpipe.errors", "kdpipe.progress", "kdpipe.timing", "kdpipe.lifetime"),

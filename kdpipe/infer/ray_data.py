@@ -45,12 +45,15 @@ class BundleClassifier:
 
     ``bundle``: a bundle folder every actor can read (kdpipe export). ``top_k``: labels per image.
     ``device``: ``auto`` picks the GPU Ray gave the actor (``num_gpus=1``), else the CPU.
-    ``amp``: mixed precision on CUDA, as ``kdpipe classify``. ``decode_threads``: images decoded
+    ``precision``: the image tower's, as ``kdpipe classify --precision`` (default: the bundle's,
+    else ``auto``); its rows are the ones classify writes in that precision.
+    ``decode_threads``: images decoded
     at once per actor (PIL releases the GIL), so a GPU actor is not waiting on one JPEG at a time;
     give the actor that many CPUs (``num_cpus=``).
     """
 
-    def __init__(self, bundle: str | Path, top_k: int = 5, device: str = "auto", amp: bool = True, decode_threads: int = 4):
+    def __init__(self, bundle: str | Path, top_k: int = 5, device: str = "auto", precision: str | None = None,
+                 decode_threads: int = 4):
         from kdpipe.train.device import pick_device
 
         if top_k < 1 or decode_threads < 1:
@@ -60,18 +63,17 @@ class BundleClassifier:
             raise KdpipeError(f"bundle {bundle}: not found from the actor's folder ({Path.cwd()}); Ray actors do not run in the "
                               "driver's folder, so pass an absolute path every node can read")
         self.model = load_bundle(bundle, device=self.device).to(self.device)
+        self.model.set_precision(precision or self.model.default_precision, self.device)
+        self.encoder = self.model.encoder()  # weights prepared in their precision: no autocast around them
         self.index = self.model.index(device=self.device)
         self.transform = self.model.transform()
         self.top_k = min(top_k, self.index.ntotal)
-        self.amp = amp
         self.decode_threads = decode_threads
         # a schema-only ParquetFile: the one place that says how classify's rows become Arrow columns
         self._arrow = ParquetFile(Path("schema-only.parquet"), KEY_COLUMN, self.top_k)  # never written
 
     def __call__(self, batch: dict[str, Any]):
         import pyarrow as pa
-
-        from kdpipe.train.device import autocast
 
         columns = list(batch)
         if "__key__" not in batch or "__url__" not in batch:
@@ -84,8 +86,8 @@ class BundleClassifier:
         by_index: dict[int, Row] = {}
         if good:
             images = torch.stack([decoded[i][0] for i in good]).to(self.device)
-            with torch.inference_mode(), autocast(self.device, enabled=self.amp):
-                feats = self.model.method.encode_images(images).float()
+            with torch.inference_mode():
+                feats = self.encoder(images).float()
             rows = _rows([keys[i] for i in good], feats, self.index, self.top_k, self.model.classnames, self.model.logit_scale, None)
             by_index = dict(zip(good, rows))
         rows = [by_index.get(i) or Row(keys[i], [], [], [], []) for i in range(len(keys))]
