@@ -131,3 +131,18 @@ def test_training_path_runs_sequence_first_and_gives_the_block_path_result(tiny_
     with torch.no_grad():
         inferred_text = clip.text(emb, tokens, deep_prompts=tdeep)
     torch.testing.assert_close(trained_text.detach(), inferred_text, rtol=1e-4, atol=1e-5)
+
+
+def test_training_path_computes_attention_through_sdpa(tiny_student, monkeypatch):
+    """The student's training forward reaches scaled_dot_product_attention in every block (fused
+    kernels under CUDA's bf16 autocast; no [B, H, L, L] weights kept for backward)."""
+    import torch.nn.functional as F
+
+    clip = FrozenCLIP(tiny_student.model)
+    calls = []
+    original = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or original(*a, **k))
+    prompt = torch.randn(2, tiny_student.dims.vision_width, requires_grad=True)
+    images = torch.randn(2, 3, tiny_student.dims.image_size, tiny_student.dims.image_size)
+    clip.vision(images, prompt).sum().backward()
+    assert len(calls) == tiny_student.dims.vision_layers
