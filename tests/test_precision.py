@@ -10,7 +10,8 @@ from kdpipe.clip import FrozenCLIP, load_backbone
 from kdpipe.clip.attention import Bf16Block, SdpaAttention, use_sdpa
 from kdpipe.clip.towers import PromptedVision
 from kdpipe.errors import KdpipeError
-from kdpipe.infer.precision import AUTO, PRECISIONS, prepare_tower, resolve
+from kdpipe.infer import precision
+from kdpipe.infer.precision import AUTO, PRECISIONS, cpu_has_bf16, prepare_tower, resolve
 
 
 def test_sdpa_attention_equals_multihead_attention_in_fp32():
@@ -89,8 +90,11 @@ def test_registry_refuses_int8_on_cuda_in_one_line():
     assert "\n" not in str(e.value) and "int8 does not run on cuda" in str(e.value)
 
 
-def test_auto_resolves_per_device():
+def test_auto_resolves_per_device(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
     assert resolve("auto", "cpu") == AUTO["cpu"] == "bf16"
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
+    assert resolve("auto", "cpu") == "fp32"  # bf16 in software was never measured: exact there
     assert resolve("auto", "cuda") == AUTO["cuda"] == "bf16"
     assert resolve("auto", "meta") == "fp32"  # a device nothing was measured on runs exact
     assert all(AUTO[kind] in PRECISIONS and kind in PRECISIONS[AUTO[kind]].devices for kind in AUTO)
@@ -105,3 +109,14 @@ def test_gpu_check_flops_from_the_config_and_peaks_by_name():
     assert peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0 and peak_tflops("Tesla T4") is None
     assert share_of_peak(10_000, 35e9, 989.0) == "35.4% of the dense bf16 peak"
     assert share_of_peak(10_000, 35e9, None) == "peak unknown for this GPU"
+
+
+def test_bf16_instructions_are_read_from_cpuinfo(tmp_path):
+    zen4 = tmp_path / "zen4"
+    zen4.write_text("processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16 avx512_vnni\n\nprocessor\t: 1\n")
+    older = tmp_path / "older"
+    older.write_text("flags\t\t: fpu sse avx2 avx512f avx512_vnni\n")
+    arm = tmp_path / "arm"
+    arm.write_text("Features\t: fp asimd sve bf16 i8mm\n")
+    assert cpu_has_bf16(str(zen4)) and cpu_has_bf16(str(arm))
+    assert not cpu_has_bf16(str(older)) and not cpu_has_bf16(str(tmp_path / "missing"))

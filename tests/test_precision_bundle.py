@@ -9,6 +9,7 @@ from kdpipe.cli import app
 from kdpipe.clip import load_backbone
 from kdpipe.errors import KdpipeError
 from kdpipe.infer.bundle import export_bundle, load_bundle
+from kdpipe.infer.precision import resolve
 from kdpipe.infer.writers import meta_path, read_rows
 from test_classify import write_images
 from test_classify_bundle import make_model, run
@@ -26,7 +27,7 @@ def test_bundle_round_trips_its_default_precision(tmp_path, fresh_model):
     loaded = load_bundle(tmp_path / "b")
     assert (loaded.precision, loaded.default_precision) == ("fp32", "bf16")  # the library loads exact fp32
     assert load_bundle(tmp_path / "b", precision="int8").precision == "int8"
-    assert load_bundle(tmp_path / "b", precision="auto").precision == "bf16"  # auto on a CPU
+    assert load_bundle(tmp_path / "b", precision="auto").precision == resolve("auto", "cpu")  # bf16 on a CPU with bf16 instructions
     export_bundle(fresh_model, tmp_path / "plain")
     assert load_bundle(tmp_path / "plain").default_precision == "auto"
 

@@ -15,6 +15,7 @@ import ray
 from kdpipe.errors import KdpipeError
 from kdpipe.infer.bundle import export_bundle, load_bundle
 from kdpipe.infer.classify import classify
+from kdpipe.infer.precision import resolve
 from kdpipe.infer.ray_data import BundleClassifier
 from kdpipe.infer.sources import open_source
 from kdpipe.infer.writers import read_rows
@@ -125,7 +126,7 @@ def test_decoded_rows_and_other_inputs_are_refused_in_one_line(world):
 
 
 def test_actors_run_the_bundles_precision_or_the_one_asked(world):
-    assert BundleClassifier(world / "pets-student").model.precision == "bf16"  # the bundle's default, auto, on a CPU
+    assert BundleClassifier(world / "pets-student").model.precision == resolve("auto", "cpu")  # the bundle's default: auto
     assert BundleClassifier(world / "pets-student", precision="int8").model.precision == "int8"
     with pytest.raises(KdpipeError, match="unknown precision"):
         BundleClassifier(world / "pets-student", precision="fp8")

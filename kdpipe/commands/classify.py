@@ -34,7 +34,7 @@ def classify(
     seed: Optional[int] = typer.Option(None, "--seed", help="run directories with several seeds: which one"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an output written by another model or with other settings"),
     precision: Optional[str] = typer.Option(None, "--precision", help="the image tower's precision: auto (the fastest keeping >= 99.5% "
-                                            "top-1 agreement with fp32 on the demo world, per device: bf16 on CPU and CUDA), fp32 (exact), bf16, int8 "
+                                            "top-1 agreement with fp32 on the demo world, per device: bf16 on CUDA and on CPUs with bf16 instructions, else fp32), fp32 (exact), bf16, int8 "
                                             "(CPU only; fastest, ~98% agreement). Class features, search and probs stay fp32. Default: the bundle's (kdpipe export "
                                             "--precision), else auto"),
     compile_: bool = typer.Option(True, "--compile/--no-compile", help="torch.compile the image encoder at the batch size where that was "

@@ -12,8 +12,10 @@ demo world's shifted test split is at least :data:`MIN_AGREEMENT` (``kdpipe benc
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -88,6 +90,32 @@ def _int8(visual: nn.Module) -> None:
 # On CUDA int8 has no kernels; bf16 is the tensor cores' format (not yet measured on a GPU).
 AUTO: dict[str, str] = {"cpu": "bf16", "cuda": "bf16"}
 CHOICES = ("auto", *PRECISIONS)
+# The CPU figures above hold where the CPU multiplies bf16 in hardware (AVX512_BF16 or AMX on x86,
+# the BF16 extension on Arm). Elsewhere bf16 matmuls are converted in software and nothing was
+# measured, so auto stays exact on such a CPU.
+BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether the CPU lists a bf16 instruction set (Linux ``/proc/cpuinfo`` flags / features)."""
+    try:
+        text = Path(cpuinfo).read_text(errors="replace")
+    except OSError:  # not Linux: unknown, so not assumed
+        return False
+    flags: set[str] = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in ("flags", "features"):
+            flags.update(value.split())
+    return bool(flags & BF16_CPU_FLAGS)
+
+
+def auto_precision(kind: str) -> str:
+    """What ``auto`` means on a device type: :data:`AUTO`, fp32 on a CPU without bf16 instructions."""
+    if kind == "cpu" and not cpu_has_bf16():
+        return "fp32"
+    return AUTO.get(kind, "fp32")
 
 
 def check_name(name: str, option: str = "--precision") -> str:
@@ -102,9 +130,9 @@ def resolve(name: str, device: str | torch.device) -> str:
     kind = torch.device(device).type
     check_name(name)
     if name == "auto":
-        return AUTO.get(kind, "fp32")
+        return auto_precision(kind)
     if kind not in PRECISIONS[name].devices:
-        hint = AUTO.get(kind, "fp32")
+        hint = auto_precision(kind)
         raise KdpipeError(f"--precision {name} does not run on {kind} (it runs on {', '.join(PRECISIONS[name].devices)}); "
                           f"use --precision {hint} or auto there")
     return name
