@@ -32,10 +32,11 @@ def worker_threads(jobs: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, jobs))
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, leaders) -> None:
     import torch
 
     lead_group()  # an orphaned worker would go on training in a stage folder no run owns any more
+    leaders.put(os.getpid())  # the runner's list of groups to stop on Ctrl-C (the pid leads one now)
     torch.set_num_threads(threads)
     # several processes drawing live bars on one terminal garble each other: plain lines instead
     os.environ["KDPIPE_PROGRESS"] = "plain"
@@ -98,6 +99,13 @@ def chain_lengths(plan: Plan, selected: list[str]) -> dict[str, int]:
     return length
 
 
+def _drain(queue) -> list[int]:
+    out = []
+    while not queue.empty():
+        out.append(queue.get())
+    return out
+
+
 def run_parallel(
     plan: Plan,
     selected: list[str],
@@ -127,7 +135,8 @@ def run_parallel(
     chain = chain_lengths(plan, selected)
 
     context = mp.get_context("spawn")  # a fresh interpreter: no forked torch thread pools
-    pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker, initargs=(worker_threads(jobs),))
+    leaders = context.SimpleQueue()  # each worker's pid, once it leads its own process group
+    pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker, initargs=(worker_threads(jobs), leaders))
     try:
         while pending or running:
             started = True
@@ -157,7 +166,7 @@ def run_parallel(
     except BaseException:
         # Ctrl-C reaches only the runner's process group, and the pool's exit hook would wait for
         # workers that never heard it: the runner stops their groups itself.
-        stop_groups(list(pool._processes or {}))
+        stop_groups(_drain(leaders))
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
