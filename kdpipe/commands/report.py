@@ -22,9 +22,10 @@ def report(
     reports = [read_run_report(d) for d in run_dirs]
     rows, notes, facts = combine(reports)
     cross = facts["mode"] == "cross"
-    title = title or (f"{facts['source']} -> {len(reports)} runs" if cross else f"{len(reports)} runs")
+    runs = f"{len(reports)} run{'s' if len(reports) != 1 else ''}"
+    title = title or (f"{facts['source']} -> {runs}" if cross else runs)
     files = write_results(rows, out, title, notes, transfer_source=facts["source"] if cross else None, facts=facts)
-    typer.echo(f"wrote {files['markdown']}, {files['csv'].name} and {files['metrics'].name} ({len(rows)} rows from {len(reports)} run dirs)")
+    typer.echo(f"wrote {files['markdown']}, {files['csv'].name} and {files['metrics'].name} ({len(rows)} rows from {runs})")
 
 
 def register(app: typer.Typer) -> None:
