@@ -180,7 +180,7 @@ def classify(
                 if images is not None and keys:
                     with autocast(dev, enabled=amp):
                         feats = encoder(images.to(dev, non_blocking=True)).float()
-                    rows = _rows(keys, feats, class_index, top_k, classnames, scale, meta)
+                    rows = result_rows(keys, feats, class_index, top_k, classnames, scale, meta)
                 rows, skipped = _storable(rows, skipped, emb is not None)
                 have = writer.append(rows, skipped)
                 if emb is not None and feats is not None:
@@ -304,9 +304,10 @@ def _keep_meta_columns(source: ImageSource, keep_meta: Sequence[str]) -> list[st
     return meta_columns(list(keep_meta), {source.key_column, *RESULT_COLUMNS})
 
 
-def _rows(keys: list[str], feats: torch.Tensor, index: ClassIndex, top_k: int, classnames: list[str], scale: float,
+def result_rows(keys: list[str], feats: torch.Tensor, index: ClassIndex, top_k: int, classnames: list[str], scale: float,
           meta: ShardMeta | None) -> list[Row]:
-    """Result rows: top-k by cosine, and the softmax over ALL classes at ``scale`` for those k."""
+    """Result rows: top-k by cosine, and the softmax over ALL classes at ``scale`` for those k (also
+    what ``ray_data.BundleClassifier`` returns, so both give the same numbers)."""
     # probs from the cosines as written (rounded), over all classes, not the index's candidates:
     # a function of the stored scores that does not move with the batch an image shares
     scores, ids, lse = index.search_logsumexp(feats, top_k, scale, SCORE_DECIMALS)

@@ -31,7 +31,7 @@ from kdpipe.data.images import DECODE_ERRORS, describe_error, load_rgb
 from kdpipe.data.shards.samples import IMAGE_EXTENSIONS, BadSample, image_bytes
 from kdpipe.errors import KdpipeError
 from kdpipe.infer.bundle import load_bundle
-from kdpipe.infer.classify import _rows
+from kdpipe.infer.classify import result_rows
 from kdpipe.infer.shard_source import ShardSource, sample_key
 from kdpipe.infer.writers import ParquetFile, Row
 
@@ -88,7 +88,7 @@ class BundleClassifier:
             images = torch.stack([decoded[i][0] for i in good]).to(self.device)
             with torch.inference_mode():
                 feats = self.encoder(images).float()
-            rows = _rows([keys[i] for i in good], feats, self.index, self.top_k, self.model.classnames, self.model.logit_scale, None)
+            rows = result_rows([keys[i] for i in good], feats, self.index, self.top_k, self.model.classnames, self.model.logit_scale, None)
             by_index = dict(zip(good, rows))
         rows = [by_index.get(i) or Row(keys[i], [], [], [], []) for i in range(len(keys))]
         table = self._arrow._table(rows)
