@@ -27,8 +27,7 @@ from typing import Any
 
 import torch
 
-from kdpipe.data.images import DECODE_ERRORS, describe_error, load_rgb
-from kdpipe.data.shards.samples import IMAGE_EXTENSIONS, BadSample, image_bytes
+from kdpipe.data.shards.samples import IMAGE_EXTENSIONS, BadSample, decode_sample
 from kdpipe.errors import KdpipeError
 from kdpipe.infer.bundle import load_bundle
 from kdpipe.infer.classify import result_rows
@@ -100,11 +99,10 @@ class BundleClassifier:
         if decoded is not None:
             raise KdpipeError(f"the image of sample {sample.get('__key__')} is already decoded ({type(decoded).__name__}); {RAW_HINT}")
         try:
-            return self.transform(load_rgb(bytes(image_bytes(sample)))), None
+            image, _ = decode_sample(sample, with_labels=False)  # the shard stream's decoder, its reasons
         except BadSample as e:
             return None, str(e)
-        except DECODE_ERRORS as e:
-            return None, f"undecodable image: {describe_error(e)}"
+        return self.transform(image), None
 
 
 def _present(value) -> bool:
