@@ -39,3 +39,24 @@ def test_bench_classify_refuses_impossible_sizes():
 
     result = CliRunner().invoke(app, ["bench", "classify", "--backbone", "kd-tiny-s", "--classes", "2", "--top-k", "5"])
     assert result.exit_code != 0
+
+
+def test_bench_precisions_times_each_precision_and_its_agreement_with_fp32(tmp_path):
+    """``--precision``: each precision's times, compile note and agreement on the photos; fp32 is
+    open_clip's encode_image itself, so it agrees with the baseline to rounding."""
+    from typer.testing import CliRunner
+
+    from kdpipe.cli import app
+
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(app, ["bench", "classify", "--backbone", "kd-tiny-s", "--precision", "fp32,bf16", "--no-world",
+                                      "--no-end-to-end", "--precision-images", "6", "--batch-size", "4", "--classes", "4",
+                                      "--top-k", "3", "--rounds", "2", "--no-compile", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    res = json.loads(out.read_text())["precision"]
+    assert res["images"] == 6 and set(res["times_s"]) == {"fp32", "bf16"} and all(len(t) == 2 for t in res["times_s"].values())
+    assert res["compiled"] == {"fp32": "eager: turned off (--no-compile)", "bf16": "eager: turned off (--no-compile)"}
+    top1, dprob = res["photos"]["fp32"]
+    assert top1 == 1.0 and dprob < 1e-6
+    assert 0.0 <= res["photos"]["bf16"][0] <= 1.0 and res["world"] == {}
+    assert "demo world: not measured" in result.output

@@ -104,7 +104,8 @@ def _batches(tensors: list[torch.Tensor], batch: int) -> list[torch.Tensor]:
     return [torch.stack(tensors[i:i + batch]) for i in range(0, len(tensors), batch)]
 
 
-def _timed(fn) -> tuple[Any, float]:
+def timed(fn) -> tuple[Any, float]:
+    """``(fn(), seconds)``, the GPU's queued work included."""
     _sync()
     start = time.perf_counter()
     out = fn()
@@ -117,33 +118,42 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
+def zero_shot_model(spec: str, names: list[str], feats: torch.Tensor | str, precision: str, dev: torch.device):
+    """Zero-shot CLIP on ``spec`` in ``precision``, a fresh load (preparing a precision changes the
+    tower in place); ``feats``: class features, or "zero-shot" (its own text tower's, fp32:
+    precision is image-side only) or "random" (unit rows, seed 0)."""
+    from kdpipe.clip import load_backbone
+    from kdpipe.infer.bundle import ClassModel
+    from kdpipe.methods import build_method
+
+    backbone = load_backbone(spec, device=dev)
+    method = build_method("zeroshot", backbone, names).to(dev).eval()
+    if isinstance(feats, str) and feats == "zero-shot":
+        with torch.no_grad():
+            feats = method.class_features().float().cpu()
+    elif isinstance(feats, str) and feats == "random":
+        feats = F.normalize(torch.randn(len(names), backbone.dims.embed_dim, generator=torch.Generator().manual_seed(0)), dim=-1)
+    return ClassModel(method, names, feats, backbone.dims.logit_scale, source=f"bench {spec}",
+                      provenance={"backbone": spec}).set_precision(precision, dev)
+
+
 def bench_classify(backbone_spec: str, images: int, classes: int, batch: int, top_k: int, workers: int,
                    device: str, progress=None, precision: str = "auto", compile: bool = True, resized: int | None = None) -> ClassifyBench:
-    from kdpipe.clip import load_backbone
     from kdpipe.data.images import load_rgb
     from kdpipe.data.shards import write_shards
-    from kdpipe.infer.bundle import ClassModel
     from kdpipe.infer.classify import classify
     from kdpipe.infer.device_decode import for_device
     from kdpipe.infer.sources import open_source
     from kdpipe.infer.writers import ResultWriter, Row
-    from kdpipe.methods import build_method
     from kdpipe.train.device import autocast
 
     say = progress or (lambda msg: None)
     dev = torch.device(device)
-    backbone = load_backbone(backbone_spec, device=dev)
     names = [f"class {i}" for i in range(classes)]
-    method = build_method("zeroshot", backbone, names).to(dev).eval()
-    feats = F.normalize(torch.randn(classes, backbone.dims.embed_dim, generator=torch.Generator().manual_seed(0)), dim=-1)
-    model = ClassModel(method, names, feats, backbone.dims.logit_scale, source="bench model",
-                       provenance={"backbone": backbone_spec})
+    model = zero_shot_model(backbone_spec, names, "random", "fp32", dev)
     index, transform = model.index("flat", dev), model.transform()
-    # the baseline keeps fp32 weights: the precision's tower is a copy (prepared in place)
-    from copy import deepcopy
-
-    tuned = ClassModel(deepcopy(method), names, feats, backbone.dims.logit_scale, source="bench model",
-                       provenance={"backbone": backbone_spec}).set_precision(precision, dev)
+    # the baseline keeps fp32 weights: the precision's tower is a model of its own (prepared in place)
+    tuned = zero_shot_model(backbone_spec, names, model.class_features, precision, dev)
     encoder = tuned.encoder(compile, batch, say)
 
     with tempfile.TemporaryDirectory(prefix="kdpipe-bench-classify-") as tmp:
@@ -161,28 +171,28 @@ def bench_classify(backbone_spec: str, images: int, classes: int, batch: int, to
         sample = paths[:DISTINCT]
         scale = images / len(sample)
         say("timing each stage alone")
-        decoded, t_decode = _timed(lambda: [load_rgb(p) for p in sample])
-        tensors, t_pre = _timed(lambda: [transform(img) for img in decoded])
+        decoded, t_decode = timed(lambda: [load_rgb(p) for p in sample])
+        tensors, t_pre = timed(lambda: [transform(img) for img in decoded])
         distinct = _batches(tensors, batch)
         batches = [distinct[i % len(distinct)] for i in range(-(-images // batch))]  # as many images as classify sees
         # the model in its precision, as classify runs it (no autocast); the baseline under the
         # autocast classify used before precisions (bf16/fp16 on CUDA, none on the CPU)
         with torch.inference_mode():
             encoder(batches[0].to(dev))  # warm-up: thread pools, allocations, torch.compile
-            out, t_model = _timed(lambda: [encoder(b.to(dev)) for b in batches])
-            _, t_search = _timed(lambda: [index.search(f.float(), top_k) for f in out])
+            out, t_model = timed(lambda: [encoder(b.to(dev)) for b in batches])
+            _, t_search = timed(lambda: [index.search(f.float(), top_k) for f in out])
         with torch.inference_mode(), autocast(dev):
-            clip = backbone.model
+            clip = model.method.backbone.model
             clip.encode_image(batches[0].to(dev))
-            _, t_base = _timed(lambda: [clip.encode_image(b.to(dev)) for b in batches])
+            _, t_base = timed(lambda: [clip.encode_image(b.to(dev)) for b in batches])
         t_decode, t_pre = t_decode * scale, t_pre * scale
         rows = [Row(str(p), names[:top_k], [0.5] * top_k, list(range(top_k))) for p in paths]
         writer = ResultWriter(tmp / "write.jsonl", key_column="path", top_k=top_k, model=model.identity())
-        _, t_write = _timed(lambda: (writer.append(rows, []), writer.close()))
+        _, t_write = timed(lambda: (writer.append(rows, []), writer.close()))
 
         def run(spec: str, out: str, decode: str | None = None) -> tuple[int, float]:
             tf = for_device(transform, decode, dev) if decode else transform  # None: float tensors from PIL workers
-            summary, seconds = _timed(lambda: classify(encoder, index, names, open_source(spec), tmp / out, top_k=top_k,
+            summary, seconds = timed(lambda: classify(encoder, index, names, open_source(spec), tmp / out, top_k=top_k,
                                                        batch_size=batch, workers=workers, device=dev, progress=False,
                                                        transform=tf))
             return summary.rows_total, seconds

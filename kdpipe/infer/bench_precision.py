@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import statistics
 import tempfile
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -64,24 +63,6 @@ class PrecisionBench:
                 "ratio": {n: self.ratio(n) for n in self.times_s}}
 
 
-def _class_model(spec: str, names: list[str], feats: torch.Tensor | str, precision: str, dev: torch.device):
-    """Zero-shot CLIP on ``spec`` in ``precision``; ``feats``: class features, or "zero-shot" (its
-    own text tower's, fp32: precision is image-side only) or "random" (unit rows, seed 0)."""
-    from kdpipe.clip import load_backbone
-    from kdpipe.infer.bundle import ClassModel
-    from kdpipe.methods import build_method
-
-    backbone = load_backbone(spec, device=dev)
-    method = build_method("zeroshot", backbone, names).to(dev).eval()
-    if feats == "zero-shot":
-        with torch.no_grad():
-            feats = method.class_features().float().cpu()
-    elif feats == "random":
-        feats = F.normalize(torch.randn(len(names), backbone.dims.embed_dim, generator=torch.Generator().manual_seed(0)), dim=-1)
-    return ClassModel(method, names, feats, backbone.dims.logit_scale, source=f"bench {spec}",
-                      provenance={"backbone": spec}).set_precision(precision, dev)
-
-
 def _probs(cm, batches: list[torch.Tensor], fn=None) -> torch.Tensor:
     fn = fn or cm.method.encode_images
     feats = torch.cat([fn(b).float().cpu() for b in batches])
@@ -90,8 +71,8 @@ def _probs(cm, batches: list[torch.Tensor], fn=None) -> torch.Tensor:
 
 def world_agreement(precisions: list[str], dev: torch.device, say: Callable[[str], None]) -> tuple[dict, int, str]:
     """Agreement of each precision with fp32 on the demo world's shifted test split (world-b zero-shot)."""
-    from PIL import Image
-
+    from kdpipe.data.images import load_rgb
+    from kdpipe.infer.bench_classify import zero_shot_model
     from kdpipe.io import read_json
     from kdpipe.world import CLASSNAMES, SPLIT_FILE, cached_pretrain, pretrain, write_world_dataset
 
@@ -104,15 +85,15 @@ def world_agreement(precisions: list[str], dev: torch.device, say: Callable[[str
         # each split has its own random stream: the test split is the demo's whatever train/val hold
         folder = write_world_dataset(tmp, per_class={"train": 1, "val": 1})
         test = read_json(folder / SPLIT_FILE)["test"]
-        ref = _class_model(str(weights), list(CLASSNAMES), "zero-shot", "fp32", dev)
+        ref = zero_shot_model(str(weights), list(CLASSNAMES), "zero-shot", "fp32", dev)
         tf = ref.transform()
-        images = torch.stack([tf(Image.open(folder / "images" / rel).convert("RGB")) for rel, _, _ in test])
+        images = torch.stack([tf(load_rgb(folder / "images" / rel)) for rel, _, _ in test])
     batches = list(images.to(dev).split(256))
     out = {}
     with torch.inference_mode():
         want = _probs(ref, batches)
         for name in precisions:
-            cm = _class_model(str(weights), list(CLASSNAMES), ref.class_features, name, dev)
+            cm = zero_shot_model(str(weights), list(CLASSNAMES), ref.class_features, name, dev)
             out[name] = agreement(want, _probs(cm, batches))
     return out, len(images), str(weights)
 
@@ -122,13 +103,13 @@ def bench_precisions(backbone_spec: str, precisions: list[str], images: int, cla
                      progress: Callable[[str], None] | None = None) -> PrecisionBench:
     """Each of ``precisions`` on ``images`` synthetic photos (``bench_classify.photo_files``)."""
     from kdpipe.data.images import load_rgb
-    from kdpipe.infer.bench_classify import photo_files
-    from kdpipe.infer.compiled import FixedBatch, skip_reason
+    from kdpipe.infer.bench_classify import photo_files, timed, zero_shot_model
+    from kdpipe.infer.compiled import FixedBatch, compile_encoder, skip_reason
 
     say = progress or (lambda msg: None)
     dev = torch.device(device)
     names = [f"class {i}" for i in range(classes)]
-    ref = _class_model(backbone_spec, names, "random", "fp32", dev)
+    ref = zero_shot_model(backbone_spec, names, "random", "fp32", dev)
     tf = ref.transform()
     with tempfile.TemporaryDirectory(prefix="kdpipe-bench-precision-") as tmp:
         photos = [tf(load_rgb(p)) for p in photo_files(Path(tmp), images)]
@@ -138,17 +119,14 @@ def bench_precisions(backbone_spec: str, precisions: list[str], images: int, cla
     models, compiled = {}, {}
     for name in precisions:
         say(f"preparing {name}")
-        cm = ref if name == "fp32" else _class_model(backbone_spec, names, ref.class_features, name, dev)
-        fn = cm.method.encode_images
-        reason = skip_reason(cm.precision, dev, compile)
-        if reason is None:
-            fn = FixedBatch(torch.compile(fn, dynamic=False, mode="max-autotune" if dev.type == "cuda" else None), fn, batch, say)
-            start = time.perf_counter()
+        cm = ref if name == "fp32" else zero_shot_model(backbone_spec, names, ref.class_features, name, dev)
+        fn = compile_encoder(cm.method.encode_images, batch, cm.precision, dev, compile, say)  # as classify compiles it
+        if isinstance(fn, FixedBatch):
             with torch.inference_mode():
-                fn(batches[0])
-            compiled[name] = f"compiled in {time.perf_counter() - start:.0f} s" if fn.failed is None else f"compile failed: {fn.failed}"
+                _, seconds = timed(lambda: fn(batches[0]))
+            compiled[name] = f"compiled in {seconds:.0f} s" if fn.failed is None else f"compile failed: {fn.failed}"
         else:
-            compiled[name] = f"eager: {reason}"
+            compiled[name] = f"eager: {skip_reason(cm.precision, dev, compile)}"
         models[name] = (cm, fn)
         variants[name] = lambda b, fn=fn: index.search(fn(b).float(), 5)
     clip = ref.method.backbone.model
@@ -160,23 +138,14 @@ def bench_precisions(backbone_spec: str, precisions: list[str], images: int, cla
         base, times = [], {n: [] for n in variants}
         for r in range(rounds):
             say(f"round {r + 1}/{rounds}")
-            base.append(_time(lambda: [clip.encode_image(b) for b in batches]))
+            base.append(timed(lambda: [clip.encode_image(b) for b in batches])[1])
             for name, fn in variants.items():
-                times[name].append(_time(lambda fn=fn: [fn(b) for b in batches]))
+                times[name].append(timed(lambda fn=fn: [fn(b) for b in batches])[1])
     res = PrecisionBench(backbone_spec, str(dev), batch, sum(len(b) for b in batches), classes, rounds, torch.get_num_threads(),
                          base, times, compiled, agree)
     if world:
         res.world, res.world_images, res.world_weights = world_agreement(precisions, dev, say)
     return res
-
-
-def _time(fn) -> float:
-    sync = torch.cuda.synchronize if torch.cuda.is_available() and torch.cuda.is_initialized() else (lambda: None)
-    sync()
-    start = time.perf_counter()
-    fn()
-    sync()
-    return time.perf_counter() - start
 
 
 def summary_lines(res: PrecisionBench) -> list[str]:

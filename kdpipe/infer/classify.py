@@ -39,7 +39,7 @@ class Encoder:
     fn: Callable[[torch.Tensor], torch.Tensor]  # images on the device -> [B, D] normalised features
     transform: Callable  # PIL image -> [3, H, W] tensor (runs in the DataLoader workers)
     model: dict[str, Any]  # identity recorded in outputs: {"id": stable hash, "name": ..., ...}
-    precision: str | None = None  # the tower's weights' precision (infer.precision); None: autocast decides
+    precision: str | None = None  # the tower's weights' precision (infer.precision); None: recorded as fp32
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return self.fn(images)
@@ -110,7 +110,6 @@ def classify(
     transform: Callable | None = None,
     model: dict[str, Any] | None = None,
     overwrite: bool = False,
-    amp: bool = True,
     logit_scale: float | None = None,
     embeddings: str | Path | None = None,
     keep_meta: Sequence[str] = (),
@@ -125,10 +124,10 @@ def classify(
     ``encoder.logit_scale``, else CLIP's 100). ``embeddings``: a folder for the image embeddings
     (see ``kdpipe.infer.embeddings``). ``keep_meta``: shard members kept as columns (see
     ``shard_meta``). ``parts``: N output files (``writers.part_path``), each image in exactly one;
-    ``merge`` merges them into ``out`` once all are done. An encoder with a ``precision`` (a
-    :class:`ClassModel`'s) runs in it, without autocast; the output's meta records the precision.
+    ``merge`` merges them into ``out`` once all are done. The encoder runs as it is, without
+    autocast (a :class:`ClassModel`'s in its ``precision``, which the output's meta records).
     """
-    from kdpipe.train.device import autocast, pick_device
+    from kdpipe.train.device import pick_device
 
     transform = transform or getattr(encoder, "transform", None)
     if transform is None:
@@ -146,10 +145,9 @@ def classify(
         raise KdpipeError(f"--parts must be at least 1, got {parts}")
     scale = float(logit_scale or getattr(encoder, "logit_scale", None) or DEFAULT_LOGIT_SCALE)
     columns = _keep_meta_columns(source, keep_meta)
-    # weights prepared in a precision (bf16, int8) run as they are: autocast only for plain fp32 encoders
-    precision = getattr(encoder, "precision", None)
-    amp = amp and precision is None
-    used = precision or ("autocast" if amp and dev.type == "cuda" else "fp32")
+    # weights prepared in a precision (bf16, int8) run as they are; nothing calls classify with an
+    # encoder that has none but tests' plain fp32 callables
+    used = getattr(encoder, "precision", None) or "fp32"
     writer_args = {"key_column": source.key_column, "top_k": top_k, "model": model, "extra_columns": columns,
                    "extra_meta": {"classes": len(classnames), "index": class_index.kind, "logit_scale": scale, "precision": used}}
     rank, world = rank_world()
@@ -178,9 +176,8 @@ def classify(
                     images, keys, bad = decoded
                     skipped += bad
                 if images is not None and keys:
-                    with autocast(dev, enabled=amp):
-                        feats = encoder(images.to(dev, non_blocking=True)).float()
-                    rows = _rows(keys, feats, class_index, top_k, classnames, scale, meta)
+                    feats = encoder(images.to(dev, non_blocking=True)).float()
+                    rows = result_rows(keys, feats, class_index, top_k, classnames, scale, meta)
                 rows, skipped = _storable(rows, skipped, emb is not None)
                 have = writer.append(rows, skipped)
                 if emb is not None and feats is not None:
@@ -304,9 +301,10 @@ def _keep_meta_columns(source: ImageSource, keep_meta: Sequence[str]) -> list[st
     return meta_columns(list(keep_meta), {source.key_column, *RESULT_COLUMNS})
 
 
-def _rows(keys: list[str], feats: torch.Tensor, index: ClassIndex, top_k: int, classnames: list[str], scale: float,
+def result_rows(keys: list[str], feats: torch.Tensor, index: ClassIndex, top_k: int, classnames: list[str], scale: float,
           meta: ShardMeta | None) -> list[Row]:
-    """Result rows: top-k by cosine, and the softmax over ALL classes at ``scale`` for those k."""
+    """Result rows: top-k by cosine, and the softmax over ALL classes at ``scale`` for those k (also
+    what ``ray_data.BundleClassifier`` returns, so both give the same numbers)."""
     # probs from the cosines as written (rounded), over all classes, not the index's candidates:
     # a function of the stored scores that does not move with the batch an image shares
     scores, ids, lse = index.search_logsumexp(feats, top_k, scale, SCORE_DECIMALS)

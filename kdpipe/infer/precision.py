@@ -2,7 +2,7 @@
 
 Only the image tower's transformer blocks change; its patch embedding, pooling and projection stay
 fp32, so what comes after (a method's projector, the stored class features, the class index) is
-fp32, and ``probs`` are exact over all classes (``classify._rows``). Preparing a tower changes it in place
+fp32, and ``probs`` are exact over all classes (``classify.result_rows``). Preparing a tower changes it in place
 (weights cast or quantised), so a model is prepared once; loading it again gives fp32 back.
 
 ``auto`` picks, per device type, the fastest precision whose top-1 agreement with fp32 on the

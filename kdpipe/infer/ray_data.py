@@ -27,11 +27,10 @@ from typing import Any
 
 import torch
 
-from kdpipe.data.images import DECODE_ERRORS, describe_error, load_rgb
-from kdpipe.data.shards.samples import IMAGE_EXTENSIONS, BadSample, image_bytes
+from kdpipe.data.shards.samples import IMAGE_EXTENSIONS, BadSample, decode_sample
 from kdpipe.errors import KdpipeError
 from kdpipe.infer.bundle import load_bundle
-from kdpipe.infer.classify import _rows
+from kdpipe.infer.classify import result_rows
 from kdpipe.infer.shard_source import ShardSource, sample_key
 from kdpipe.infer.writers import ParquetFile, Row
 
@@ -88,7 +87,7 @@ class BundleClassifier:
             images = torch.stack([decoded[i][0] for i in good]).to(self.device)
             with torch.inference_mode():
                 feats = self.encoder(images).float()
-            rows = _rows([keys[i] for i in good], feats, self.index, self.top_k, self.model.classnames, self.model.logit_scale, None)
+            rows = result_rows([keys[i] for i in good], feats, self.index, self.top_k, self.model.classnames, self.model.logit_scale, None)
             by_index = dict(zip(good, rows))
         rows = [by_index.get(i) or Row(keys[i], [], [], [], []) for i in range(len(keys))]
         table = self._arrow._table(rows)
@@ -100,11 +99,10 @@ class BundleClassifier:
         if decoded is not None:
             raise KdpipeError(f"the image of sample {sample.get('__key__')} is already decoded ({type(decoded).__name__}); {RAW_HINT}")
         try:
-            return self.transform(load_rgb(bytes(image_bytes(sample)))), None
+            image, _ = decode_sample(sample, with_labels=False)  # the shard stream's decoder, its reasons
         except BadSample as e:
             return None, str(e)
-        except DECODE_ERRORS as e:
-            return None, f"undecodable image: {describe_error(e)}"
+        return self.transform(image), None
 
 
 def _present(value) -> bool:
