@@ -97,8 +97,8 @@ def run(ctx) -> dict:
     # the teacher gate: the primary teacher must beat the student's zero-shot on held-out base images
     heldout = HeldoutScorer.for_run(cfg, heldout_items(cfg, seed, inputs.fewshot_cache(ctx)), tf)
     judged = bool(heldout.items)
-    gate = teacher_gate(heldout.teacher(teacher) if judged else None, heldout.zeroshot(sb, cfg["data"].dataset) if judged else None,
-                        len(heldout.items), d.allow_weak_teacher)
+    teacher_base, zeroshot_base = heldout.gate(teacher, sb, cfg["data"].dataset) if judged else (None, None)
+    gate = teacher_gate(teacher_base, zeroshot_base, len(heldout.items), d.allow_weak_teacher)
     ctx.log.info(gate_line(gate))
     if d.select == "best_val" and not judged:
         raise KdpipeError("distill.select = best_val needs held-out labelled base images (the few-shot val split); "
