@@ -121,3 +121,23 @@ def test_gate_refuses_a_weak_teacher_in_one_line_and_the_override_runs_it():
     assert teacher_gate(60.0, 52.5, 128, allow_weak=False)["gate"] == "passed"
     assert gate_line(record) == "teacher 48.0% vs student zero-shot 52.5% on 128 held-out base images (overridden)"
     assert teacher_gate(None, None, 0, allow_weak=False)["gate"] == "unjudged"
+
+
+def test_vocabulary_step_with_k_covering_the_vocabulary_scores_every_row_without_choosing(monkeypatch):
+    import kdpipe.distill.vocabulary as vocabulary
+    from kdpipe.distill.step import DistillStep
+
+    torch.manual_seed(0)
+    vocab = F.normalize(torch.randn(5, 6), dim=-1)
+    teacher = lambda images, keys: F.normalize(torch.randn(2, 6, generator=torch.Generator().manual_seed(1)), dim=-1)  # noqa: E731
+    student = _Student(torch.randn(2, 6))
+
+    def no_choice(*args):
+        raise AssertionError("K >= V: there is nothing to choose per batch")
+
+    monkeypatch.setattr(vocabulary, "top_k_classes", no_choice)
+    step = VocabularyStep(student, teacher, vocab, 20.0, top_k=5)
+    s, t = step.logits(torch.zeros(2, 3, 4, 4), ["a", "b"])
+    assert step.last_classes.tolist() == list(range(5))
+    s_full, t_full = DistillStep(student, teacher, vocab, 20.0).logits(torch.zeros(2, 3, 4, 4), ["a", "b"])
+    assert torch.equal(s, s_full) and torch.equal(t, t_full)

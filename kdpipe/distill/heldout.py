@@ -45,11 +45,12 @@ class HeldoutScorer:
         rows = ClassFeatures(tf.features[:n], list(tf.classnames[:n]), tf.logit_scale, n)
         return cls(items, rows, inputs.device_of(cfg), cfg["evaluate"].batch_size, cfg["data"].workers, cfg["run"].amp)
 
-    def accuracy(self, scorer) -> float:
+    def accuracies(self, scorers: list) -> list[float]:
+        """Each scorer's accuracy, from one pass over the images (one decode per preprocessing)."""
         from kdpipe.eval.scoring import collect_logits
 
-        logits, labels = collect_logits([scorer], self.items, self.batch_size, self.workers, self.device, self.amp)
-        return 100.0 * (logits[0].argmax(1) == labels).float().mean().item()
+        logits, labels = collect_logits(scorers, self.items, self.batch_size, self.workers, self.device, self.amp)
+        return [100.0 * (rows.argmax(1) == labels).float().mean().item() for rows in logits]
 
     def student(self, student) -> float:
         """The student against the stored rows, in eval mode (its projector's BatchNorm)."""
@@ -58,22 +59,21 @@ class HeldoutScorer:
         was_training = student.training
         student.eval()
         try:
-            return self.accuracy(features_scorer(student, "student", self.classes.features))
+            return self.accuracies([features_scorer(student, "student", self.classes.features)])[0]
         finally:
             student.train(was_training)
 
-    def teacher(self, teacher) -> float:
-        from kdpipe.eval.scoring import teacher_scorer
-
-        return self.accuracy(teacher_scorer(teacher, self.classes))
-
-    def zeroshot(self, backbone, dataset: str | None) -> float:
-        """The student's own CLIP with the dataset's hand templates: where the student starts."""
-        from kdpipe.eval.scoring import method_scorer
+    def gate(self, teacher, backbone, dataset: str | None) -> tuple[float, float]:
+        """The teacher gate's two accuracies: the teacher against its stored rows, and the student's
+        own CLIP with the dataset's hand templates (where the student starts), both scored in the
+        same pass over the images."""
+        from kdpipe.eval.scoring import method_scorer, teacher_scorer
         from kdpipe.methods import build_method
 
-        method = build_method("zeroshot", backbone, list(self.classes.classnames), dataset=dataset).to(self.device)
-        return self.accuracy(method_scorer(method, "zeroshot", list(self.classes.classnames)))
+        names = list(self.classes.classnames)
+        zeroshot = build_method("zeroshot", backbone, names, dataset=dataset).to(self.device)
+        teacher_acc, zeroshot_acc = self.accuracies([teacher_scorer(teacher, self.classes), method_scorer(zeroshot, "zeroshot", names)])
+        return teacher_acc, zeroshot_acc
 
 
 def heldout_notes(student_meta: dict, seed) -> list[str]:

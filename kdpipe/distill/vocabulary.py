@@ -85,11 +85,19 @@ class VocabularyStep(DistillStep):
             raise KdpipeError(f"distill.vocabulary_top_k must be at least 2, got {top_k}")
         self.top_k = int(top_k)
         self.last_classes: torch.Tensor | None = None  # the last batch's chosen vocabulary rows
+        # K covering the whole vocabulary (the built-in imagenet list, 998 names, at the default K = 1000) leaves
+        # nothing to choose: every row, without the per-batch choice (its torch.unique waits for the
+        # device every step) or copies of the rows
+        v = self.class_features.shape[0]
+        self.every_class = torch.arange(v, device=self.device) if self.top_k >= v else None
 
     def logits(self, images: torch.Tensor, keys) -> tuple[torch.Tensor, torch.Tensor]:
         t = self.teacher_logits(images, keys)  # [B, V]
-        self.last_classes = top_k_classes(t, self.top_k)
+        if self.every_class is not None:
+            self.last_classes, rows = self.every_class, self.class_features
+        else:
+            self.last_classes = top_k_classes(t, self.top_k)
+            rows, t = self.class_features[self.last_classes], t[:, self.last_classes]
         with self.amp():
             student_features = self.student.encode_images(images)
-        s = class_logits(student_features, self.class_features[self.last_classes], self.student_scale)
-        return s, t[:, self.last_classes]
+        return class_logits(student_features, rows, self.student_scale), t

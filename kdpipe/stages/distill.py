@@ -97,8 +97,8 @@ def run(ctx) -> dict:
     # the teacher gate: the primary teacher must beat the student's zero-shot on held-out base images
     heldout = HeldoutScorer.for_run(cfg, heldout_items(cfg, seed, inputs.fewshot_cache(ctx)), tf)
     judged = bool(heldout.items)
-    gate = teacher_gate(heldout.teacher(teacher) if judged else None, heldout.zeroshot(sb, cfg["data"].dataset) if judged else None,
-                        len(heldout.items), d.allow_weak_teacher)
+    teacher_base, zeroshot_base = heldout.gate(teacher, sb, cfg["data"].dataset) if judged else (None, None)
+    gate = teacher_gate(teacher_base, zeroshot_base, len(heldout.items), d.allow_weak_teacher)
     ctx.log.info(gate_line(gate))
     if d.select == "best_val" and not judged:
         raise KdpipeError("distill.select = best_val needs held-out labelled base images (the few-shot val split); "
@@ -114,19 +114,19 @@ def run(ctx) -> dict:
     # the held-out probe always runs the teacher (those images are in no cache); training reads
     # the teacher-cache stage's features when there is one
     cached = CachedTeacher.load(teachers.primary_upstream(ctx, "teacher-cache"), device) if d.cache_views > 0 else None
+    source = cached if cached is not None else forward
     several = len(teachers.member_names(cfg)) > 1
     if several:  # an ensemble target; one teacher keeps the single-teacher step below, exactly
-        ens = ensemble_steps(ctx, student, sb, (cached if cached is not None else forward, forward, tf, tmeta), device, amp_ctx)
+        ens = ensemble_steps(ctx, student, sb, (source, forward, tf, tmeta), device, amp_ctx)
         step, probe = ens.step, ens.probe
-    elif d.vocabulary:  # class-agnostic: the KL over the batch's top-K vocabulary rows; the probe keeps the dataset's classes
-        vf = read_class_features(vocabulary_path(inputs.upstream(ctx, "vocabulary-features")))
-        step = VocabularyStep(student, cached if cached is not None else forward, vf.features, vf.logit_scale, d.temperature, d.kd_weight,
-                              device, amp=amp_ctx, loss=d.loss, top_k=d.vocabulary_top_k)
-        probe = DistillStep(student, forward, tf.features, tf.logit_scale, d.temperature, d.kd_weight, device, amp=amp_ctx, loss=d.loss)
     else:
-        step = DistillStep(student, cached if cached is not None else forward, tf.features, tf.logit_scale, d.temperature, d.kd_weight,
-                           device, amp=amp_ctx, loss=d.loss)
         probe = DistillStep(student, forward, tf.features, tf.logit_scale, d.temperature, d.kd_weight, device, amp=amp_ctx, loss=d.loss)
+        if d.vocabulary:  # class-agnostic: the KL over the batch's top-K vocabulary rows; the probe keeps the dataset's classes
+            vf = read_class_features(vocabulary_path(inputs.upstream(ctx, "vocabulary-features")))
+            step = VocabularyStep(student, source, vf.features, vf.logit_scale, d.temperature, d.kd_weight,
+                                  device, amp=amp_ctx, loss=d.loss, top_k=d.vocabulary_top_k)
+        else:
+            step = DistillStep(student, source, tf.features, tf.logit_scale, d.temperature, d.kd_weight, device, amp=amp_ctx, loss=d.loss)
 
     train_tf = inputs.train_transform(cfg, sb)
     test_tf = build_transform(False, sb.dims.image_size, sb.mean, sb.std)
