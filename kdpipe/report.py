@@ -30,6 +30,8 @@ HEADER = (
 )
 # after a seed mean that leads the next-ranked row by less than the std over seeds (eval/seed_spread.py)
 SPREAD_MARK = "†"
+# what :func:`write_results` writes the rows to, and :mod:`kdpipe.report_runs` reads them from
+METRICS = "metrics.json"
 
 
 def _missing(v) -> bool:
@@ -186,7 +188,7 @@ def write_results(rows: Sequence[MetricRow], out_dir: str | Path, title: str, no
     in both (:mod:`kdpipe.eval.seed_spread`)."""
     flags = spread_flags(rows)
     files = write_tables(rows, out_dir, title=title, notes=notes, images=images, transfer_source=transfer_source, flags=flags)
-    files["metrics"] = write_json(Path(out_dir) / "metrics.json", {
+    files["metrics"] = write_json(Path(out_dir) / METRICS, {
         "title": title, **(facts or {}), "rows": [r.to_dict() for r in rows], "notes": list(notes),
         "seed_spread_flags": [f.to_dict() for _, f in flags],
     })

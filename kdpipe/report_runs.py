@@ -17,9 +17,9 @@ from kdpipe.errors import KdpipeError
 from kdpipe.eval.metrics import MetricRow
 from kdpipe.io import read_json_or_none
 from kdpipe.pipeline.manifest import read_manifest
+from kdpipe.report import METRICS
 
 REPORT_FOLDER = "report"  # the report stage's folder in a run dir (kdpipe/stages/report.py)
-REPORT_METRICS = "metrics.json"
 # what runs in one table must share, and how a message names it
 SHARED = {"mode": "evaluation mode (data.mode)", "split": "evaluated split (evaluate.split)", "source": "source dataset"}
 
@@ -38,16 +38,16 @@ def read_run_report(run_dir: str | Path) -> RunReport:
     if not run_dir.is_dir():
         raise KdpipeError(f"run dir {run_dir} does not exist")
     folder = run_dir / REPORT_FOLDER
-    data = read_json_or_none(folder / REPORT_METRICS) if read_manifest(folder) is not None else None
+    data = read_json_or_none(folder / METRICS) if read_manifest(folder) is not None else None
     if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
         raise KdpipeError(f"{run_dir} has no finished report ({folder}/manifest.json missing); run `kdpipe run report --run-dir {run_dir}` first")
     if data.get("mode") is None:
-        raise KdpipeError(f"{folder / REPORT_METRICS} was written before reports recorded their evaluation mode; "
+        raise KdpipeError(f"{folder / METRICS} was written before reports recorded their evaluation mode; "
                           f"`kdpipe run report --run-dir {run_dir}` refreshes it")
     try:
         rows = [MetricRow(**r) for r in data["rows"]]
     except TypeError as e:
-        raise KdpipeError(f"{folder / REPORT_METRICS}: rows this kdpipe cannot read ({e})") from None
+        raise KdpipeError(f"{folder / METRICS}: rows this kdpipe cannot read ({e})") from None
     facts = {k: data.get(k) for k in (*SHARED, "dataset")}
     return RunReport(run_dir, facts, rows, list(data.get("notes", [])))
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kdpipe.io import write_json
-from kdpipe.pipeline.graph import folder_name
+from kdpipe.pipeline.graph import folder_name, instance_name
 from kdpipe.pipeline.manifest import MANIFEST, ManifestVersionError, read_manifest
 from kdpipe.pipeline.plan import Plan, stage_fingerprint
 
@@ -44,7 +44,8 @@ def find_old_folders(plan: Plan, run_dir: Path) -> OldFolders:
     found = OldFolders()
     if plan.graph.seed_key not in plan.graph.schema.keys():
         return found
-    old_names = {inst.spec.name + (f":{inst.member}" if inst.member else "")
+    # old instance name (the unseeded one) -> (stage, member), named as the graph names instances
+    old_names = {instance_name(inst.spec.name, inst.member, None): (inst.spec.name, inst.member)
                  for inst in plan.instances.values() if inst.spec.seeded}
     for old in sorted(old_names):
         folder = Path(run_dir) / folder_name(old)
@@ -55,7 +56,7 @@ def find_old_folders(plan: Plan, run_dir: Path) -> OldFolders:
         if not isinstance(seed, int):
             found.unfinished.append(old)
             continue
-        new = f"{old}@seed{seed}"
+        new = instance_name(*old_names[old], seed)
         (found.taken if (Path(run_dir) / folder_name(new)).exists() else found.movable)[old] = new
     return found
 

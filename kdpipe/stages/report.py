@@ -24,7 +24,7 @@ def _write_report(ctx) -> dict:
     from kdpipe.report import plot_base_novel, plot_curves, write_results
 
     cfg = ctx.cfg
-    rows, notes, transfer_source, facts = [], [], None, {}
+    rows, notes, facts = [], [], {}
     for folder in sorted(set(ctx.inputs_of("evaluate").values())):
         evaluated = read_evaluation(folder)
         seed_rows = [MetricRow(**r) for r in evaluated["rows"]]
@@ -33,8 +33,8 @@ def _write_report(ctx) -> dict:
         # what `kdpipe report RUN_DIR...` checks before it puts several runs in one table
         facts = {"mode": evaluated.get("mode"), "split": evaluated.get("split"), "source": evaluated.get("source"),
                  "dataset": seed_rows[0].dataset if seed_rows else None}  # the run's own: evaluate scores it first
-        if evaluated.get("mode") == "cross":  # the papers' transfer layout: source, targets, average
-            transfer_source = evaluated.get("source") or evaluated["rows"][0]["dataset"]
+    # the papers' transfer layout in cross-dataset mode: source, targets, average
+    transfer_source = (facts["source"] or facts["dataset"]) if facts.get("mode") == "cross" else None
     rows.sort(key=lambda r: r.seed)
     seeds = {r.seed for r in rows}
     # a mean over one seed would only repeat its rows
