@@ -136,7 +136,13 @@ def replace_dir(new: str | os.PathLike, target: str | os.PathLike) -> None:
     if target.exists():
         aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
         os.replace(target, aside / target.name)
-    os.replace(new, target)
+    try:
+        os.replace(new, target)
+    except BaseException:
+        if aside is not None:  # the old whole goes back rather than leaving no target at all
+            os.replace(aside / target.name, target)
+            aside.rmdir()
+        raise
     if aside is not None:
         shutil.rmtree(aside, ignore_errors=True)
 
