@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from kdpipe.errors import KdpipeError
+
 
 # What a user fixes by freeing space or choosing another place, never a bug: these OSErrors, and
 # only these, become one-line KdpipeErrors (a broad catch would hide real bugs behind a message).
@@ -30,8 +32,6 @@ def disk_problem(error: BaseException, path: str | os.PathLike | None = None, ne
 
     ``path`` is the file being written (``error.filename`` when not given), ``needed`` its size in
     bytes when known."""
-    from kdpipe.errors import KdpipeError
-
     if not isinstance(error, OSError) or error.errno not in DISK_ERRNOS:
         return None
     where = path if path is not None else error.filename
@@ -118,8 +118,6 @@ def read_json_or_none(path: str | os.PathLike) -> Any:
 def json_lines(text: str, where: str, expected: str) -> Iterator[tuple[int, Any]]:
     """(line number, value) of each non-blank line of a JSON Lines text; a line that is not JSON is
     one KdpipeError: ``WHERE:N is not valid JSON (why); expected EXPECTED``."""
-    from kdpipe.errors import KdpipeError
-
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
@@ -138,7 +136,13 @@ def replace_dir(new: str | os.PathLike, target: str | os.PathLike) -> None:
     if target.exists():
         aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
         os.replace(target, aside / target.name)
-    os.replace(new, target)
+    try:
+        os.replace(new, target)
+    except BaseException:
+        if aside is not None:  # the old whole goes back rather than leaving no target at all
+            os.replace(aside / target.name, target)
+            aside.rmdir()
+        raise
     if aside is not None:
         shutil.rmtree(aside, ignore_errors=True)
 
@@ -181,8 +185,6 @@ def read_tensors(path: str | os.PathLike) -> tuple[dict, dict[str, Any]]:
     """
     from safetensors import SafetensorError, safe_open
 
-    from kdpipe.errors import KdpipeError
-
     tensors = {}
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -220,8 +222,6 @@ def tensor_file_problem(path: str | os.PathLike, error: BaseException) -> str:
 
 def ensure_dir(path: str | os.PathLike, what: str) -> Path:
     """Create the folder ``path`` (and its parents), or say in one line why it cannot be one."""
-    from kdpipe.errors import KdpipeError
-
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)

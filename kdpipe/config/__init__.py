@@ -25,20 +25,18 @@ One concept per module: ``ranges`` (:func:`bounded`), ``fields`` (what else a fi
 are the package's interface; import them from ``kdpipe.config``.
 """
 
-from kdpipe.config.command_line import PATH_SHORTCUTS, SHORTCUTS, CliSettings, parse_set, runs_a_command, settings_from_cli, shortcut_overrides
-from kdpipe.config.fields import NOT_FINGERPRINTED, field_default, field_types, is_runtime_setting, model_spec, model_spec_keys, runtime_setting
-from kdpipe.config.ranges import Bounds, bounded, check_range, check_ranges, field_bounds
-from kdpipe.config.recipes import DEFAULT_RECIPE, RECIPES_DIR, Recipe, list_recipes, load_recipe, recipe_path
-from kdpipe.config.resolve import DATASET_KEY, resolve_config
+from kdpipe.config.command_line import SHORTCUTS, CliSettings, settings_from_cli
+from kdpipe.config.fields import NOT_FINGERPRINTED, field_types, is_runtime_setting, model_spec, model_spec_keys, runtime_setting
+from kdpipe.config.ranges import bounded, check_ranges, field_bounds
+from kdpipe.config.recipes import DEFAULT_RECIPE, list_recipes, load_recipe
+from kdpipe.config.resolve import resolve_config
 from kdpipe.config.resolved import Config
-from kdpipe.config.schema import SCHEMA, ConfigSchema, MemberSchema, SectionSpec, config_section
+from kdpipe.config.schema import SCHEMA, ConfigSchema, config_section
 from kdpipe.config.values import coerce, jsonable
 
 __all__ = [
-    "DATASET_KEY", "DEFAULT_RECIPE", "NOT_FINGERPRINTED", "PATH_SHORTCUTS", "RECIPES_DIR", "SCHEMA", "SHORTCUTS",
-    "Bounds", "CliSettings", "Config", "ConfigSchema", "MemberSchema", "Recipe", "SectionSpec",
-    "bounded", "check_range", "check_ranges", "coerce", "config_section", "field_bounds", "field_default",
-    "field_types", "is_runtime_setting", "jsonable", "list_recipes", "load_recipe", "model_spec", "model_spec_keys",
-    "parse_set", "recipe_path", "resolve_config", "runs_a_command", "runtime_setting", "settings_from_cli",
-    "shortcut_overrides",
+    "DEFAULT_RECIPE", "NOT_FINGERPRINTED", "SCHEMA", "SHORTCUTS", "CliSettings", "Config", "ConfigSchema",
+    "bounded", "check_ranges", "coerce", "config_section", "field_bounds", "field_types", "is_runtime_setting",
+    "jsonable", "list_recipes", "load_recipe", "model_spec", "model_spec_keys", "resolve_config",
+    "runtime_setting", "settings_from_cli",
 ]

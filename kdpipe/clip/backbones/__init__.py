@@ -25,13 +25,13 @@ Modules: ``specs`` (parsing and checking a spec), ``registry`` (open_clip config
 """
 
 from kdpipe.clip.backbones.loading import load_backbone
-from kdpipe.clip.backbones.model import Backbone, BackboneDims, built_activation, read_dims
-from kdpipe.clip.backbones.registry import BUILTIN_CONFIG_DIRS, CONFIG_DIR, known_architectures, model_config, register_builtin_configs, register_config_dir
+from kdpipe.clip.backbones.model import Backbone, BackboneDims, built_activation
+from kdpipe.clip.backbones.registry import BUILTIN_CONFIG_DIRS, known_architectures, model_config, register_builtin_configs, register_config_dir
 from kdpipe.clip.backbones.saved import TOWERS, save_backbone, tower_of
 from kdpipe.clip.backbones.specs import FRIENDLY_NAMES, WEIGHT_SUFFIXES, check_spec, parse_spec, spec_activation
 
 __all__ = [
-    "BUILTIN_CONFIG_DIRS", "CONFIG_DIR", "FRIENDLY_NAMES", "TOWERS", "WEIGHT_SUFFIXES", "Backbone", "BackboneDims",
+    "BUILTIN_CONFIG_DIRS", "FRIENDLY_NAMES", "TOWERS", "WEIGHT_SUFFIXES", "Backbone", "BackboneDims",
     "built_activation", "check_spec", "known_architectures", "load_backbone", "model_config", "parse_spec",
-    "read_dims", "register_builtin_configs", "register_config_dir", "save_backbone", "spec_activation", "tower_of",
+    "register_builtin_configs", "register_config_dir", "save_backbone", "spec_activation", "tower_of",
 ]

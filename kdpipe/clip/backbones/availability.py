@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from kdpipe.clip.activation import is_quick_gelu
+from kdpipe.clip.hub_access import hub_cache, why_no_download
 from kdpipe.errors import KdpipeError
 from kdpipe.io import tensor_file_problem
 
@@ -47,8 +48,6 @@ def check_tag_available(arch: str, tag: str, cache_dir: str | None) -> bool:
     off, so a machine without network never enters huggingface_hub's retry loop."""
     import huggingface_hub
 
-    from kdpipe.clip.hub_access import hub_cache, why_no_download
-
     cfg = known_tag(arch, tag)
     hub = cfg.get("hf_hub", "")
     if hub:
@@ -79,8 +78,6 @@ def check_schema_available(spec: str) -> bool:
             raise KdpipeError(f"local-dir {ident} does not exist (expected a folder with open_clip_config.json and weights)")
     elif schema == "hf-hub":
         import huggingface_hub
-
-        from kdpipe.clip.hub_access import hub_cache, why_no_download
 
         why = why_no_download()
         if why is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 
 import torch
@@ -12,6 +13,7 @@ from kdpipe.clip.backbones.model import Backbone, assemble
 from kdpipe.clip.backbones.registry import model_config, register_builtin_configs
 from kdpipe.clip.backbones.saved import load_saved
 from kdpipe.clip.backbones.specs import checkpoint_spec, parse_spec, weights_path
+from kdpipe.clip.hub_access import hub_switched_off
 from kdpipe.clip.torchscript import is_torchscript_archive, load_torchscript_weights
 from kdpipe.errors import KdpipeError
 
@@ -20,8 +22,6 @@ def load_backbone(spec: str, device: str | torch.device = "cpu", cache_dir: str 
     """Load a CLIP for prompt learning: fp32 weights, eval mode, gradients off."""
     import open_clip
     from safetensors import SafetensorError
-
-    from kdpipe.clip.hub_access import hub_switched_off
 
     register_builtin_configs()
     saved = checkpoint_spec(spec)
@@ -70,6 +70,4 @@ def load_backbone(spec: str, device: str | torch.device = "cpu", cache_dir: str 
 
 
 def _name_seed(name: str) -> int:
-    import hashlib
-
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "little")

@@ -4,7 +4,9 @@ open_clip config and towers, so the file alone is a spec and loads without the s
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -15,7 +17,7 @@ from kdpipe.clip.backbones.availability import check_schema_available
 from kdpipe.clip.backbones.model import Backbone, assemble, open_clip_config
 from kdpipe.clip.backbones.registry import model_config
 from kdpipe.errors import KdpipeError
-from kdpipe.io import read_tensors, tensor_file_problem
+from kdpipe.io import read_tensors, tensor_file_problem, write_safetensors
 
 _ARCH_METADATA_KEY = "kdpipe_arch"
 _CONFIG_METADATA_KEY = "kdpipe_config"  # {"model_cfg", "preprocess_cfg"}: open_clip_config.json's layout
@@ -62,8 +64,6 @@ def save_backbone(model: nn.Module, arch: str, path: str | Path, *, config: dict
     config of ``arch`` and the model's preprocessing. ``towers`` leaves a tower out (a student never
     encodes text); what is shared (logit_scale) is always kept.
     """
-    from kdpipe.io import write_safetensors
-
     unknown = set(towers) - set(TOWERS)
     if unknown or not towers:
         raise KdpipeError(f"towers must be a non-empty subset of {TOWERS}, got {towers}")
@@ -126,9 +126,6 @@ def _register_config(model_cfg: dict[str, Any]) -> str:
     open_clip builds only registered names, and registers JSON files by their stem: the file is
     written to a throwaway folder, read once, and the entry stays for the process.
     """
-    import hashlib
-    import tempfile
-
     import open_clip
 
     name = "kdpipe-" + hashlib.sha256(json.dumps(model_cfg, sort_keys=True).encode()).hexdigest()[:16]

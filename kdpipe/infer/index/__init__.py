@@ -24,10 +24,9 @@ each is built), ``sidecar`` (the description beside a saved index).
 """
 
 from kdpipe.infer.index.class_index import TIE_MARGIN, ClassIndex
-from kdpipe.infer.index.faiss_kinds import AUTO_APPROX_FROM, KINDS, IndexParams, faiss_has_gpu, faiss_module, resolve_kind
-from kdpipe.infer.index.sidecar import SIDECAR_FORMAT, SIDECAR_VERSION, damaged_index, read_sidecar, sidecar_path
+from kdpipe.infer.index.faiss_kinds import IndexParams, faiss_has_gpu, faiss_module
+from kdpipe.infer.index.sidecar import read_sidecar, sidecar_path
 
 __all__ = [
-    "AUTO_APPROX_FROM", "KINDS", "SIDECAR_FORMAT", "SIDECAR_VERSION", "TIE_MARGIN", "ClassIndex", "IndexParams",
-    "damaged_index", "faiss_has_gpu", "faiss_module", "read_sidecar", "resolve_kind", "sidecar_path",
+    "TIE_MARGIN", "ClassIndex", "IndexParams", "faiss_has_gpu", "faiss_module", "read_sidecar", "sidecar_path",
 ]

@@ -100,7 +100,7 @@ class ClassIndex:
             return scores, ids, self.logsumexp(q, scale, decimals, chunk)
         lse, cand_scores, cand_ids = [], [], []
         for start, cos in self._cosines(q, chunk):
-            lse.append(torch.logsumexp(scale * (cos if decimals is None else torch.round(cos, decimals=decimals)), dim=1))
+            lse.append(_logsumexp_rows(cos, scale, decimals))
             top = cos.topk(min(n, cos.shape[1]), dim=1)
             cand_scores.append(top.values)
             cand_ids.append(top.indices + start)
@@ -168,8 +168,7 @@ class ClassIndex:
         ``decimals`` rounds the cosines first, as the output rounds its scores: an encoder's features
         move in the 7th digit with the batch an image shares, and the scale (~100) would carry that
         into the probabilities. Chunked over classes so memory stays at ``B x chunk``."""
-        parts = [torch.logsumexp(scale * (cos if decimals is None else torch.round(cos, decimals=decimals)), dim=1)
-                 for _, cos in self._cosines(queries, chunk)]
+        parts = [_logsumexp_rows(cos, scale, decimals) for _, cos in self._cosines(queries, chunk)]
         return torch.logsumexp(torch.stack(parts, 1), dim=1).cpu()
 
     def _rescore(self, q: torch.Tensor, cand: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -281,6 +280,12 @@ class ClassIndex:
             faiss.extract_index_ivf(index).make_direct_map()
         feats = torch.from_numpy(index.reconstruct_n(0, index.ntotal).copy())
         return cls(feats, meta["kind"], params, index, device)
+
+
+def _logsumexp_rows(cos: torch.Tensor, scale: float, decimals: int | None) -> torch.Tensor:
+    """``log sum exp(scale * cos)`` per row of one chunk, the cosines rounded to ``decimals`` first
+    (:meth:`ClassIndex.logsumexp` says why); both softmax paths go through here so they agree."""
+    return torch.logsumexp(scale * (cos if decimals is None else torch.round(cos, decimals=decimals)), dim=1)
 
 
 def _best_times(fns: dict[str, "callable"], device: torch.device, repeats: int = 3) -> dict[str, float]:

@@ -22,15 +22,14 @@ imported below so that it registers.
 """
 
 from kdpipe.infer.writers import lines, parquet  # noqa: F401  (each registers its formats)
-from kdpipe.infer.writers.lines import CsvFile, JsonlFile, LineFile
+from kdpipe.infer.writers.lines import JsonlFile
 from kdpipe.infer.writers.parquet import ParquetFile
 from kdpipe.infer.writers.paths import meta_path, part_path, part_paths, skipped_path
-from kdpipe.infer.writers.registry import output_format, register_format
-from kdpipe.infer.writers.result import META_FORMAT, META_VERSION, ResultWriter, read_rows, remove_output
-from kdpipe.infer.writers.rows import RESULT_COLUMNS, Row, RowFile
+from kdpipe.infer.writers.registry import register_format
+from kdpipe.infer.writers.result import ResultWriter, read_rows, remove_output
+from kdpipe.infer.writers.rows import RESULT_COLUMNS, Row
 
 __all__ = [
-    "META_FORMAT", "META_VERSION", "RESULT_COLUMNS", "CsvFile", "JsonlFile", "LineFile", "ParquetFile", "ResultWriter",
-    "Row", "RowFile", "meta_path", "output_format", "part_path", "part_paths", "read_rows", "register_format",
-    "remove_output", "skipped_path",
+    "RESULT_COLUMNS", "JsonlFile", "ParquetFile", "ResultWriter", "Row", "meta_path", "part_path",
+    "part_paths", "read_rows", "register_format", "remove_output", "skipped_path",
 ]
