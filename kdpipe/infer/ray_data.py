@@ -32,7 +32,8 @@ from kdpipe.errors import KdpipeError
 from kdpipe.infer.bundle import load_bundle
 from kdpipe.infer.classify import result_rows
 from kdpipe.infer.shard_source import ShardSource, sample_key
-from kdpipe.infer.writers import ParquetFile, Row
+from kdpipe.infer.writers import Row
+from kdpipe.infer.writers.parquet import arrow_table
 
 KEY_COLUMN = ShardSource.key_column  # the column ``kdpipe classify`` names shard keys with
 ERROR_COLUMN = "error"
@@ -68,8 +69,6 @@ class BundleClassifier:
         self.transform = self.model.transform()
         self.top_k = min(top_k, self.index.ntotal)
         self.decode_threads = decode_threads
-        # a schema-only ParquetFile: the one place that says how classify's rows become Arrow columns
-        self._arrow = ParquetFile(Path("schema-only.parquet"), KEY_COLUMN, self.top_k)  # never written
 
     def __call__(self, batch: dict[str, Any]):
         import pyarrow as pa
@@ -90,7 +89,7 @@ class BundleClassifier:
             rows = result_rows([keys[i] for i in good], feats, self.index, self.top_k, self.model.classnames, self.model.logit_scale, None)
             by_index = dict(zip(good, rows))
         rows = [by_index.get(i) or Row(keys[i], [], [], [], []) for i in range(len(keys))]
-        table = self._arrow._table(rows)
+        table = arrow_table(rows, KEY_COLUMN)
         return table.append_column(ERROR_COLUMN, pa.array([why for _, why in decoded], pa.string()))
 
     def _decode(self, sample: dict) -> tuple[torch.Tensor | None, str | None]:

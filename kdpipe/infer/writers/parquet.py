@@ -12,6 +12,22 @@ from kdpipe.infer.writers.rows import Row, RowFile, meta_cell
 from kdpipe.io import atomic_path
 
 
+def arrow_table(rows: list[Row], key_column: str, extra_columns=()):
+    """classify's rows as Arrow columns: the key, labels, scores, probs, ids, then ``extra_columns`` as text."""
+    import pyarrow as pa
+
+    columns = {
+        key_column: pa.array([r.key for r in rows], pa.string()),
+        "labels": pa.array([r.labels for r in rows], pa.list_(pa.string())),
+        "scores": pa.array([r.scores for r in rows], pa.list_(pa.float32())),
+        "probs": pa.array([r.probs for r in rows], pa.list_(pa.float32())),
+        "ids": pa.array([r.ids for r in rows], pa.list_(pa.int64())),
+    }
+    columns.update((c, pa.array([meta_cell(r.cell(c)) if r.cell(c) is not None else None for r in rows], pa.string()))
+                   for c in extra_columns)
+    return pa.table(columns)
+
+
 @register_format(".parquet")
 class ParquetFile(RowFile):
     """Rows buffered into atomically written part files; merged into the final file at the end."""
@@ -43,20 +59,6 @@ class ParquetFile(RowFile):
         if len(self.buffer) >= self.part_rows:
             self._flush()
 
-    def _table(self, rows: list[Row]):
-        import pyarrow as pa
-
-        columns = {
-            self.key_column: pa.array([r.key for r in rows], pa.string()),
-            "labels": pa.array([r.labels for r in rows], pa.list_(pa.string())),
-            "scores": pa.array([r.scores for r in rows], pa.list_(pa.float32())),
-            "probs": pa.array([r.probs for r in rows], pa.list_(pa.float32())),
-            "ids": pa.array([r.ids for r in rows], pa.list_(pa.int64())),
-        }
-        columns.update((c, pa.array([meta_cell(r.cell(c)) if r.cell(c) is not None else None for r in rows], pa.string()))
-                       for c in self.extra_columns)
-        return pa.table(columns)
-
     def read(self) -> list[Row]:
         import pyarrow.parquet as pq
 
@@ -72,7 +74,7 @@ class ParquetFile(RowFile):
         # after the first number in use: parts merged before a kill may be gone from the middle
         n = max((int(p.stem.split("-")[1]) for p in self.parts.glob("part-*.parquet")), default=-1) + 1
         with atomic_path(self.parts / f"part-{n:06d}.parquet") as tmp:
-            pq.write_table(self._table(self.buffer), tmp)
+            pq.write_table(arrow_table(self.buffer, self.key_column, self.extra_columns), tmp)
             fsync_file(tmp)
         self.buffer = []
 
